@@ -1,0 +1,153 @@
+"""Cryptographically secure pseudo-random generation from a 32-byte seed.
+
+Every privacy-relevant random value in secure-fl (pairwise and self masks, DP noise,
+randomized rounding, rotations' sign flips) comes from :class:`Csprng`: the AES-256-CTR
+keystream of a 32-byte key, as produced by ``cryptography``'s AES implementation
+(AES-NI where the CPU has it). numpy's generators are never used on these paths: a
+seeded Mersenne Twister or PCG is predictable from its output (Flower's SecAgg+ seeds
+one with 32 bits; an observer can brute-force it and strip the masks).
+
+Construction: ``keystream = AES-256-CTR(key=seed, nonce=0^16)``. A seed is used for one
+stream only, so the all-zero initial counter block is safe. Conversions:
+
+* uniform integers mod 2^b: take 4 (b <= 32) or 8 (b <= 64) keystream bytes per value,
+  little-endian, and keep the low b bits. Because 2^b divides 2^32 (2^64) the result is
+  exactly uniform.
+* uniform integers below an arbitrary bound U: rejection sampling on
+  ``ceil(log2 U)``-bit candidates (each accepted with probability > 1/2); exact.
+* uniform floats in [0, 1): ``(u64 >> 11) * 2^-53``, all 53 mantissa bits random.
+
+Fresh seeds come from :func:`fresh_seed` (``secrets.token_bytes``); that single private
+entry point ``_entropy`` is what tests replace to obtain fixed vectors.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from crypto.errors import CryptoError
+
+__all__ = ["SEED_BYTES", "Csprng", "fresh_seed"]
+
+SEED_BYTES = 32
+_ZERO_NONCE = bytes(16)
+_CHUNK = 1 << 24  # bytes of keystream produced per call into OpenSSL
+
+
+def _entropy(n: int) -> bytes:
+    """The one place fresh entropy enters secure-fl (the OS CSPRNG)."""
+    return secrets.token_bytes(n)
+
+
+def fresh_seed() -> bytes:
+    """A new uniformly random 32-byte seed from the operating system."""
+    return _entropy(SEED_BYTES)
+
+
+class Csprng:
+    """AES-256-CTR keystream generator with exact conversions to integers and floats.
+
+    >>> g = Csprng(bytes(32))
+    >>> g.random_bytes(4).hex()   # AES-256_0(0^128) begins dc95c078
+    'dc95c078'
+    """
+
+    __slots__ = ("_enc",)
+
+    def __init__(self, seed: bytes) -> None:
+        if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
+            raise CryptoError(f"a PRG seed must be exactly {SEED_BYTES} bytes")
+        self._enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_NONCE)).encryptor()
+
+    @classmethod
+    def from_entropy(cls) -> Csprng:
+        """A generator keyed with fresh OS entropy."""
+        return cls(fresh_seed())
+
+    # -- raw keystream ---------------------------------------------------------------
+    def random_bytes(self, n: int) -> bytes:
+        """The next ``n`` keystream bytes."""
+        if n < 0:
+            raise CryptoError("cannot draw a negative number of bytes")
+        if n <= _CHUNK:
+            return self._enc.update(bytes(n))
+        return b"".join(self._enc.update(bytes(min(_CHUNK, n - i))) for i in range(0, n, _CHUNK))
+
+    def fork(self) -> Csprng:
+        """An independent child generator keyed with the next 32 keystream bytes."""
+        return Csprng(self.random_bytes(SEED_BYTES))
+
+    # -- integers --------------------------------------------------------------------
+    def uniform_mod_pow2(self, size: int, *, bits: int) -> npt.NDArray[np.unsignedinteger]:
+        """``size`` independent uniform integers in ``[0, 2**bits)``.
+
+        dtype is ``uint32`` for ``bits <= 32`` and ``uint64`` up to 64 bits, so sums of
+        such vectors wrap modulo 2^32 / 2^64, a multiple of 2^bits.
+        """
+        if not 1 <= bits <= 64:
+            raise CryptoError(f"bits must be in [1, 64], got {bits}")
+        if bits <= 32:
+            out32 = np.frombuffer(self.random_bytes(4 * size), dtype="<u4").astype(np.uint32)
+            if bits < 32:
+                out32 &= np.uint32((1 << bits) - 1)
+            return out32
+        out64 = np.frombuffer(self.random_bytes(8 * size), dtype="<u8").astype(np.uint64)
+        if bits < 64:
+            out64 &= np.uint64((1 << bits) - 1)
+        return out64
+
+    def integers_below(self, upper: int, size: int) -> npt.NDArray[np.int64]:
+        """``size`` exact uniform integers in ``[0, upper)`` for ``1 <= upper <= 2**62``."""
+        if not 1 <= upper <= (1 << 62):
+            raise CryptoError(f"upper bound must be in [1, 2**62], got {upper}")
+        if upper == 1:
+            return np.zeros(size, dtype=np.int64)
+        k = (upper - 1).bit_length()
+        mask = np.uint64((1 << k) - 1)
+        out = np.empty(size, dtype=np.int64)
+        filled = 0
+        while filled < size:
+            need = size - filled
+            draw = need + need // 2 + 16  # acceptance probability > 1/2
+            cand = np.frombuffer(self.random_bytes(8 * draw), dtype="<u8") & mask
+            ok = cand[cand < np.uint64(upper)][:need]
+            out[filled : filled + ok.size] = ok.astype(np.int64)
+            filled += ok.size
+        return out
+
+    def randbelow(self, upper: int) -> int:
+        """One exact uniform integer in ``[0, upper)`` for an arbitrarily large ``upper``."""
+        if upper < 1:
+            raise CryptoError(f"upper bound must be >= 1, got {upper}")
+        if upper == 1:
+            return 0
+        k = (upper - 1).bit_length()
+        nbytes = (k + 7) // 8
+        excess = 8 * nbytes - k
+        while True:
+            v = int.from_bytes(self.random_bytes(nbytes), "little") >> excess
+            if v < upper:
+                return v
+
+    # -- floats ----------------------------------------------------------------------
+    def uniform01(self, size: int) -> npt.NDArray[np.float64]:
+        """``size`` uniform floats in ``[0, 1)`` with 53 random mantissa bits each."""
+        raw = np.frombuffer(self.random_bytes(8 * size), dtype="<u8")
+        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+    def standard_normal(self, size: int) -> npt.NDArray[np.float64]:
+        """``size`` standard normal floats by the Box-Muller transform on CSPRNG uniforms.
+
+        For the continuous Gaussian mechanism (central baseline, CKKS path) only; the
+        SecAgg path uses the exact integer samplers of :mod:`privacy.samplers`.
+        """
+        half = (size + 1) // 2
+        u1 = 1.0 - self.uniform01(half)  # (0, 1]: log is finite
+        u2 = self.uniform01(half)
+        r = np.sqrt(-2.0 * np.log(u1))
+        theta = 2.0 * np.pi * u2
+        return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:size]
