@@ -1,0 +1,98 @@
+"""The ``secure-fl`` command line.
+
+Exit status: 0 success; 1 a run failed for a reason the library names
+(:class:`~secure_fl.errors.SecureFLError`); 2 invalid configuration or usage (no
+traceback is printed for either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from secure_fl import __version__
+from secure_fl.config import load_config, to_toml
+from secure_fl.errors import ConfigError, DataError, SecureFLError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", type=Path, help="TOML configuration (default: embedded default)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration key, e.g. --set clients.num=20 (repeatable)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="secure-fl",
+        description="Privacy-hardened secure aggregation for federated learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"secure-fl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_run = sub.add_parser("run", help="run one federated job")
+    _add_config_args(p_run)
+    p_run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<timestamp>)")
+    p_run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p_cfg = sub.add_parser("config", help="print the fully resolved configuration as TOML")
+    _add_config_args(p_cfg)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from secure_fl.runner import run
+
+    config = load_config(args.config, args.overrides)
+    result = run(config, out_dir=args.out, progress=not args.quiet)
+    s = result.summary
+    eps = "none (no DP)" if s["epsilon"] is None else f"{s['epsilon']:.3g} (delta={s['delta']:g})"
+    print(
+        f"done: final accuracy {s['final_accuracy']:.4f}, best {s['best_accuracy']:.4f}, "
+        f"epsilon {eps}, upload/client {s['upload_bytes_per_client_mean']:.0f} B, "
+        f"wall {s['wall_time_s']:.1f}s -> {result.out_dir}"
+    )
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(to_toml(load_config(args.config, args.overrides)))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    handlers = {"run": _cmd_run, "config": _cmd_config}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as err:
+        print(f"secure-fl: configuration error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except DataError as err:
+        print(f"secure-fl: data error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except SecureFLError as err:
+        print(f"secure-fl: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("secure-fl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""One federated job: data, clients, aggregations, metrics and the run directory.
+
+``run(config)`` is the engine behind ``secure-fl run``. Each aggregation (server model
+version) of the synchronous mode:
+
+1. the server samples a cohort of ``clients.per_round`` clients;
+2. each cohort member downloads the global model, trains locally and forms its update
+   ``delta = w_local - w_global`` (a simulated client may drop at any protocol stage);
+3. the configured :class:`~secure_fl.aggregation.Aggregator` (plain / secagg / ckks)
+   returns the weighted mean of the updates that arrived, never an individual one;
+4. the server optimizer applies it; the global model is evaluated; one line goes to
+   ``metrics.jsonl``.
+
+Virtual time comes from device profiles and the real message sizes
+(:mod:`secure_fl.devices`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from secure_fl import __version__
+from secure_fl.aggregation import AggregateOutcome, Aggregator, ClientUpdate, PlainAggregator
+from secure_fl.config import RunConfig, config_hash, to_toml
+from secure_fl.data import FederatedData, load_federated_data
+from secure_fl.devices import draw_profiles
+from secure_fl.errors import ConfigError
+from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set_flat
+from secure_fl.progress import Progress
+from secure_fl.server_opt import ServerOptimizer
+from secure_fl.training import evaluate, train_local
+
+__all__ = ["RunResult", "make_aggregator", "run"]
+
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "ledger.jsonl", "transcript.json", "model.pt")
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, per-aggregation metrics and summary."""
+
+    out_dir: Path | None
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+    weights: npt.NDArray[np.float32]
+    model: nn.Module = field(repr=False)
+
+
+def make_aggregator(config: RunConfig, *, dim: int) -> Aggregator:
+    """The aggregation factory: validated settings in, a protocol object out."""
+    if config.protocol == "plain":
+        if config.dp.mechanism != "none":
+            raise ConfigError(
+                "differential privacy is not available in this build yet", field="dp.mechanism"
+            )
+        return PlainAggregator()
+    raise ConfigError(f"protocol {config.protocol!r} is not available in this build yet", field="protocol")
+
+
+def _default_out_dir() -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path("runs") / stamp
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output path {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and (out_dir / "summary.json").exists():
+        raise ConfigError(f"{out_dir} already holds a finished run; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _sample_cohort(rng: np.random.Generator, num_clients: int, size: int) -> list[int]:
+    return sorted(int(i) for i in rng.choice(num_clients, size=size, replace=False))
+
+
+def run(
+    config: RunConfig,
+    *,
+    out_dir: str | Path | None = None,
+    model_fn: ModelFn | None = None,
+    write: bool = True,
+    progress: bool = True,
+) -> RunResult:
+    """Run one federated job described by ``config``.
+
+    ``model_fn(feature_shape, num_classes)`` plugs in any ``torch.nn.Module``;
+    ``write=False`` keeps everything in memory (no run directory).
+    """
+    wall_start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    data: FederatedData = load_federated_data(config)
+    model = (model_fn or (lambda s, c: build_model(config.model, s, c)))(data.feature_shape, data.num_classes)
+    dim = num_parameters(model)
+    aggregator = make_aggregator(config, dim=dim)
+    server_opt = ServerOptimizer(config.server)
+    profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
+    sim_rng = np.random.default_rng([config.seed, 0x5EED])
+
+    path: Path | None = None
+    if write:
+        path = Path(out_dir) if out_dir is not None else _default_out_dir()
+        _prepare_out_dir(path)
+        (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        metrics_fh = (path / "metrics.jsonl").open("w", encoding="utf-8")
+
+    weights = get_flat(model)
+    metrics: list[dict[str, Any]] = []
+    virtual_time = 0.0
+    model_bytes = weights.nbytes
+    bar = Progress(config.rounds, desc=f"secure-fl {config.protocol}", enabled=progress)
+    try:
+        for version in range(1, config.rounds + 1):
+            cohort = _sample_cohort(sim_rng, config.clients.num, config.cohort_size)
+            updates: list[ClientUpdate] = []
+            train_times: dict[int, float] = {}
+            for cid in cohort:
+                drop = None
+                if sim_rng.random() < config.simulation.dropout:
+                    drop = str(sim_rng.choice(aggregator.stages))
+                client = data.clients[cid]
+                set_flat(model, weights)
+                steps = train_local(
+                    model, client.x_train, client.y_train, config.train,
+                    seed=int(np.random.SeedSequence([config.seed, version, cid]).generate_state(1)[0]),
+                )
+                train_times[cid] = profiles[cid].train_seconds(steps * config.train.batch_size)
+                delta = get_flat(model) - weights
+                w = float(client.num_train) if config.aggregation.weighting == "samples" else 1.0
+                updates.append(ClientUpdate(cid, delta, w, drop))
+            outcome: AggregateOutcome = aggregator.aggregate(updates, round_index=version)
+            if outcome.mean is not None:
+                weights = server_opt.step(weights, outcome.mean).astype(np.float32)
+            set_flat(model, weights)
+            test = evaluate(model, data.x_test, data.y_test)
+            personal = [evaluate(model, data.clients[c].x_test, data.clients[c].y_test) for c in cohort]
+            personal_acc = [p.accuracy for p in personal if p.num_samples]
+            # Synchronous round: the server waits for the slowest surviving member.
+            round_time = max(
+                (
+                    profiles[c].download_seconds(model_bytes + outcome.download_bytes.get(c, 0))
+                    + train_times[c]
+                    + profiles[c].upload_seconds(outcome.upload_bytes.get(c, 0))
+                    for c in outcome.survivors
+                ),
+                default=0.0,
+            )
+            virtual_time += float(round_time)
+            up_total = sum(outcome.upload_bytes.values())
+            record: dict[str, Any] = {
+                "version": version,
+                "virtual_time_s": round(virtual_time, 6),
+                "wall_time_s": round(time.perf_counter() - wall_start, 3),
+                "test_accuracy": test.accuracy,
+                "test_loss": test.loss,
+                "personalized_accuracy": float(np.mean(personal_acc)) if personal_acc else None,
+                "epsilon": None,
+                "cohort": list(outcome.cohort),
+                "survivors": list(outcome.survivors),
+                "dropped": outcome.dropped,
+                "excluded": {str(k): v for k, v in outcome.excluded.items()},
+                "aborted": outcome.aborted,
+                "upload_bytes": up_total,
+                "upload_bytes_per_client": up_total / max(1, len(outcome.upload_bytes)),
+                "download_bytes": model_bytes * len(cohort) + sum(outcome.download_bytes.values()),
+            }
+            metrics.append(record)
+            if path is not None:
+                # Metrics are the server's aggregate view only: no individual update.
+                metrics_fh.write(json.dumps(record) + "\n")
+                metrics_fh.flush()
+            bar.update(version, acc=test.accuracy, loss=test.loss)
+            if outcome.aborted:
+                bar.note(f"aggregation {version} aborted: {outcome.aborted}")
+    finally:
+        bar.close()
+        if path is not None:
+            metrics_fh.close()
+
+    accs = [m["test_accuracy"] for m in metrics]
+    uploads = [m["upload_bytes_per_client"] for m in metrics if m["upload_bytes"]]
+    summary: dict[str, Any] = {
+        "final_accuracy": accs[-1],
+        "best_accuracy": max(accs),
+        "final_loss": metrics[-1]["test_loss"],
+        "epsilon": None,
+        "delta": None,
+        "accountant": None,
+        "unit_of_privacy": None,
+        "privacy_note": "no differential privacy: epsilon is undefined (infinite)",
+        "protocol": config.protocol,
+        "rounds": config.rounds,
+        "aggregations_completed": sum(1 for m in metrics if not m["aborted"]),
+        "num_clients": config.clients.num,
+        "num_parameters": dim,
+        "upload_bytes_per_client_mean": float(np.mean(uploads)) if uploads else 0.0,
+        "wall_time_s": round(time.perf_counter() - wall_start, 3),
+        "virtual_time_s": round(virtual_time, 6),
+        "config_sha256": config_hash(config),
+        "secure_fl_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if path is not None:
+        torch.save(model.state_dict(), path / "model.pt")
+        (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return RunResult(path, metrics, summary, weights, model)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secure_fl.config import DEFAULT_CONFIG_PATH, config_hash, load_config, parse_overrides, to_toml
+from secure_fl.errors import ConfigError
+
+
+def test_default_config_loads_and_round_trips(tmp_path: Path) -> None:
+    config = load_config()
+    assert config.data.dataset == "digits"
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(config))
+    again = load_config(path)
+    assert again == config
+    assert config_hash(again) == config_hash(config)
+
+
+def test_overrides_parse_toml_values() -> None:
+    config = load_config(None, ["clients.num=20", "model.hidden=[32, 16]", "dp.clip=0.5", "protocol=plain"])
+    assert config.clients.num == 20
+    assert config.model.hidden == (32, 16)
+    assert config.dp.clip == 0.5
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["clients.num=0"], "clients.num"),
+        (["rounds=-3"], "rounds"),
+        (["protocol=rot13"], "protocol"),
+        (["no_such_key=1"], "no_such_key"),
+        (["dp.noise_multiplier=-1"], "dp.noise_multiplier"),
+        (["train.lr=fast"], "train.lr"),
+        (["data.partition=zipf"], "data.partition"),
+        (["secagg.bits=80"], "secagg.bits"),
+        (["ckks.poly_modulus_degree=5000"], "ckks.poly_modulus_degree"),
+        (["data.test_fraction=1.5"], "data.test_fraction"),
+        (["model.hidden=[0]"], "model.hidden"),
+        (["dp.delta=0"], "dp.delta"),
+        (["data.synthetic.num_classes=1"], "data.synthetic.num_classes"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides: list[str], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert field in str(err.value)
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(ConfigError, match="clients.per_round"):
+        load_config(None, ["clients.per_round=11"])
+    with pytest.raises(ConfigError, match="data.paths"):
+        load_config(None, ["data.dataset=csv", "clients.num=2"])
+
+
+def test_malformed_override_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["clients.num"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rounds = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_config_is_frozen() -> None:
+    config = load_config()
+    with pytest.raises(Exception, match="frozen"):
+        config.rounds = 3  # type: ignore[misc]
+
+
+def test_default_path_is_packaged() -> None:
+    assert DEFAULT_CONFIG_PATH.is_file()
