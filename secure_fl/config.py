@@ -143,7 +143,15 @@ class CkksConfig(_Section):
 
 class AggregationConfig(_Section):
     mode: Literal["sync", "async"] = "sync"
-    buffer_size: int | None = Field(None, ge=1, description="Async: updates per buffer (K).")
+    buffer_size: int | None = Field(
+        None, ge=1, description="Async: updates per buffer (K); default: half of clients.per_round."
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Sync: round deadline (late clients count as dropped). Async: a buffer "
+        "closes this long after its first update even if it holds fewer than K.",
+    )
     weighting: Literal["samples", "uniform"] = Field(
         "samples", description="FedAvg weights: sample counts, or 1 per client (forced under DP)."
     )
@@ -199,6 +207,15 @@ class RunConfig(_Section):
             )
         if self.data.dataset != "csv" and self.data.paths:
             raise ValueError("data.paths is only used with data.dataset = 'csv'")
+        if (
+            self.aggregation.mode == "async"
+            and self.aggregation.buffer_size is not None
+            and self.aggregation.buffer_size > self.cohort_size
+        ):
+            raise ValueError(
+                f"aggregation.buffer_size ({self.aggregation.buffer_size}) exceeds the number of "
+                f"clients training concurrently (clients.per_round = {self.cohort_size})"
+            )
         if self.data.partition == "dominant_class" and self.data.dominant_fraction <= 0:
             raise ValueError("data.dominant_fraction must be > 0 for the dominant_class partition")
         return self
@@ -207,6 +224,11 @@ class RunConfig(_Section):
     def cohort_size(self) -> int:
         """Clients per aggregation (sync) or training concurrently (async)."""
         return self.clients.per_round or self.clients.num
+
+    @property
+    def buffer_size(self) -> int:
+        """Async: updates per buffer (K)."""
+        return self.aggregation.buffer_size or max(1, self.cohort_size // 2)
 
 
 DEFAULT_CONFIG_PATH = Path(str(resources.files("secure_fl") / "default.toml"))

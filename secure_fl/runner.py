@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from secure_fl import __version__
-from secure_fl.aggregation import AggregateOutcome, Aggregator, ClientUpdate, PlainAggregator
+from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
 from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.data import FederatedData, load_federated_data
 from secure_fl.devices import draw_profiles
@@ -39,6 +39,7 @@ from secure_fl.errors import ConfigError
 from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set_flat
 from secure_fl.progress import Progress
 from secure_fl.server_opt import ServerOptimizer
+from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.training import evaluate, train_local
 
 __all__ = ["RunResult", "make_aggregator", "run"]
@@ -81,8 +82,6 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _sample_cohort(rng: np.random.Generator, num_clients: int, size: int) -> list[int]:
-    return sorted(int(i) for i in rng.choice(num_clients, size=size, replace=False))
 
 
 def run(
@@ -106,7 +105,15 @@ def run(
     aggregator = make_aggregator(config, dim=dim)
     server_opt = ServerOptimizer(config.server)
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
-    sim_rng = np.random.default_rng([config.seed, 0x5EED])
+    weights = get_flat(model)
+    sim = Simulator(
+        config,
+        profiles,
+        model_bytes=weights.nbytes,
+        stages=aggregator.stages,
+        rng=np.random.default_rng([config.seed, 0x5EED]),
+    )
+    max_train = max(c.num_train for c in data.clients) or 1
 
     path: Path | None = None
     if write:
@@ -115,78 +122,78 @@ def run(
         (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
         metrics_fh = (path / "metrics.jsonl").open("w", encoding="utf-8")
 
-    weights = get_flat(model)
     metrics: list[dict[str, Any]] = []
-    virtual_time = 0.0
-    model_bytes = weights.nbytes
-    bar = Progress(config.rounds, desc=f"secure-fl {config.protocol}", enabled=progress)
+    state = {"weights": weights}
+    bar = Progress(config.rounds, desc=f"secure-fl {config.protocol} ({config.aggregation.mode})", enabled=progress)
+
+    def train(cid: int, version: int) -> TrainResult:
+        client = data.clients[cid]
+        set_flat(model, state["weights"])
+        seed = int(np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0])
+        steps = train_local(model, client.x_train, client.y_train, config.train, seed=seed)
+        delta = get_flat(model) - state["weights"]
+        # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
+        base = client.num_train / max_train if config.aggregation.weighting == "samples" else 1.0
+        return TrainResult(delta, steps * config.train.batch_size, base)
+
+    def aggregate(plan: CohortPlan) -> AggregateOutcome:
+        version = sim.version + 1
+        outcome = aggregator.aggregate(plan.updates, round_index=version)
+        if outcome.mean is not None:
+            state["weights"] = server_opt.step(state["weights"], outcome.mean).astype(np.float32)
+        set_flat(model, state["weights"])
+        test = evaluate(model, data.x_test, data.y_test)
+        members = [u.client_id for u in plan.updates]
+        personal = [evaluate(model, data.clients[c].x_test, data.clients[c].y_test) for c in members]
+        personal_acc = [p.accuracy for p in personal if p.num_samples]
+        up_total = sum(outcome.upload_bytes.values())
+        hist: dict[str, int] = {}
+        for tau in plan.staleness.values():
+            hist[str(tau)] = hist.get(str(tau), 0) + 1
+        record: dict[str, Any] = {
+            "version": version,
+            "virtual_time_s": None,  # filled in once the exchange time is known
+            "wall_time_s": round(time.perf_counter() - wall_start, 3),
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "personalized_accuracy": float(np.mean(personal_acc)) if personal_acc else None,
+            "epsilon": None,
+            "cohort": list(outcome.cohort),
+            "survivors": list(outcome.survivors),
+            "dropped": outcome.dropped,
+            "excluded": {str(k): v for k, v in outcome.excluded.items()},
+            "rejected_stale": {str(k): v for k, v in plan.rejected.items()},
+            "staleness_histogram": hist,
+            "aborted": outcome.aborted,
+            "upload_bytes": up_total,
+            "upload_bytes_per_client": up_total / max(1, len(outcome.upload_bytes)),
+            "download_bytes": weights.nbytes * len(members) + sum(outcome.download_bytes.values()),
+        }
+        metrics.append(record)
+        bar.update(version, acc=test.accuracy, loss=test.loss)
+        if outcome.aborted:
+            bar.note(f"aggregation {version} aborted: {outcome.aborted}")
+        return outcome
+
+    def complete(virtual_time: float) -> None:
+        record = metrics[-1]
+        record["virtual_time_s"] = round(virtual_time, 6)
+        if path is not None:
+            # Metrics are the server's aggregate view only: never an individual update.
+            metrics_fh.write(json.dumps(record) + "\n")
+            metrics_fh.flush()
+
     try:
-        for version in range(1, config.rounds + 1):
-            cohort = _sample_cohort(sim_rng, config.clients.num, config.cohort_size)
-            updates: list[ClientUpdate] = []
-            train_times: dict[int, float] = {}
-            for cid in cohort:
-                drop = None
-                if sim_rng.random() < config.simulation.dropout:
-                    drop = str(sim_rng.choice(aggregator.stages))
-                client = data.clients[cid]
-                set_flat(model, weights)
-                steps = train_local(
-                    model, client.x_train, client.y_train, config.train,
-                    seed=int(np.random.SeedSequence([config.seed, version, cid]).generate_state(1)[0]),
-                )
-                train_times[cid] = profiles[cid].train_seconds(steps * config.train.batch_size)
-                delta = get_flat(model) - weights
-                w = float(client.num_train) if config.aggregation.weighting == "samples" else 1.0
-                updates.append(ClientUpdate(cid, delta, w, drop))
-            outcome: AggregateOutcome = aggregator.aggregate(updates, round_index=version)
-            if outcome.mean is not None:
-                weights = server_opt.step(weights, outcome.mean).astype(np.float32)
-            set_flat(model, weights)
-            test = evaluate(model, data.x_test, data.y_test)
-            personal = [evaluate(model, data.clients[c].x_test, data.clients[c].y_test) for c in cohort]
-            personal_acc = [p.accuracy for p in personal if p.num_samples]
-            # Synchronous round: the server waits for the slowest surviving member.
-            round_time = max(
-                (
-                    profiles[c].download_seconds(model_bytes + outcome.download_bytes.get(c, 0))
-                    + train_times[c]
-                    + profiles[c].upload_seconds(outcome.upload_bytes.get(c, 0))
-                    for c in outcome.survivors
-                ),
-                default=0.0,
-            )
-            virtual_time += float(round_time)
-            up_total = sum(outcome.upload_bytes.values())
-            record: dict[str, Any] = {
-                "version": version,
-                "virtual_time_s": round(virtual_time, 6),
-                "wall_time_s": round(time.perf_counter() - wall_start, 3),
-                "test_accuracy": test.accuracy,
-                "test_loss": test.loss,
-                "personalized_accuracy": float(np.mean(personal_acc)) if personal_acc else None,
-                "epsilon": None,
-                "cohort": list(outcome.cohort),
-                "survivors": list(outcome.survivors),
-                "dropped": outcome.dropped,
-                "excluded": {str(k): v for k, v in outcome.excluded.items()},
-                "aborted": outcome.aborted,
-                "upload_bytes": up_total,
-                "upload_bytes_per_client": up_total / max(1, len(outcome.upload_bytes)),
-                "download_bytes": model_bytes * len(cohort) + sum(outcome.download_bytes.values()),
-            }
-            metrics.append(record)
-            if path is not None:
-                # Metrics are the server's aggregate view only: no individual update.
-                metrics_fh.write(json.dumps(record) + "\n")
-                metrics_fh.flush()
-            bar.update(version, acc=test.accuracy, loss=test.loss)
-            if outcome.aborted:
-                bar.note(f"aggregation {version} aborted: {outcome.aborted}")
+        if config.aggregation.mode == "sync":
+            sim.run_sync(train, aggregate, complete)
+        else:
+            sim.run_async(train, aggregate, complete)
     finally:
         bar.close()
         if path is not None:
             metrics_fh.close()
+    weights = state["weights"]
+    virtual_time = sim.now
 
     accs = [m["test_accuracy"] for m in metrics]
     uploads = [m["upload_bytes_per_client"] for m in metrics if m["upload_bytes"]]
