@@ -17,10 +17,11 @@ Virtual time comes from device profiles and the real message sizes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set
 from secure_fl.progress import Progress
 from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
+from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.training import evaluate, train_local
 
 __all__ = ["RunResult", "make_aggregator", "run"]
@@ -60,6 +62,8 @@ class RunResult:
 
 def make_aggregator(config: RunConfig, *, dim: int) -> Aggregator:
     """The aggregation factory: validated settings in, a protocol object out."""
+    if config.sparsity.kind == "memory_budget":
+        raise ConfigError("the memory_budget support is not available in this build yet", field="sparsity.kind")
     if config.protocol == "plain":
         if config.dp.mechanism != "none":
             raise ConfigError(
@@ -67,6 +71,28 @@ def make_aggregator(config: RunConfig, *, dim: int) -> Aggregator:
             )
         return PlainAggregator()
     raise ConfigError(f"protocol {config.protocol!r} is not available in this build yet", field="protocol")
+
+
+def _make_pruner(config: RunConfig, model: nn.Module, dim: int) -> MagnitudePruner | None:
+    if config.sparsity.kind != "prune":
+        return None
+    # Weight matrices and kernels are pruned; biases (1-D tensors) are kept dense.
+    prunable = np.concatenate(
+        [np.full(p.numel(), p.dim() > 1) for p in model.parameters() if p.requires_grad]
+    )
+    end = max(1, int(0.6 * config.rounds))
+    return MagnitudePruner(dim=dim, density=config.sparsity.density, start=0, end=end, prunable=prunable)
+
+
+def _support_for(config: RunConfig, version: int, dim: int, pruner: MagnitudePruner | None) -> Support:
+    """The public support of aggregation ``version``."""
+    kind = config.sparsity.kind
+    if kind == "random_k":
+        seed = hashlib.sha256(f"secure-fl/random-k/{config.seed}/{version}".encode()).digest()
+        return random_k_support(dim, density=config.sparsity.density, round_seed=seed)
+    if pruner is not None:
+        return pruner.support()
+    return full_support(dim)
 
 
 def _default_out_dir() -> Path:
@@ -114,6 +140,7 @@ def run(
         rng=np.random.default_rng([config.seed, 0x5EED]),
     )
     max_train = max(c.num_train for c in data.clients) or 1
+    pruner = _make_pruner(config, model, dim)
 
     path: Path | None = None
     if write:
@@ -130,7 +157,8 @@ def run(
         client = data.clients[cid]
         set_flat(model, state["weights"])
         seed = int(np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0])
-        steps = train_local(model, client.x_train, client.y_train, config.train, seed=seed)
+        frozen = ~pruner.mask if pruner is not None else None
+        steps = train_local(model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen)
         delta = get_flat(model) - state["weights"]
         # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
         base = client.num_train / max_train if config.aggregation.weighting == "samples" else 1.0
@@ -138,9 +166,14 @@ def run(
 
     def aggregate(plan: CohortPlan) -> AggregateOutcome:
         version = sim.version + 1
-        outcome = aggregator.aggregate(plan.updates, round_index=version)
+        support = _support_for(config, version, dim, pruner)
+        updates = [replace(u, delta=support.gather(u.delta)) for u in plan.updates]
+        outcome = aggregator.aggregate(updates, round_index=version)
         if outcome.mean is not None:
-            state["weights"] = server_opt.step(state["weights"], outcome.mean).astype(np.float32)
+            new = server_opt.step(state["weights"], support.scatter(outcome.mean))
+            if pruner is not None:
+                new = new * pruner.update(new, version)
+            state["weights"] = new.astype(np.float32)
         set_flat(model, state["weights"])
         test = evaluate(model, data.x_test, data.y_test)
         members = [u.client_id for u in plan.updates]
@@ -165,6 +198,8 @@ def run(
             "rejected_stale": {str(k): v for k, v in plan.rejected.items()},
             "staleness_histogram": hist,
             "aborted": outcome.aborted,
+            "support": support.description,
+            "client_trained_parameters": support.size,
             "upload_bytes": up_total,
             "upload_bytes_per_client": up_total / max(1, len(outcome.upload_bytes)),
             "download_bytes": weights.nbytes * len(members) + sum(outcome.download_bytes.values()),

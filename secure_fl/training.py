@@ -28,14 +28,25 @@ def train_local(
     config: TrainConfig,
     *,
     seed: int,
+    frozen: npt.NDArray[np.bool_] | None = None,
 ) -> int:
     """Train ``model`` in place for ``config.local_epochs`` epochs of minibatch SGD.
 
     Batch order comes from a torch generator seeded by ``seed`` (simulation randomness;
-    DP noise is never drawn here). Returns the number of optimizer steps taken.
+    DP noise is never drawn here). ``frozen`` marks flat parameter positions that must not
+    change (pruned weights): their gradients are zeroed by hooks. Returns the number of
+    optimizer steps taken.
     """
     if y.shape[0] == 0:
         return 0
+    hooks = []
+    if frozen is not None and frozen.any():
+        offset = 0
+        for p in (q for q in model.parameters() if q.requires_grad):
+            n = p.numel()
+            keep = torch.from_numpy(~frozen[offset : offset + n]).reshape(p.shape).to(p.dtype)
+            hooks.append(p.register_hook(lambda g, keep=keep: g * keep))
+            offset += n
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.SGD(
@@ -52,6 +63,8 @@ def train_local(
             loss_fn(model(xt[idx]), yt[idx]).backward()
             opt.step()
             steps += 1
+    for h in hooks:
+        h.remove()
     return steps
 
 
