@@ -45,7 +45,7 @@ def train_local(
         for p in (q for q in model.parameters() if q.requires_grad):
             n = p.numel()
             keep = torch.from_numpy(~frozen[offset : offset + n]).reshape(p.shape).to(p.dtype)
-            hooks.append(p.register_hook(lambda g, keep=keep: g * keep))
+            hooks.append(p.register_hook(lambda g, keep=keep: g * keep))  # type: ignore[no-untyped-call]
             offset += n
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
