@@ -54,12 +54,17 @@ class DiscreteGaussianSumEvent:
     Learning with Secure Aggregation", ICML 2021. ``l1_sensitivity`` and
     ``l2_sensitivity`` bound the change of the integer sum when one client's vector is
     removed or replaced.
+
+    ``dimension`` is the number of coordinates d of the summed vector. The privacy
+    bound of the sum of discrete Gaussians (their Theorem 1 / Proposition 14) grows
+    with d, so accountants refuse an event whose dimension is unknown (``None``).
     """
 
     sigma: float
     num_clients: int
     l2_sensitivity: float
     l1_sensitivity: float
+    dimension: int | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from crypto.prg import Csprng
+from privacy.clipping import clip_l2
 from privacy.events import DPEvent, NonPrivateEvent
+from privacy.mechanisms.gaussian import CentralGaussian
 
 __all__ = [
     "AggregateOutcome",
@@ -91,12 +94,38 @@ class Aggregator(Protocol):
         """Run one aggregation over ``updates`` (the cohort, including dropouts)."""
         ...
 
+    def planned_event(self) -> DPEvent:
+        """The DP event of an aggregation in which exactly the provisioned number of
+        clients survive: what a site checks against its budget cap before joining."""
+        ...
+
 
 class PlainAggregator:
-    """FedAvg in the clear: the server receives every update as float32 bytes."""
+    """FedAvg in the clear: the server receives every update as float32 bytes.
+
+    With ``clip`` and ``mechanism`` set, the server clips each update and adds central
+    Gaussian noise to the weighted sum (the classic DP-FedAvg baseline of McMahan et al.
+    2018): the *released model* is private, but the server itself saw every update.
+    """
 
     name = "plain"
     stages: tuple[str, ...] = ("upload",)
+
+    def __init__(
+        self,
+        *,
+        clip: float | None = None,
+        mechanism: CentralGaussian | None = None,
+        rng: Csprng | None = None,
+    ) -> None:
+        if mechanism is not None and (clip is None or rng is None):
+            raise ValueError("central DP needs a clip bound and a CSPRNG")
+        self.clip = clip
+        self.mechanism = mechanism
+        self.rng = rng
+
+    def planned_event(self) -> DPEvent:
+        return self.mechanism.event() if self.mechanism is not None else NonPrivateEvent()
 
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateOutcome:
         cohort = tuple(u.client_id for u in updates)
@@ -112,7 +141,10 @@ class PlainAggregator:
             transcript.append(
                 MessageRecord(u.client_id, "upload", len(payload), hashlib.sha256(payload).hexdigest())
             )
-            contrib = u.weight * u.delta.astype(np.float64)
+            vec = u.delta.astype(np.float64)
+            if self.clip is not None:
+                vec, _ = clip_l2(vec, max_norm=self.clip)
+            contrib = u.weight * vec
             total = contrib if total is None else total + contrib
             weight_sum += u.weight
         if total is None or weight_sum <= 0:
@@ -120,6 +152,10 @@ class PlainAggregator:
                 None, cohort, (), dropped, {}, upload, {}, NonPrivateEvent(), transcript,
                 aborted="no client update arrived",
             )
+        event: DPEvent = NonPrivateEvent()
+        if self.mechanism is not None and self.rng is not None:
+            total = self.mechanism.add_noise(total, rng=self.rng)
+            event = self.mechanism.event()
         return AggregateOutcome(
             mean=total / weight_sum,
             cohort=cohort,
@@ -128,6 +164,6 @@ class PlainAggregator:
             excluded={},
             upload_bytes=upload,
             download_bytes={},
-            dp_event=NonPrivateEvent(),
+            dp_event=event,
             transcript=transcript,
         )

@@ -115,6 +115,12 @@ class DPConfig(_Section):
     clip: float = Field(1.0, gt=0, description="L2 bound on each client's update.")
     adaptive_clip: bool = False
     record_level: bool = Field(False, description="Opacus DP-SGD inside each client.")
+    provisioned_survivors: int | None = Field(
+        None,
+        ge=1,
+        description="Noise shares are sized so this many survivors carry the full noise; "
+        "default: the secure-aggregation threshold (a majority of the cohort).",
+    )
     budget_cap: float | None = Field(
         None, gt=0, description="Per-site epsilon cap; a site refuses aggregations past it."
     )

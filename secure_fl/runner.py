@@ -31,7 +31,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from crypto.prg import Csprng
+from privacy.events import NonPrivateEvent
+from privacy.mechanisms.gaussian import CentralGaussian
 from secure_fl import __version__
+from secure_fl.accounting import RunPrivacy, calibrate_config
 from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
 from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.data import FederatedData, load_federated_data
@@ -39,6 +43,7 @@ from secure_fl.devices import draw_profiles
 from secure_fl.errors import ConfigError
 from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set_flat
 from secure_fl.progress import Progress
+from secure_fl.protocols import CkksAggregator
 from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
@@ -60,16 +65,33 @@ class RunResult:
     model: nn.Module = field(repr=False)
 
 
-def make_aggregator(config: RunConfig, *, dim: int) -> Aggregator:
-    """The aggregation factory: validated settings in, a protocol object out."""
+def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -> Aggregator:
+    """The aggregation factory: validated settings in, a protocol object out.
+
+    ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default).
+    """
+    rng = rng or Csprng.from_entropy()
     if config.sparsity.kind == "memory_budget":
         raise ConfigError("the memory_budget support is not available in this build yet", field="sparsity.kind")
+    dp = config.dp
     if config.protocol == "plain":
-        if config.dp.mechanism != "none":
+        if dp.mechanism == "none":
+            return PlainAggregator()
+        if dp.mechanism != "gaussian":
             raise ConfigError(
-                "differential privacy is not available in this build yet", field="dp.mechanism"
+                f"{dp.mechanism!r} is a distributed integer mechanism and needs protocol = 'secagg'",
+                field="dp.mechanism",
             )
-        return PlainAggregator()
+        mech = CentralGaussian(clip=dp.clip, noise_multiplier=dp.noise_multiplier)
+        return PlainAggregator(clip=dp.clip, mechanism=mech, rng=rng)
+    if config.protocol == "ckks":
+        if config.dp.mechanism not in ("none", "gaussian"):
+            raise ConfigError(
+                f"{config.dp.mechanism!r} noise is integer-valued and needs protocol = 'secagg'; "
+                "CKKS uses the continuous 'gaussian' mechanism",
+                field="dp.mechanism",
+            )
+        return CkksAggregator(config, dim=dim, rng=rng)
     raise ConfigError(f"protocol {config.protocol!r} is not available in this build yet", field="protocol")
 
 
@@ -124,11 +146,13 @@ def run(
     ``write=False`` keeps everything in memory (no run directory).
     """
     wall_start = time.perf_counter()
+    config = calibrate_config(config)
     torch.manual_seed(config.seed)
     data: FederatedData = load_federated_data(config)
     model = (model_fn or (lambda s, c: build_model(config.model, s, c)))(data.feature_shape, data.num_classes)
     dim = num_parameters(model)
     aggregator = make_aggregator(config, dim=dim)
+    privacy = RunPrivacy(config, aggregator)
     server_opt = ServerOptimizer(config.server)
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
     weights = get_flat(model)
@@ -161,14 +185,25 @@ def run(
         steps = train_local(model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen)
         delta = get_flat(model) - state["weights"]
         # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
-        base = client.num_train / max_train if config.aggregation.weighting == "samples" else 1.0
+        # Under DP every client weighs 1 (times its public staleness weight), so the
+        # denominator is public and the sensitivity is the clip bound.
+        by_samples = config.aggregation.weighting == "samples" and config.dp.mechanism == "none"
+        base = client.num_train / max_train if by_samples else 1.0
         return TrainResult(delta, steps * config.train.batch_size, base)
 
     def aggregate(plan: CohortPlan) -> AggregateOutcome:
         version = sim.version + 1
         support = _support_for(config, version, dim, pruner)
-        updates = [replace(u, delta=support.gather(u.delta)) for u in plan.updates]
-        outcome = aggregator.aggregate(updates, round_index=version)
+        admitted, refused = privacy.admit([u.client_id for u in plan.updates], version=version)
+        updates = [replace(u, delta=support.gather(u.delta)) for u in plan.updates if u.client_id in admitted]
+        if updates:
+            outcome = aggregator.aggregate(updates, round_index=version)
+        else:
+            outcome = AggregateOutcome(
+                None, tuple(u.client_id for u in plan.updates), (), {}, {}, {}, {},
+                NonPrivateEvent(), aborted="every cohort member refused: privacy budget spent",
+            )
+        epsilon = privacy.record(outcome, version=version)
         if outcome.mean is not None:
             new = server_opt.step(state["weights"], support.scatter(outcome.mean))
             if pruner is not None:
@@ -190,8 +225,9 @@ def run(
             "test_accuracy": test.accuracy,
             "test_loss": test.loss,
             "personalized_accuracy": float(np.mean(personal_acc)) if personal_acc else None,
-            "epsilon": None,
+            "epsilon": epsilon,
             "cohort": list(outcome.cohort),
+            "budget_refusals": {str(k): v for k, v in refused.items()},
             "survivors": list(outcome.survivors),
             "dropped": outcome.dropped,
             "excluded": {str(k): v for k, v in outcome.excluded.items()},
@@ -205,9 +241,13 @@ def run(
             "download_bytes": weights.nbytes * len(members) + sum(outcome.download_bytes.values()),
         }
         metrics.append(record)
-        bar.update(version, acc=test.accuracy, loss=test.loss)
+        bar.update(version, acc=test.accuracy, loss=test.loss, eps=epsilon)
         if outcome.aborted:
             bar.note(f"aggregation {version} aborted: {outcome.aborted}")
+        if privacy.enabled and not admitted:
+            # Every site refused: no further aggregation can be private within the caps.
+            sim.stopped = True
+            bar.note(f"stopping after aggregation {version}: every site's privacy budget is spent")
         return outcome
 
     def complete(virtual_time: float) -> None:
@@ -236,11 +276,8 @@ def run(
         "final_accuracy": accs[-1],
         "best_accuracy": max(accs),
         "final_loss": metrics[-1]["test_loss"],
-        "epsilon": None,
-        "delta": None,
-        "accountant": None,
-        "unit_of_privacy": None,
-        "privacy_note": "no differential privacy: epsilon is undefined (infinite)",
+        **privacy.summary(),
+        "noise_multiplier": config.dp.noise_multiplier if privacy.enabled else None,
         "protocol": config.protocol,
         "rounds": config.rounds,
         "aggregations_completed": sum(1 for m in metrics if not m["aborted"]),

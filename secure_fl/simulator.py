@@ -91,6 +91,8 @@ class Simulator:
         self.rng = rng
         self.now = 0.0
         self.version = 0
+        #: Set by the runner to end the run early (e.g. every site's budget is spent).
+        self.stopped = False
         #: Virtual time at which each aggregation (version) completed.
         self.completion_times: list[float] = []
 
@@ -121,7 +123,7 @@ class Simulator:
     def run_sync(self, train: TrainFn, aggregate: AggregateFn, complete: CompleteFn | None = None) -> None:
         cfg = self.config
         deadline = cfg.aggregation.timeout_s
-        while self.version < cfg.rounds:
+        while self.version < cfg.rounds and not self.stopped:
             cohort = sorted(int(i) for i in self.rng.choice(cfg.clients.num, cfg.cohort_size, replace=False))
             updates: list[ClientUpdate] = []
             finish: dict[int, float] = {}
@@ -200,7 +202,7 @@ class Simulator:
             fill(self.now)
 
         fill(0.0)
-        while self.version < cfg.rounds and events:
+        while self.version < cfg.rounds and events and not self.stopped:
             ev = heapq.heappop(events)
             if ev.kind == "timeout":
                 if ev.client == buffer_epoch and buffer:

@@ -1,0 +1,177 @@
+"""Privacy-random-variable (PRV) accountant for the Gaussian family, via Opacus.
+
+Gopi, Lee, Wutschitz, "Numerical Composition of Differential Privacy", NeurIPS 2021:
+the privacy loss random variable of each step is discretised on a common grid and the
+composition is computed by FFT convolution; epsilon(delta) is read off the composed
+distribution with rigorous error bars, and the *upper* end of the interval is
+reported (``eps_error`` is the width Opacus aims for). It is tighter than RDP for the
+subsampled Gaussian (typically 5-15 % smaller epsilon), never looser.
+
+Supported: ``GaussianEvent``, ``PoissonSampledEvent(q, GaussianEvent)``, their
+self-compositions and compositions, ``NoOpEvent`` and ``NonPrivateEvent`` (epsilon
+``inf``). Opacus's PRV implementation models only the Poisson-subsampled Gaussian, so
+the discrete mechanisms (whose privacy loss is not that of a Gaussian) and
+subsampling of anything but a single Gaussian are refused, never approximated.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from opacus.accountants import PRVAccountant as _OpacusPRV
+
+from privacy.accountants.base import BaseAccountant, check_delta, is_count, is_real
+from privacy.errors import AccountingError
+from privacy.events import (
+    ComposedEvent,
+    DiscreteGaussianSumEvent,
+    DPEvent,
+    GaussianEvent,
+    NonPrivateEvent,
+    NoOpEvent,
+    PoissonSampledEvent,
+    SelfComposedEvent,
+    SkellamSumEvent,
+)
+
+__all__ = ["PrvAccountant"]
+
+_Entry = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+
+
+def _check_prv_event(event: object, path: str) -> str | None:
+    if isinstance(event, NoOpEvent | NonPrivateEvent):
+        return None
+    if isinstance(event, GaussianEvent):
+        z = event.noise_multiplier
+        if not is_real(z) or z < 0:
+            return f"{path}.noise_multiplier: must be a number >= 0, got {z!r}"
+        return None
+    if isinstance(event, DiscreteGaussianSumEvent | SkellamSumEvent):
+        return (
+            f"{path}: the PRV accountant covers the continuous Gaussian family only; "
+            f"account for {type(event).__name__} with the 'rdp' accountant"
+        )
+    if isinstance(event, PoissonSampledEvent):
+        q = event.sample_rate
+        if not is_real(q) or not 0.0 <= q <= 1.0:
+            return f"{path}.sample_rate: must be in [0, 1], got {q!r}"
+        inner = event.event
+        inner_path = f"{path}.event ({type(inner).__name__})"
+        if isinstance(inner, GaussianEvent | NoOpEvent | NonPrivateEvent):
+            return _check_prv_event(inner, inner_path)
+        if isinstance(inner, DiscreteGaussianSumEvent | SkellamSumEvent):
+            return _check_prv_event(inner, inner_path)
+        return (
+            f"{inner_path}: the PRV accountant supports Poisson sampling of a single "
+            "Gaussian step only"
+        )
+    if isinstance(event, SelfComposedEvent):
+        if not is_count(event.count):
+            return f"{path}.count: must be an integer >= 0, got {event.count!r}"
+        return _check_prv_event(event.event, f"{path}.event ({type(event.event).__name__})")
+    if isinstance(event, ComposedEvent):
+        if not isinstance(event.events, tuple | list):
+            return f"{path}.events: must be a tuple of events"
+        for i, sub in enumerate(event.events):
+            reason = _check_prv_event(sub, f"{path}.events[{i}] ({type(sub).__name__})")
+            if reason is not None:
+                return reason
+        return None
+    return f"{path}: unknown event type {type(event).__name__}"
+
+
+def _flatten(event: DPEvent, count: int, out: list[_Entry]) -> bool:
+    """Append (z, q, steps) entries of a checked event; return True if non-private."""
+    if count == 0 or isinstance(event, NoOpEvent):
+        return False
+    if isinstance(event, NonPrivateEvent):
+        return True
+    if isinstance(event, GaussianEvent):
+        if event.noise_multiplier == 0:
+            return True
+        out.append((float(event.noise_multiplier), 1.0, count))
+        return False
+    if isinstance(event, PoissonSampledEvent):
+        q = float(event.sample_rate)
+        inner = event.event
+        if q == 0.0 or isinstance(inner, NoOpEvent):
+            return False
+        if isinstance(inner, NonPrivateEvent):
+            return True
+        if isinstance(inner, GaussianEvent):
+            if inner.noise_multiplier == 0:
+                return True
+            out.append((float(inner.noise_multiplier), q, count))
+            return False
+    if isinstance(event, SelfComposedEvent):
+        return _flatten(event.event, count * int(event.count), out)
+    if isinstance(event, ComposedEvent):
+        non_private = False
+        for sub in event.events:
+            non_private = _flatten(sub, count, out) or non_private
+        return non_private
+    raise AccountingError(f"unchecked event {type(event).__name__}")  # pragma: no cover
+
+
+class PrvAccountant(BaseAccountant):
+    """Opacus's PRV accountant behind the check-then-compose contract.
+
+    ``eps_error`` is the accuracy Opacus targets for epsilon; ``delta_error`` defaults
+    to ``delta / 1000`` as in Opacus. The reported epsilon is Opacus's upper bound.
+    """
+
+    name = "prv"
+
+    def __init__(self, *, eps_error: float = 0.01, delta_error: float | None = None) -> None:
+        if not eps_error > 0:
+            raise ValueError(f"eps_error must be > 0, got {eps_error}")
+        self._eps_error = float(eps_error)
+        self._delta_error = delta_error
+        self._history: list[_Entry] = []
+        self._non_private = False
+
+    @property
+    def history(self) -> tuple[_Entry, ...]:
+        """Composed steps as ``(noise_multiplier, sample_rate, steps)``, merged."""
+        return tuple(self._history)
+
+    def _check(self, event: object, path: str) -> str | None:
+        return _check_prv_event(event, path)
+
+    def _compose(self, event: DPEvent) -> None:
+        entries: list[_Entry] = []
+        non_private = _flatten(event, 1, entries)
+        history = list(self._history)
+        for z, q, steps in entries:
+            for i, (hz, hq, hs) in enumerate(history):
+                if hz == z and hq == q:
+                    history[i] = (hz, hq, hs + steps)
+                    break
+            else:
+                history.append((z, q, steps))
+        self._history = history
+        self._non_private = self._non_private or non_private
+
+    def epsilon(self, delta: float) -> float:
+        delta = check_delta(delta)
+        if self._non_private:
+            return math.inf
+        if not self._history:
+            return 0.0
+        engine = _OpacusPRV()
+        engine.history = [(z, q, steps) for z, q, steps in self._history]
+        delta_error = self._delta_error if self._delta_error is not None else delta / 1000.0
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                eps = float(
+                    engine.get_epsilon(delta, eps_error=self._eps_error, delta_error=delta_error)
+                )
+        except (ValueError, ArithmeticError, RuntimeError) as exc:
+            raise AccountingError(f"PRV accountant failed for delta={delta}: {exc}") from exc
+        if math.isnan(eps):
+            raise AccountingError(f"PRV accountant produced NaN for delta={delta}")
+        return max(eps, 0.0)

@@ -1,0 +1,147 @@
+"""Secure aggregation protocols behind the :class:`~secure_fl.aggregation.Aggregator`
+interface: pairwise masking (``secagg``) and CKKS (``ckks``), with the client-side
+privacy pipeline of DESIGN.md section 2.
+
+Client side, for each cohort member i (all in the member's own process in a deployment;
+in-process here):
+
+    u_i = w_i * clip_l2(delta_i, C)                          (w_i <= 1: FedAvg x staleness)
+    secagg, no DP:   encode [u_i, w_i] into Z_2^b            (weight secure-summed too)
+    secagg, DDG/Sk:  rotate, scale, round, + integer noise share, mod 2^b   (privacy/)
+    ckks,   no DP:   encrypt [u_i, w_i]
+    ckks,   Gaussian: encrypt u_i + N(0, (z C)^2 / t)
+
+Server side: a secure sum of those vectors (masked sum mod 2^b, or ciphertext sum
+decrypted only as an aggregate by the key holder), divided by the sum of weights (secret
+weights travel as the last coordinate; under DP the weights are public staleness
+weights and the denominator is their public sum). The server never holds an individual
+update: it receives masked vectors or ciphertexts only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from crypto.ckks import CkksParams, KeyHolder, simulate_ckks_round
+from crypto.errors import ProtocolError
+from crypto.prg import Csprng
+from privacy.clipping import clip_l2
+from privacy.events import DPEvent, NonPrivateEvent
+from privacy.mechanisms.gaussian import GaussianShare
+from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
+from secure_fl.config import RunConfig
+
+__all__ = ["CkksAggregator", "clip_and_weight"]
+
+Vec = npt.NDArray[np.float64]
+
+
+def clip_and_weight(update: ClientUpdate, *, clip: float) -> Vec:
+    """``w * clip_l2(delta, C)``: the client's contribution before encoding (norm <= w C)."""
+    clipped, _ = clip_l2(update.delta, max_norm=clip)
+    return update.weight * clipped
+
+
+def _aborted(updates: Sequence[ClientUpdate], reason: str, dropped: dict[str, list[int]]) -> AggregateOutcome:
+    return AggregateOutcome(
+        mean=None,
+        cohort=tuple(u.client_id for u in updates),
+        survivors=(),
+        dropped=dropped,
+        excluded={},
+        upload_bytes={},
+        download_bytes={},
+        dp_event=NonPrivateEvent(),
+        aborted=reason,
+    )
+
+
+class CkksAggregator:
+    """Additively homomorphic aggregation under CKKS (TenSEAL via :mod:`crypto.ckks`).
+
+    A fresh key pair per aggregation: the key holder generates it and publishes the
+    public context; clients encrypt; the server adds ciphertexts with the public context
+    only and forwards the aggregate; the key holder decrypts the aggregate alone.
+    Dropouts before upload cost nothing: the sum simply has fewer summands.
+    """
+
+    name = "ckks"
+    stages: tuple[str, ...] = ("upload",)
+
+    def __init__(self, config: RunConfig, *, dim: int, rng: Csprng) -> None:
+        self.config = config
+        self.dim = dim
+        self.rng = rng
+        self.clip = config.dp.clip
+        self.params = CkksParams(poly_modulus_degree=config.ckks.poly_modulus_degree)
+        dp = config.dp
+        self.mechanism: GaussianShare | None = None
+        if dp.mechanism == "gaussian":
+            t = dp.provisioned_survivors or max(1, config.cohort_size // 2 + 1)
+            self.mechanism = GaussianShare(clip=self.clip, noise_multiplier=dp.noise_multiplier, threshold=t)
+        #: Encoded values are bounded by max(C, 1): |w u_j| <= C and the weight w <= 1.
+        self.bound = max(self.clip, 1.0)
+
+    def planned_event(self) -> DPEvent:
+        if self.mechanism is None:
+            return NonPrivateEvent()
+        return self.mechanism.event(num_survivors=self.mechanism.threshold)
+
+    def _encode(self, update: ClientUpdate) -> Vec:
+        u = clip_and_weight(update, clip=self.clip)
+        if self.mechanism is not None:
+            return self.mechanism.client_encode(u, rng=self.rng)
+        return np.concatenate([u, [update.weight]])
+
+    def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateOutcome:
+        dropped = {"upload": sorted(u.client_id for u in updates if u.drop_stage is not None)}
+        inputs = [self._encode(u) for u in updates]
+        drop = [i for i, u in enumerate(updates) if u.drop_stage is not None]
+        # Noise can push a coordinate past the clip; the encoding bound leaves room for it.
+        bound = self.bound
+        if self.mechanism is not None:
+            bound = self.bound + 8.0 * self.mechanism.local_std
+        try:
+            res = simulate_ckks_round(
+                inputs,
+                params=self.params,
+                bound=bound,
+                drop=drop,
+                key_holder=KeyHolder.generate(self.params),
+                round=round_index,
+            )
+        except ProtocolError as err:
+            return _aborted(updates, f"{type(err).__name__}: {err}", dropped)
+        ids = [u.client_id for u in updates]
+        survivors = tuple(sorted(ids[i] for i in res.survivors))
+        total = np.asarray(res.total, dtype=np.float64)
+        event: DPEvent
+        if self.mechanism is not None:
+            weight_sum = sum(updates[i].weight for i in res.survivors)  # public staleness weights
+            mean = total / weight_sum
+            event = self.mechanism.event(num_survivors=len(res.survivors))
+        else:
+            weight_sum = float(total[-1])
+            mean = total[:-1] / weight_sum
+            event = NonPrivateEvent()
+        measurements: dict[str, Any] = {"aggregate_bytes": res.aggregate_bytes}
+        return AggregateOutcome(
+            mean=mean,
+            cohort=tuple(ids),
+            survivors=survivors,
+            dropped=dropped,
+            excluded={ids[i]: reason for i, reason in res.excluded.items()},
+            upload_bytes={ids[i]: n for i, n in res.upload_bytes.items()},
+            download_bytes={c: res.public_context_bytes for c in ids},
+            dp_event=event,
+            transcript=[
+                MessageRecord(ids[i], "upload", n, res.upload_sha256[i])
+                for i, n in sorted(res.upload_bytes.items())
+            ],
+            measurements=measurements,
+        )
+
