@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from privacy import (
@@ -67,8 +67,12 @@ class RunPrivacy:
         self.enabled = dp.mechanism != "none"
         self.delta = dp.delta
         self.aggregator = aggregator
+        caps: dict[Hashable, float] = {int(k): float(v) for k, v in dp.site_caps.items()}
         self.budgets = ClientBudgets(
-            delta=dp.delta, accountant="rdp", default_cap=dp.budget_cap if dp.budget_cap else math.inf
+            delta=dp.delta,
+            accountant="rdp",
+            default_cap=dp.budget_cap if dp.budget_cap else math.inf,
+            caps=caps,
         )
         self.sample_rate = config.cohort_size / config.clients.num
         self.released = RdpAccountant()

@@ -122,7 +122,11 @@ class DPConfig(_Section):
         "default: the secure-aggregation threshold (a majority of the cohort).",
     )
     budget_cap: float | None = Field(
-        None, gt=0, description="Per-site epsilon cap; a site refuses aggregations past it."
+        None, gt=0, description="Epsilon cap of every site; a site refuses aggregations past it."
+    )
+    site_caps: dict[int, float] = Field(
+        default_factory=dict,
+        description="Per-site epsilon caps overriding budget_cap, e.g. {3 = 2.0} for client 3.",
     )
 
 
@@ -221,6 +225,12 @@ class RunConfig(_Section):
             raise ValueError(
                 f"aggregation.buffer_size ({self.aggregation.buffer_size}) exceeds the number of "
                 f"clients training concurrently (clients.per_round = {self.cohort_size})"
+            )
+        bad_sites = [c for c, cap in self.dp.site_caps.items() if not 0 <= c < self.clients.num or cap <= 0]
+        if bad_sites:
+            raise ValueError(
+                f"dp.site_caps: entries for clients {bad_sites} are invalid (client ids are "
+                f"0..{self.clients.num - 1}, caps must be > 0)"
             )
         if self.data.partition == "dominant_class" and self.data.dominant_fraction <= 0:
             raise ValueError("data.dominant_fraction must be > 0 for the dominant_class partition")

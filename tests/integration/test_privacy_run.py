@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from privacy import compute_epsilon
+from secure_fl import load_config, run
+
+
+def _run(*overrides: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run(load_config(None, ["train.lr=0.1", *overrides]), write=False, progress=False)
+
+
+def test_running_epsilon_matches_an_independent_computation() -> None:
+    z = 2.0
+    res = _run("dp.mechanism=gaussian", f"dp.noise_multiplier={z}", "rounds=4")
+    for m in res.metrics:
+        expected = compute_epsilon(mechanism="gaussian", noise_multiplier=z, sample_rate=1.0,
+                                   steps=m["version"], delta=1e-5)
+        assert m["epsilon"] == pytest.approx(expected, rel=1e-9)
+    s = res.summary
+    assert s["accountant"] == "rdp" and s["delta"] == 1e-5 and "client" in s["unit_of_privacy"]
+    assert s["epsilon_released_model"] == pytest.approx(s["epsilon_against_server"])  # q = 1
+
+
+def test_released_model_epsilon_uses_sampling_only_for_the_released_model() -> None:
+    res = _run("dp.mechanism=gaussian", "dp.noise_multiplier=2.0", "rounds=3",
+               "clients.num=10", "clients.per_round=5")
+    s = res.summary
+    assert s["epsilon_released_model"] < s["epsilon_against_server"]
+    assert "Poisson" in s["released_model_assumption"]
+
+
+def test_site_with_smaller_cap_stops_joining_at_the_right_aggregation() -> None:
+    z, cap = 3.0, 2.5
+    steps_ok = max(k for k in range(1, 20) if compute_epsilon(
+        mechanism="gaussian", noise_multiplier=z, sample_rate=1.0, steps=k, delta=1e-5) <= cap)
+    res = _run("dp.mechanism=gaussian", f"dp.noise_multiplier={z}", "rounds=8",
+               "clients.num=5", f"dp.site_caps={{2 = {cap}}}")
+    joined = [m["version"] for m in res.metrics if 2 in m["survivors"]]
+    assert joined == list(range(1, steps_ok + 1))
+    refused_at = [m["version"] for m in res.metrics if "2" in m["budget_refusals"]]
+    assert refused_at and refused_at[0] == steps_ok + 1
+    assert res.summary["epsilon_per_client"]["2"] <= cap
+    others = [m for m in res.metrics if 0 in m["survivors"]]
+    assert len(others) == 8
+
+
+def test_training_stops_when_every_budget_is_spent() -> None:
+    res = _run("dp.mechanism=gaussian", "dp.noise_multiplier=3.0", "rounds=10", "clients.num=4",
+               "dp.budget_cap=2.5")
+    assert res.summary["aggregations_completed"] < 10
+    assert res.metrics[-1]["aborted"] and "budget" in res.metrics[-1]["aborted"]
+
+
+@pytest.mark.parametrize("protocol", ["plain", "ckks"])
+def test_target_epsilon_is_met_within_two_percent(protocol: str) -> None:
+    res = _run(f"protocol={protocol}", "dp.mechanism=gaussian", "dp.target_epsilon=3.0", "rounds=5",
+               "clients.num=6", "dp.provisioned_survivors=6", "dp.clip=5.0")
+    eps = res.summary["epsilon"]
+    assert 0.98 * 3.0 <= eps <= 3.0
+
+
+def test_more_dropouts_than_provisioned_raise_epsilon_and_warn() -> None:
+    base = ["protocol=ckks", "dp.mechanism=gaussian", "dp.noise_multiplier=2.0", "rounds=3",
+            "clients.num=10", "dp.provisioned_survivors=10", "dp.clip=5.0"]
+    full = _run(*base)
+    with pytest.warns(UserWarning, match="fewer clients survived"):
+        dropped = run(load_config(None, ["train.lr=0.1", *base, "simulation.dropout=0.4"]),
+                      write=False, progress=False)
+    assert dropped.summary["privacy_warnings"]
+    assert dropped.summary["epsilon"] > full.summary["epsilon"]
+    # The recorded noise is what was summed: z * sqrt(survivors / provisioned) per aggregation.
+    from privacy import GaussianEvent, RdpAccountant
+
+    acc = RdpAccountant()
+    for m in dropped.metrics:
+        acc.compose(GaussianEvent(noise_multiplier=2.0 * (len(m["survivors"]) / 10) ** 0.5))
+    worst = max(dropped.summary["epsilon_per_client"].values())
+    assert worst <= acc.epsilon(1e-5) + 1e-9

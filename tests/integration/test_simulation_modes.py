@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import numpy as np
+
+from secure_fl import load_config, run
+
+
+def _run(*overrides: str):
+    return run(load_config(None, ["train.lr=0.1", *overrides]), write=False, progress=False)
+
+
+def test_async_buffers_record_staleness_and_are_deterministic() -> None:
+    args = ("aggregation.mode=async", "clients.num=12", "clients.per_round=8",
+            "aggregation.buffer_size=3", "simulation.stragglers=0.3", "rounds=12")
+    a, b = _run(*args), _run(*args)
+    assert [m["test_accuracy"] for m in a.metrics] == [m["test_accuracy"] for m in b.metrics]
+    assert len(a.metrics) == 12
+    assert all(sum(m["staleness_histogram"].values()) == 3 for m in a.metrics)
+    assert any(k != "0" for m in a.metrics for k in m["staleness_histogram"]), "no stale update at all"
+    times = [m["virtual_time_s"] for m in a.metrics]
+    assert all(t2 >= t1 for t1, t2 in zip(times, times[1:], strict=False))
+    assert a.metrics[-1]["test_accuracy"] > 0.6
+
+
+def test_stale_updates_beyond_the_bound_are_rejected_with_a_reason() -> None:
+    res = _run("aggregation.mode=async", "clients.num=10", "clients.per_round=10",
+               "aggregation.buffer_size=2", "simulation.stragglers=0.3",
+               "simulation.straggler_slowdown=50", "staleness.max_staleness=1", "rounds=15")
+    rejected = {k: v for m in res.metrics for k, v in m["rejected_stale"].items()}
+    assert rejected and all("exceeds the bound 1" in v for v in rejected.values())
+
+
+def test_sync_deadline_drops_late_clients() -> None:
+    res = _run("clients.num=10", "simulation.stragglers=0.3", "aggregation.timeout_s=0.2", "rounds=3")
+    for m in res.metrics:
+        assert len(m["survivors"]) < len(m["cohort"])
+        assert m["virtual_time_s"] <= 0.2 * m["version"] + 1.0
+
+
+def test_dropouts_are_recorded_and_training_continues() -> None:
+    res = _run("clients.num=10", "simulation.dropout=0.3", "rounds=5")
+    dropped = sum(len(v) for m in res.metrics for v in m["dropped"].values())
+    assert dropped > 0
+    assert all(len(m["survivors"]) + sum(len(v) for v in m["dropped"].values()) == len(m["cohort"])
+               for m in res.metrics)
+
+
+def test_pruned_model_stays_sparse_and_uploads_shrink() -> None:
+    res = _run("sparsity.kind=prune", "sparsity.density=0.1", "rounds=10")
+    assert np.mean(res.weights != 0) < 0.15
+    assert res.metrics[-1]["upload_bytes_per_client"] < 0.2 * res.metrics[0]["upload_bytes_per_client"]
