@@ -183,6 +183,11 @@ class SimulationConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="Probability a client drops in a round.")
     stragglers: float = Field(0.0, ge=0, le=1, description="Fraction of slow devices.")
     straggler_slowdown: float = Field(10.0, ge=1, description="How much slower stragglers are.")
+    reproducible_noise: bool = Field(
+        False,
+        description="Derive DP noise, rounding and mask randomness from `seed` so runs repeat "
+        "bit for bit. Research only: the noise is then predictable; the audit flags it.",
+    )
 
 
 class RunConfig(_Section):

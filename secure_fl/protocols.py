@@ -28,14 +28,18 @@ import numpy.typing as npt
 
 from crypto.ckks import CkksParams, KeyHolder, simulate_ckks_round
 from crypto.errors import ProtocolError
+from crypto.fixedpoint import decode, encode, max_scale
 from crypto.prg import Csprng
+from crypto.secagg import default_neighbors, simulate_round
+from crypto.secagg.graph import effective_degree
 from privacy.clipping import clip_l2
 from privacy.events import DPEvent, NonPrivateEvent
+from privacy.mechanisms.distributed import DistributedDiscreteGaussian, DistributedSkellam
 from privacy.mechanisms.gaussian import GaussianShare
 from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
 from secure_fl.config import RunConfig
 
-__all__ = ["CkksAggregator", "clip_and_weight"]
+__all__ = ["CkksAggregator", "SecAggAggregator", "clip_and_weight"]
 
 Vec = npt.NDArray[np.float64]
 
@@ -145,3 +149,123 @@ class CkksAggregator:
             measurements=measurements,
         )
 
+
+
+class SecAggAggregator:
+    """Pairwise-masking secure aggregation (SecAgg / SecAgg+, :mod:`crypto.secagg`).
+
+    Without DP, each client encodes ``[w u, w]`` into Z_2^b at the largest scale whose
+    sum cannot wrap (:func:`crypto.fixedpoint.max_scale` with ``max_abs = max(C, 1)``).
+    With ``discrete_gaussian`` / ``skellam``, each client runs the distributed mechanism
+    of :mod:`privacy.mechanisms.distributed` (rotation with the public round seed,
+    scaling, conditional rounding, integer noise share, mod 2^b). Either way the server
+    only ever holds masked vectors and their running sum.
+    """
+
+    name = "secagg"
+    stages: tuple[str, ...] = ("advertise", "share_keys", "masked_input", "unmask")
+
+    def __init__(self, config: RunConfig, *, dim: int, rng: Csprng) -> None:
+        self.config = config
+        self.dim = dim
+        self.rng = rng
+        self.bits = config.secagg.bits
+        self.clip = config.dp.clip
+        self._last_mechanism: DistributedDiscreteGaussian | DistributedSkellam | None = None
+
+    # -- parameters of one cohort ------------------------------------------------------
+    def _graph(self, n: int) -> tuple[int | None, int]:
+        """(neighbors argument, threshold t) for a cohort of ``n`` clients."""
+        k = self.config.secagg.neighbors
+        if k is None:
+            k = default_neighbors(n)
+        neighbors = None if k >= n - 1 else k
+        degree = effective_degree(n, neighbors)
+        t = self.config.secagg.threshold or (degree + 1) // 2 + 1
+        return neighbors, min(t, degree + 1)
+
+    def _mechanism(self, *, dim: int, n: int) -> DistributedDiscreteGaussian | DistributedSkellam | None:
+        dp = self.config.dp
+        if dp.mechanism not in ("discrete_gaussian", "skellam"):
+            return None
+        cls = DistributedDiscreteGaussian if dp.mechanism == "discrete_gaussian" else DistributedSkellam
+        _, t = self._graph(n)
+        provisioned = min(n, dp.provisioned_survivors or t)
+        mech = cls.create(
+            dim=dim,
+            clip=self.clip,
+            bits=self.bits,
+            noise_multiplier=dp.noise_multiplier,
+            num_clients=n,
+            threshold=provisioned,
+        )
+        self._last_mechanism = mech
+        return mech
+
+    def planned_event(self) -> DPEvent:
+        mech = self._last_mechanism or self._mechanism(dim=self.dim, n=self.config.buffer_size
+                                                        if self.config.aggregation.mode == "async"
+                                                        else self.config.cohort_size)
+        if mech is None:
+            return NonPrivateEvent()
+        return mech.event(num_survivors=mech.threshold)
+
+    # -- one aggregation ---------------------------------------------------------------
+    def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateOutcome:
+        ids = [u.client_id for u in updates]
+        n = len(updates)
+        if n < 2:
+            return _aborted(updates, "secure aggregation needs at least 2 clients", {})
+        dim = int(updates[0].delta.size)
+        neighbors, t = self._graph(n)
+        mech = self._mechanism(dim=dim, n=n)
+        round_seed = self.rng.random_bytes(32)  # public: announced in the cohort set-up
+        scale = 0.0
+        if mech is None:
+            scale = max_scale(num_summands=n, max_abs=max(self.clip, 1.0), bits=self.bits)
+            inputs = [
+                encode(np.concatenate([clip_and_weight(u, clip=self.clip), [u.weight]]),
+                       scale=scale, bits=self.bits, rng=self.rng)
+                for u in updates
+            ]
+        else:
+            inputs = [mech.client_encode(clip_and_weight(u, clip=self.clip), round_seed=round_seed, rng=self.rng)
+                      for u in updates]
+        drop = {i: u.drop_stage for i, u in enumerate(updates) if u.drop_stage is not None}
+        try:
+            res = simulate_round(
+                inputs, bits=self.bits, threshold=t, neighbors=neighbors, drop=drop,
+                seed=self.rng.random_bytes(32),
+            )
+        except ProtocolError as err:
+            dropped = {stage: sorted(ids[i] for i, s in drop.items() if s == stage) for stage in self.stages}
+            return _aborted(updates, f"{type(err).__name__}: {err}", dropped)
+        survivors = [ids[i] for i in res.survivors]
+        event: DPEvent
+        if mech is None:
+            total = decode(res.total, scale=scale, bits=self.bits)
+            mean = total[:-1] / total[-1]
+            event = NonPrivateEvent()
+        else:
+            total = mech.server_decode(res.total, round_seed=round_seed)
+            weight_sum = sum(updates[i].weight for i in res.survivors)  # public staleness weights
+            mean = total / weight_sum
+            event = mech.event(num_survivors=len(res.survivors))
+        return AggregateOutcome(
+            mean=mean,
+            cohort=tuple(ids),
+            survivors=tuple(sorted(survivors)),
+            dropped={stage: sorted(ids[i] for i in idx) for stage, idx in res.dropped.items()},
+            excluded={ids[i]: reason for i, reason in {**res.excluded, **res.client_errors}.items()},
+            upload_bytes={ids[i]: b for i, b in res.upload_bytes.items()},
+            download_bytes={ids[i]: b for i, b in res.download_bytes.items()},
+            dp_event=event,
+            transcript=[MessageRecord(ids[r.sender], r.stage, r.size, r.sha256) for r in res.transcript],
+            measurements={
+                "threshold": t,
+                "neighbors": neighbors,
+                "bits": self.bits,
+                "wrap_probability": mech.wrap_probability if mech is not None else 0.0,
+                "round_seed": round_seed.hex(),
+            },
+        )

@@ -43,7 +43,7 @@ from secure_fl.devices import draw_profiles
 from secure_fl.errors import ConfigError
 from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set_flat
 from secure_fl.progress import Progress
-from secure_fl.protocols import CkksAggregator
+from secure_fl.protocols import CkksAggregator, SecAggAggregator
 from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
@@ -92,6 +92,14 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
                 field="dp.mechanism",
             )
         return CkksAggregator(config, dim=dim, rng=rng)
+    if config.protocol == "secagg":
+        if dp.mechanism == "gaussian":
+            raise ConfigError(
+                "secagg sums integers: use the exact integer mechanisms 'discrete_gaussian' or "
+                "'skellam' (continuous Gaussian noise cannot be summed exactly in Z_2^b)",
+                field="dp.mechanism",
+            )
+        return SecAggAggregator(config, dim=dim, rng=rng)
     raise ConfigError(f"protocol {config.protocol!r} is not available in this build yet", field="protocol")
 
 
@@ -115,6 +123,15 @@ def _support_for(config: RunConfig, version: int, dim: int, pruner: MagnitudePru
     if pruner is not None:
         return pruner.support()
     return full_support(dim)
+
+
+def _privacy_rng(config: RunConfig) -> Csprng:
+    """The CSPRNG of clients' noise, rounding and masks: fresh OS entropy, unless
+    ``simulation.reproducible_noise`` derives it from the public seed (research only: the
+    noise is then predictable by anyone who knows the configuration)."""
+    if config.simulation.reproducible_noise:
+        return Csprng(hashlib.sha256(f"secure-fl/reproducible-noise/{config.seed}".encode()).digest())
+    return Csprng.from_entropy()
 
 
 def _default_out_dir() -> Path:
@@ -151,7 +168,7 @@ def run(
     data: FederatedData = load_federated_data(config)
     model = (model_fn or (lambda s, c: build_model(config.model, s, c)))(data.feature_shape, data.num_classes)
     dim = num_parameters(model)
-    aggregator = make_aggregator(config, dim=dim)
+    aggregator = make_aggregator(config, dim=dim, rng=_privacy_rng(config))
     privacy = RunPrivacy(config, aggregator)
     server_opt = ServerOptimizer(config.server)
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)

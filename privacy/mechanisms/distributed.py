@@ -318,8 +318,12 @@ class _DistributedMechanism:
     @property
     def l1_sensitivity(self) -> float:
         """``Delta_1 = min(sqrt(d) sqrt(B), B)`` (integer domain, rounded up)."""
-        return _round_up(min(math.sqrt(self.padded_dim) * math.sqrt(self.norm_bound_sq),
-                             float(self.norm_bound_sq)))
+        return _round_up(
+            min(
+                math.sqrt(self.padded_dim) * math.sqrt(self.norm_bound_sq),
+                float(self.norm_bound_sq),
+            )
+        )
 
     @property
     def sensitivity_inflation(self) -> float:
@@ -341,7 +345,9 @@ class _DistributedMechanism:
         return self._wrap_at(self.gamma)
 
     # -- client / server -------------------------------------------------------------------
-    def client_encode(self, x: npt.ArrayLike, *, round_seed: bytes, rng: Csprng) -> npt.NDArray[np.uint32]:
+    def client_encode(
+        self, x: npt.ArrayLike, *, round_seed: bytes, rng: Csprng
+    ) -> npt.NDArray[np.uint32]:
         """Clip, rotate, scale, conditionally round, add the noise share, reduce mod ``2^b``.
 
         ``x`` has length ``dim``; returns ``padded_dim`` values in ``[0, 2^bits)`` (uint32).
@@ -378,7 +384,9 @@ class _DistributedMechanism:
         return (self.clip * gamma + math.sqrt(self.padded_dim) + 2) ** 2 >= _INT64_HEADROOM
 
     def _max_gamma(self) -> float:
-        head = (math.sqrt(_INT64_HEADROOM) * (1 - 1e-9) - math.sqrt(self.padded_dim) - 2) / self.clip
+        head = (
+            math.sqrt(_INT64_HEADROOM) * (1 - 1e-9) - math.sqrt(self.padded_dim) - 2
+        ) / self.clip
         return min(head, self._noise_cap_gamma())
 
     def _wrap_at(self, gamma: float) -> float:
@@ -395,8 +403,9 @@ class _DistributedMechanism:
         t_star = a / (v + noise_total)  # optimum if all parts were Gaussian
         if noise_total > 0:  # Skellam optimum has noise_total sinh(t) <= a
             t_star = min(t_star, math.asinh(a / noise_total))
-        res = minimize_scalar(log_bound, bounds=(0.0, t_star), method="bounded",
-                              options={"xatol": t_star * 1e-10})
+        res = minimize_scalar(
+            log_bound, bounds=(0.0, t_star), method="bounded", options={"xatol": t_star * 1e-10}
+        )
         best = min(float(res.fun), log_bound(t_star))
         log_p = math.log(2 * d) + best
         return 1.0 if log_p >= 0 else math.exp(log_p)

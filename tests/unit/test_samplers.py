@@ -133,7 +133,8 @@ def test_bernoulli_exp_neg_frequency(gamma: Fraction) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mu", "width", "tag"), [(Fraction(1), 1, 12), (Fraction(7, 2), 1, 13), (Fraction(5000), 20, 14)]
+    ("mu", "width", "tag"),
+    [(Fraction(1), 1, 12), (Fraction(7, 2), 1, 13), (Fraction(5000), 20, 14)],
 )
 def test_skellam_goodness_of_fit(mu: Fraction, width: int, tag: int) -> None:
     x = skellam(40_000, mu=mu, rng=_rng(tag))

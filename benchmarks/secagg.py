@@ -1,0 +1,342 @@
+"""SecAgg / SecAgg+ benchmark against the AES-CTR keystream bound and Flower's SecAgg+.
+
+One run measures, side by side on the same machine (DESIGN.md section 8):
+
+* ``keystream_GBps``: AES-256-CTR keystream speed of :class:`crypto.prg.Csprng`
+  (the PRG every mask is expanded with), on 4*d-byte draws;
+* client masking: mean time of one client's MaskedInput step (key agreement for each
+  neighbour, ``k + 1`` mask expansions and additions) vs the bound
+  ``(k + 1) * d * 4 bytes / keystream speed``;
+* server: total time inside ``SecAggServer.receive`` for the round (streaming
+  accumulation, Shamir reconstruction, mask regeneration) vs the bound
+  ``(|U3| + sum_{u dropped} |N(u) ∩ U3|) * d * 4 / keystream speed`` and vs a plain
+  numpy sum of the same number of vectors;
+* ``upload_bytes`` per surviving client vs ``d * b / 8``;
+* the whole round (all n clients and the server, run sequentially in one process,
+  wire encoding included) vs Flower's SecAgg+ doing the same work with its own
+  primitives (see :func:`flower_secaggplus_round` for exactly what is timed).
+
+``python benchmarks/secagg.py [--n 100 --d 1000000 --dropout 0.1 --bits 32]``,
+``--quick`` for a small size, ``--no-flower`` to skip the comparison. Import
+:func:`run` from ``secure-fl bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from crypto.prg import Csprng  # noqa: E402
+from crypto.secagg import default_neighbors, neighbor_graph, simulate_round  # noqa: E402
+from crypto.secagg.graph import effective_degree  # noqa: E402
+from crypto.secagg.simulate import _derive, _root_seed  # noqa: E402
+
+QUICK = {"n": 20, "d": 100_000, "dropout": 0.1, "bits": 32}
+FULL = {"n": 100, "d": 1_000_000, "dropout": 0.1, "bits": 32}
+
+
+def keystream_speed(d: int, repeats: int = 7) -> float:
+    """Bytes per second of the Csprng AES-256-CTR keystream: best of ``repeats`` fresh
+    generators each writing 4*d bytes into one reused buffer (the fastest way to get
+    the keystream out of OpenSSL, so the bound is as tight as we can measure it)."""
+    buf = bytearray(4 * d)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        Csprng(bytes([r + 1]) * 32).random_into(buf)
+        times.append(time.perf_counter() - t0)
+    return 4 * d / min(times)
+
+
+def _inputs(n: int, d: int, bits: int) -> list[np.ndarray]:
+    # benchmark data only (not a mask path): numpy's generator is fine here
+    gen = np.random.default_rng(0)
+    return [gen.integers(0, 1 << bits, size=d, dtype=np.uint64).astype(np.uint32) for _ in range(n)]
+
+
+def flower_secaggplus_round(n: int, d: int, dropped: set[int], num_shares: int, threshold: int) -> dict[str, float]:
+    """Flower's SecAgg+ round with its own primitives, as its workflow and mod call them.
+
+    Replicates, in one process and in stage order, the computation of
+    ``flwr.client.mod.secure_aggregation.secaggplus_mod`` (``_setup``, ``_share_keys``,
+    ``_collect_masked_vectors`` from the quantized vector on, ``_unmask``) and of
+    ``flwr.server.workflow.secure_aggregation.secaggplus_workflow`` (forwarding,
+    ``bytes_to_ndarray`` + ``parameters_addition`` + ``parameters_mod`` of the masked
+    vectors, ``combine_shares``, mask regeneration with ``pseudo_rand_gen``). Not timed:
+    Flower's message framing/grid, gRPC/Ray, and quantization of float updates (inputs
+    are given already quantized, int64 in [0, 2^22)); both omissions favour Flower.
+    Dropped clients go silent after sharing keys (as ``drop="masked_input"`` for us).
+    """
+    from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+    from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
+        decrypt,
+        encrypt,
+        generate_shared_key,
+    )
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+        get_parameters_shape,
+        parameters_addition,
+        parameters_mod,
+        parameters_subtraction,
+    )
+    from flwr.common.secure_aggregation.secaggplus_utils import (
+        pseudo_rand_gen,
+        share_keys_plaintext_concat,
+        share_keys_plaintext_separate,
+    )
+    from flwr.supercore.primitives.asymmetric import (
+        bytes_to_private_key,
+        bytes_to_public_key,
+        generate_key_pairs,
+        private_key_to_bytes,
+        public_key_to_bytes,
+    )
+
+    mod_range = 1 << 32
+    gen = np.random.default_rng(1)
+    order = list(range(n))
+    gen.shuffle(order)
+    half = num_shares >> 1
+    nbrs = {
+        nid: {order[(i + off) % n] for off in range(-half, half + 1)} for i, nid in enumerate(order)
+    }
+    clock = {"client_s": 0.0, "server_s": 0.0, "masking_s": 0.0, "inputs_s": 0.0}
+
+    def timed(key: str, fn, *args):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        out = fn(*args)
+        clock[key] += time.perf_counter() - t0
+        return out
+
+    # stage 0: setup
+    keys: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
+
+    def setup(nid: int) -> None:
+        sk1, pk1 = generate_key_pairs()
+        sk2, pk2 = generate_key_pairs()
+        keys[nid] = (
+            private_key_to_bytes(sk1),
+            public_key_to_bytes(pk1),
+            private_key_to_bytes(sk2),
+            public_key_to_bytes(pk2),
+        )
+
+    for nid in range(n):
+        timed("client_s", setup, nid)
+    # stage 1: share keys
+    rd_seeds: dict[int, bytes] = {}
+    own_shares: dict[int, dict[int, tuple[bytes, bytes]]] = {nid: {} for nid in range(n)}
+    inbox: dict[int, list[tuple[int, bytes]]] = {nid: [] for nid in range(n)}
+    ss2: dict[int, dict[int, bytes]] = {nid: {} for nid in range(n)}
+
+    def share(nid: int) -> None:
+        rd_seeds[nid] = os.urandom(32)
+        peers = sorted(nbrs[nid])
+        b_sh = create_shares(rd_seeds[nid], threshold, len(peers))
+        s_sh = create_shares(keys[nid][0], threshold, len(peers))
+        for idx, peer in enumerate(peers):
+            if peer == nid:
+                own_shares[nid][nid] = (b_sh[idx], s_sh[idx])
+                continue
+            k = generate_shared_key(bytes_to_private_key(keys[nid][2]), bytes_to_public_key(keys[peer][3]))
+            ss2[nid][peer] = k
+            inbox[peer].append((nid, encrypt(k, share_keys_plaintext_concat(nid, peer, b_sh[idx], s_sh[idx]))))
+
+    for nid in range(n):
+        timed("client_s", share, nid)
+    # stage 2: collect masked vectors
+    alive = [nid for nid in range(n) if nid not in dropped]
+    masked_sum: list[np.ndarray] | None = None
+
+    def mask(nid: int, x: np.ndarray) -> bytes:
+        available = []
+        for src, ct in inbox[nid]:
+            src2, dst, b_share, s_share = share_keys_plaintext_separate(decrypt(ss2[nid][src], ct))
+            if src2 != src or dst != nid:
+                raise RuntimeError("share routed to the wrong client")
+            own_shares[nid][src] = (b_share, s_share)
+            available.append(src)
+        t0 = time.perf_counter()
+        params = [x]
+        dims = [a.shape for a in params]
+        params = parameters_addition(params, pseudo_rand_gen(rd_seeds[nid], mod_range, dims))
+        for peer in available:
+            k = generate_shared_key(bytes_to_private_key(keys[nid][0]), bytes_to_public_key(keys[peer][1]))
+            pm = pseudo_rand_gen(k, mod_range, dims)
+            params = parameters_addition(params, pm) if nid > peer else parameters_subtraction(params, pm)
+        params = parameters_mod(params, mod_range)
+        clock["masking_s"] += time.perf_counter() - t0
+        return ndarray_to_bytes(params[0])
+
+    for nid in alive:
+        t0 = time.perf_counter()
+        x = gen.integers(0, 1 << 22, size=d, dtype=np.int64)
+        clock["inputs_s"] += time.perf_counter() - t0
+        payload = timed("client_s", mask, nid, x)
+        del x
+
+        def accumulate(payload: bytes = payload) -> None:
+            nonlocal masked_sum
+            vec = [bytes_to_ndarray(payload)]
+            masked_sum = vec if masked_sum is None else parameters_addition(masked_sum, vec)
+
+        timed("server_s", accumulate)
+    if masked_sum is None:
+        raise RuntimeError("no masked vectors")
+    masked_sum = timed("server_s", parameters_mod, masked_sum, mod_range)
+    # stage 3: unmask
+    active, dead = set(alive), set(dropped)
+    collected: dict[int, list[bytes]] = {nid: [] for nid in range(n)}
+
+    def respond(nid: int) -> None:
+        for owner in sorted(nbrs[nid]):
+            if owner in own_shares[nid]:
+                collected[owner].append(own_shares[nid][owner][0 if owner in active else 1])
+
+    for nid in alive:
+        timed("client_s", respond, nid)
+
+    def unmask() -> None:
+        nonlocal masked_sum
+        assert masked_sum is not None
+        for nid, shares in collected.items():
+            if nid not in active and nid not in dead:
+                continue
+            secret = combine_shares(shares)
+            shape = get_parameters_shape(masked_sum)
+            if nid in active:
+                masked_sum = parameters_subtraction(masked_sum, pseudo_rand_gen(secret, mod_range, shape))
+            else:
+                for peer in nbrs[nid] - {nid}:
+                    k = generate_shared_key(bytes_to_private_key(secret), bytes_to_public_key(keys[peer][1]))
+                    pm = pseudo_rand_gen(k, mod_range, shape)
+                    masked_sum = (
+                        parameters_addition(masked_sum, pm) if nid > peer else parameters_subtraction(masked_sum, pm)
+                    )
+        masked_sum = parameters_mod(masked_sum, mod_range)
+
+    timed("server_s", unmask)
+    clock["round_s"] = clock["client_s"] + clock["server_s"]
+    clock["masking_per_client_s"] = clock["masking_s"] / max(1, len(alive))
+    clock["upload_masked_vector_bytes"] = float(len(ndarray_to_bytes(np.zeros(d, dtype=np.int64))))
+    return clock
+
+
+def run(
+    n: int = 100, d: int = 1_000_000, dropout: float = 0.1, bits: int = 32, *, flower: bool = True,
+    neighbors: int | None = None,
+) -> dict[str, Any]:
+    """Measure one SecAgg+ round (and optionally Flower's); return every figure as a dict."""
+    k = default_neighbors(n) if neighbors is None else neighbors
+    degree = effective_degree(n, k)
+    holders = degree + 1
+    t = holders // 2 + 1
+    n_drop = round(dropout * n)
+    dropped = set(range(0, n, max(1, n // n_drop))[:n_drop]) if n_drop else set()
+    drop = dict.fromkeys(dropped, "masked_input")
+    xs = _inputs(n, d, bits)
+    speed = keystream_speed(d)
+
+    # numpy reference: plaintext sum of the same number of vectors
+    survivors_n = n - len(dropped)
+    acc = np.zeros(d, dtype=np.uint32)
+    t0 = time.perf_counter()
+    for i in range(survivors_n):
+        np.add(acc, xs[i], out=acc)
+    numpy_sum_s = time.perf_counter() - t0
+
+    seed = 12345
+    t0 = time.perf_counter()
+    res = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed)
+    round_s = time.perf_counter() - t0
+    expect = np.zeros(d, dtype=np.uint64)
+    for i in res.survivors:
+        expect += xs[i]
+    correct = bool(np.array_equal(res.total.astype(np.uint64), expect % (1 << bits)))
+
+    graph = neighbor_graph(_derive(_root_seed(seed), "graph"), n, k)
+    surv = set(res.survivors)
+    pair_masks = sum(len(graph[u] & surv) for u in dropped)
+    server_masks = len(surv) + pair_masks
+    server_bound_s = server_masks * 4 * d / speed
+    maskers = len(surv)
+    client_mask_s = res.timings["client_masked_input_s"] / maskers
+    client_bound_s = (degree + 1) * 4 * d / speed
+    upload = statistics.mean(res.upload_bytes[i] for i in res.survivors)
+    out: dict[str, Any] = {
+        "n": n,
+        "d": d,
+        "bits": bits,
+        "dropout": dropout,
+        "neighbors": degree,
+        "threshold": t,
+        "survivors": len(surv),
+        "correct": correct,
+        "keystream_GBps": speed / 1e9,
+        "client_masking_s": client_mask_s,
+        "client_bound_s": client_bound_s,
+        "client_ratio": client_mask_s / client_bound_s,
+        "server_s": res.timings["server_s"],
+        "server_masks": server_masks,
+        "server_bound_s": server_bound_s,
+        "server_ratio": res.timings["server_s"] / server_bound_s,
+        "numpy_sum_s": numpy_sum_s,
+        "server_vs_numpy_sum": res.timings["server_s"] / numpy_sum_s,
+        "wire_s": res.timings["wire_s"],
+        "clients_total_s": res.timings["clients_s"],
+        "round_s": round_s,
+        "upload_bytes_per_client": upload,
+        "upload_floor_bytes": d * bits / 8,
+        "upload_overhead_bytes": upload - d * bits / 8,
+        "download_bytes_per_client": statistics.mean(res.download_bytes[i] for i in res.survivors),
+    }
+    del xs, res
+    if flower:
+        fl = flower_secaggplus_round(n, d, dropped, num_shares=holders, threshold=t)
+        out.update(
+            {
+                "flower_round_s": fl["round_s"],
+                "flower_client_s": fl["client_s"],
+                "flower_server_s": fl["server_s"],
+                "flower_masking_per_client_s": fl["masking_per_client_s"],
+                "flower_upload_masked_vector_bytes": fl["upload_masked_vector_bytes"],
+                "speedup_vs_flower": fl["round_s"] / round_s,
+            }
+        )
+    out["machine"] = f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=FULL["n"])
+    p.add_argument("--d", type=int, default=FULL["d"])
+    p.add_argument("--dropout", type=float, default=FULL["dropout"])
+    p.add_argument("--bits", type=int, default=FULL["bits"])
+    p.add_argument("--neighbors", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help=f"small size {QUICK}")
+    p.add_argument("--no-flower", action="store_true")
+    a = p.parse_args(argv)
+    size = dict(QUICK) if a.quick else {"n": a.n, "d": a.d, "dropout": a.dropout, "bits": a.bits}
+    res = run(**size, flower=not a.no_flower, neighbors=a.neighbors)  # type: ignore[arg-type]
+    width = max(len(k) for k in res)
+    for key, val in res.items():
+        print(f"{key:<{width}}  {val:.4g}" if isinstance(val, float) else f"{key:<{width}}  {val}")
+    print(json.dumps(res))
+    return 0 if res["correct"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""X25519 key agreement and HKDF-SHA256 key derivation with purpose labels.
+
+Secure aggregation (Bonawitz et al., "Practical Secure Aggregation for
+Privacy-Preserving Machine Learning", CCS'17, section 4) needs three kinds of
+symmetric keys, derived from two Diffie-Hellman key pairs per client:
+
+* ``c_uv = HKDF(X25519(c_sk_u, c_pk_v), info = label("share-encryption") || ctx)``:
+  the AEAD key that protects the Shamir shares ``u`` sends ``v`` through the server;
+* ``s_uv = HKDF(X25519(s_sk_u, s_pk_v), info = label("pairwise-mask") || ctx)``:
+  the PRG seed of the pairwise mask shared by ``u`` and ``v``;
+* ``HKDF(b_u, info = label("self-mask") || ctx)``: the PRG seed of ``u``'s self mask.
+
+``ctx = len(session) || session || round || min(u, v) || max(u, v)`` (fixed-width,
+big-endian), so a key is bound to one purpose, one session, one round and one
+unordered pair: a key derived for encryption can never equal a mask seed, and keys
+do not repeat across rounds even if a client re-uses its key pair (Flower's SecAgg+
+runs HKDF without any purpose label; this module exists so that we do not).
+
+X25519 is RFC 7748 as implemented by ``cryptography``/OpenSSL; HKDF is RFC 5869 with
+SHA-256. An all-zero shared secret (a small-order peer key) is rejected.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from crypto.errors import CryptoError
+from crypto.prg import Csprng
+
+__all__ = [
+    "KEY_BYTES",
+    "Purpose",
+    "derive_pair_key",
+    "derive_self_mask_seed",
+    "generate_x25519",
+    "hkdf_sha256",
+    "public_bytes",
+    "x25519_private_from_bytes",
+    "x25519_public_from_bytes",
+    "x25519_shared_secret",
+]
+
+KEY_BYTES = 32
+_LABEL_PREFIX = b"secure-fl/secagg/v1/"
+
+
+class Purpose(enum.Enum):
+    """What a derived key is for; each value is a distinct HKDF ``info`` label."""
+
+    SHARE_ENCRYPTION = b"share-encryption"
+    PAIRWISE_MASK = b"pairwise-mask"
+    SELF_MASK = b"self-mask"
+
+
+def hkdf_sha256(ikm: bytes, *, info: bytes, salt: bytes | None = None, length: int = 32) -> bytes:
+    """RFC 5869 HKDF-SHA256 (extract then expand) of ``ikm``, as ``cryptography`` computes it."""
+    if not isinstance(ikm, bytes | bytearray):
+        raise CryptoError("HKDF input keying material must be bytes")
+    if not 1 <= length <= 255 * 32:
+        raise CryptoError(f"HKDF-SHA256 output length must be in [1, 8160], got {length}")
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(bytes(ikm))
+
+
+def _context(purpose: Purpose, session_id: bytes, round_number: int, a: int, b: int) -> bytes:
+    if not isinstance(session_id, bytes) or not 1 <= len(session_id) <= 255:
+        raise CryptoError("session id must be 1..255 bytes")
+    for name, value in (("round", round_number), ("party", a), ("party", b)):
+        if not 0 <= value < 1 << 32:
+            raise CryptoError(f"{name} index {value} is outside [0, 2**32)")
+    return (
+        _LABEL_PREFIX
+        + purpose.value
+        + bytes([len(session_id)])
+        + session_id
+        + struct.pack(">III", round_number, a, b)
+    )
+
+
+def generate_x25519(rng: Csprng) -> X25519PrivateKey:
+    """A fresh X25519 private key drawn from the injected CSPRNG (32 keystream bytes)."""
+    return X25519PrivateKey.from_private_bytes(rng.random_bytes(KEY_BYTES))
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    """The 32-byte raw public key of ``key``."""
+    return key.public_key().public_bytes_raw()
+
+
+def x25519_private_from_bytes(raw: bytes) -> X25519PrivateKey:
+    """Load a 32-byte raw X25519 private key (e.g. one reconstructed from Shamir shares)."""
+    if not isinstance(raw, bytes) or len(raw) != KEY_BYTES:
+        raise CryptoError("an X25519 private key is exactly 32 bytes")
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def x25519_public_from_bytes(raw: bytes) -> X25519PublicKey:
+    """Load a 32-byte raw X25519 public key, checking type and length at the boundary."""
+    if not isinstance(raw, bytes) or len(raw) != KEY_BYTES:
+        raise CryptoError("an X25519 public key is exactly 32 bytes")
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def x25519_shared_secret(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    """RFC 7748 X25519(private, peer_public); small-order peer keys are refused."""
+    try:
+        shared = private.exchange(x25519_public_from_bytes(peer_public))
+    except ValueError as exc:  # OpenSSL refuses an all-zero output
+        raise CryptoError("X25519 key agreement failed (small-order public key)") from exc
+    if shared == bytes(KEY_BYTES):
+        raise CryptoError("X25519 key agreement failed (small-order public key)")
+    return shared
+
+
+def derive_pair_key(
+    private: X25519PrivateKey,
+    peer_public: bytes,
+    *,
+    purpose: Purpose,
+    session_id: bytes,
+    round_number: int,
+    me: int,
+    peer: int,
+) -> bytes:
+    """32-byte key for the unordered pair {me, peer}: HKDF(X25519(sk, pk), info=ctx).
+
+    Both parties obtain the same key because the context orders the pair as
+    ``(min, max)``. The salt is the session id (RFC 5869 section 3.1: a non-secret
+    random salt strengthens extraction).
+    """
+    if purpose is Purpose.SELF_MASK:
+        raise CryptoError("the self-mask seed is not derived from a key agreement")
+    if me == peer:
+        raise CryptoError("a pair key needs two distinct parties")
+    info = _context(purpose, session_id, round_number, min(me, peer), max(me, peer))
+    return hkdf_sha256(x25519_shared_secret(private, peer_public), info=info, salt=session_id)
+
+
+def derive_self_mask_seed(
+    b_seed: bytes, *, session_id: bytes, round_number: int, owner: int
+) -> bytes:
+    """PRG seed of the self mask ``PRG(b_u)``: HKDF(b_u, info=label("self-mask") || ctx)."""
+    if not isinstance(b_seed, bytes) or len(b_seed) != KEY_BYTES:
+        raise CryptoError("a self-mask seed b_u is exactly 32 bytes")
+    info = _context(Purpose.SELF_MASK, session_id, round_number, owner, owner)
+    return hkdf_sha256(b_seed, info=info, salt=session_id)

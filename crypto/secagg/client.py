@@ -1,0 +1,454 @@
+"""The SecAgg / SecAgg+ client: a sans-I/O state machine.
+
+Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning", CCS'17 (Fig. 4, the actively secure variant), on the sparse graph of Bell
+et al., CCS'20. Client ``u`` with input ``x_u`` in Z_{2^b}^d:
+
+0. AdvertiseKeys: draw X25519 pairs ``(c_sk, c_pk)``, ``(s_sk, s_pk)``; send the
+   public keys signed with its Ed25519 identity key.
+1. ShareKeys: verify the neighbours' signed keys; draw the self-mask seed ``b_u``;
+   Shamir-share ``b_u`` and ``s_sk_u`` with threshold ``t`` among ``N(u) ∪ {u}``; send
+   each neighbour ``v`` its shares under ChaCha20-Poly1305 with key
+   ``c_uv = HKDF(X25519(c_sk_u, c_pk_v))``.
+1.5 CheckShares: decrypt the shares received; report the owners whose ciphertexts fail.
+2. MaskedInput: for the included neighbours ``M_u``, with
+   ``s_uv = HKDF(X25519(s_sk_u, s_pk_v))`` send
+
+       y_u = x_u + PRG(b_u) + sum_{v in M_u, v > u} PRG(s_uv)
+                           - sum_{v in M_u, v < u} PRG(s_uv)      (mod 2^b)
+
+   where PRG is AES-256-CTR (:class:`~crypto.prg.Csprng`) read as little-endian words.
+3. ConsistencyCheck: sign ``(session, round, U3)`` for the survivor set U3 announced.
+4. Unmasking: only if the server forwards at least ``t`` valid signatures by
+   neighbours over *the same* U3, release for every ``v in M_u ∪ {u}`` the share of
+   ``b_v`` if ``v`` survived, of ``s_sk_v`` if it dropped, and never both for one
+   ``v`` (a record of released kinds is kept; a conflicting request is refused).
+
+Everything a client receives from the server is checked; any inconsistency means the
+server misbehaves and the client aborts (raises and refuses every later message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from crypto.aead import decrypt_share, encrypt_share
+from crypto.errors import (
+    CryptoError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    RoundAbortedError,
+)
+from crypto.key_agreement import (
+    Purpose,
+    derive_pair_key,
+    derive_self_mask_seed,
+    generate_x25519,
+    public_bytes,
+)
+from crypto.prg import Csprng
+from crypto.secagg.messages import (
+    SHARE_PLAINTEXT_BYTES,
+    TRANSITIONS,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    DownlinkMessage,
+    EncryptedShares,
+    KeyBroadcast,
+    MaskedInput,
+    MaskRequest,
+    Message,
+    RoundConfig,
+    RoundStart,
+    ShareBundle,
+    ShareReceipt,
+    UnmaskRequest,
+    UnmaskShares,
+    UplinkMessage,
+    consistency_payload,
+)
+from crypto.secagg.stages import Role, Stage
+from crypto.shamir import PRIME, SHARE_BYTES, split
+from crypto.signatures import sign, verify
+
+__all__ = [
+    "ADVERTISE_CONTEXT",
+    "CONSISTENCY_CONTEXT",
+    "SecAggClient",
+    "expand_mask",
+    "mask_scratch",
+    "self_mask_commitment",
+]
+
+ADVERTISE_CONTEXT = b"secagg-advertise"
+CONSISTENCY_CONTEXT = b"secagg-consistency"
+_SHARE_HEADER = struct.Struct(">II")
+
+
+def expand_mask(
+    seed: bytes, length: int, bits: int, *, scratch: bytearray | None = None
+) -> npt.NDArray[np.unsignedinteger]:
+    """``PRG(seed)`` as ``length`` little-endian words (uint32 for b <= 32, else uint64).
+
+    PRG = AES-256-CTR keystream of :class:`~crypto.prg.Csprng`. Only the low ``bits``
+    bits of each word are the mask value (exactly
+    ``Csprng(seed).uniform_mod_pow2(length, bits=bits)``); callers add whole words,
+    which wrap mod 2^32 (2^64), a multiple of 2^b, and reduce once at the end.
+
+    With ``scratch`` (a bytearray of ``length * word`` bytes) the keystream is written
+    into it and the result is a view of it, valid until the next call with the same
+    buffer: one allocation per round instead of one per mask.
+    """
+    width = 4 if bits <= 32 else 8
+    size = width * length
+    if scratch is None:
+        return np.frombuffer(Csprng(seed).random_bytes(size), dtype=f"<u{width}")
+    if len(scratch) != size:
+        raise LocalProtocolError(f"mask scratch buffer must be {size} bytes")
+    Csprng(seed).random_into(scratch)
+    return np.frombuffer(scratch, dtype=f"<u{width}")
+
+
+def mask_scratch(length: int, bits: int) -> bytearray:
+    """A reusable keystream buffer for :func:`expand_mask`."""
+    return bytearray((4 if bits <= 32 else 8) * length)
+
+
+def self_mask_commitment(b_seed: bytes, *, session_id: bytes, round_number: int, owner: int) -> bytes:
+    """SHA-256 commitment to ``b_u`` (a uniform 256-bit value, so hiding and binding)."""
+    return hashlib.sha256(
+        b"secure-fl/secagg/v1/self-mask-commitment"
+        + bytes([len(session_id)])
+        + session_id
+        + struct.pack(">II", round_number, owner)
+        + b_seed
+    ).digest()
+
+
+def encode_share_plaintext(owner: int, holder: int, b_share: int, s_share: int) -> bytes:
+    """``owner || holder || b-share || s_sk-share``: the AEAD plaintext (74 bytes)."""
+    return (
+        _SHARE_HEADER.pack(owner, holder)
+        + b_share.to_bytes(SHARE_BYTES, "big")
+        + s_share.to_bytes(SHARE_BYTES, "big")
+    )
+
+
+def decode_share_plaintext(raw: bytes, *, owner: int, holder: int) -> tuple[int, int]:
+    """Strict inverse of :func:`encode_share_plaintext` for the expected parties."""
+    if len(raw) != SHARE_PLAINTEXT_BYTES:
+        raise CryptoError("share plaintext has the wrong length")
+    o, h = _SHARE_HEADER.unpack_from(raw)
+    if (o, h) != (owner, holder):
+        raise CryptoError("share plaintext names the wrong parties")
+    b = int.from_bytes(raw[8 : 8 + SHARE_BYTES], "big")
+    s = int.from_bytes(raw[8 + SHARE_BYTES :], "big")
+    if b >= PRIME or s >= PRIME:
+        raise CryptoError("share value out of range")
+    return b, s
+
+
+class SecAggClient:
+    """One client of one round: ``receive(server message) -> [client messages]``.
+
+    ``rng`` supplies every random value (key pairs, ``b_u``, Shamir coefficients, AEAD
+    nonces); ``identity_key`` is the Ed25519 key whose public half is
+    ``config.identity_keys[index]``.
+    """
+
+    ROLE = Role.CLIENT
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        *,
+        index: int,
+        identity_key: Ed25519PrivateKey,
+        vector: npt.ArrayLike,
+        rng: Csprng,
+    ) -> None:
+        if not 0 <= index < config.n:
+            raise LocalProtocolError(f"client index {index} is not in the cohort of {config.n}")
+        if identity_key.public_key().public_bytes_raw() != config.identity_keys[index]:
+            raise LocalProtocolError("identity key does not match the cohort set-up")
+        self.config = config
+        self.index = index
+        self._identity = identity_key
+        self._x = _as_field_vector(vector, config)
+        self._rng = rng
+        self._stage = Stage.ADVERTISE
+        self._nbrs = config.neighbours(index)
+        self._c_sk: Any = None
+        self._s_sk: Any = None
+        self._peer_keys: dict[int, AdvertiseKeys] = {}
+        self._share_keys: dict[int, bytes] = {}
+        self._b_seed = b""
+        self._own_shares: tuple[int, int] = (0, 0)
+        self._held: dict[int, tuple[int, int]] = {}
+        self._mask_set: frozenset[int] = frozenset()
+        self._survivors: tuple[int, ...] | None = None
+        self._released: dict[int, str] = {}
+        self._handlers: dict[type[Message], Callable[[Any], list[UplinkMessage]]] = {
+            RoundStart: self._on_round_start,
+            KeyBroadcast: self._on_key_broadcast,
+            ShareBundle: self._on_share_bundle,
+            MaskRequest: self._on_mask_request,
+            ConsistencyRequest: self._on_consistency_request,
+            UnmaskRequest: self._on_unmask_request,
+        }
+
+    @property
+    def stage(self) -> Stage:
+        """The stage whose server message this client is waiting for."""
+        return self._stage
+
+    @property
+    def released(self) -> dict[int, str]:
+        """Owner -> "b" (self-mask share) or "s" (mask-key share) released so far."""
+        return dict(self._released)
+
+    # -- dispatch ---------------------------------------------------------------------
+    def receive(self, message: Message) -> list[UplinkMessage]:
+        """Process one server message; return the replies. Errors abort the client."""
+        key = (self.ROLE, self._stage, type(message))
+        nxt = TRANSITIONS.get(key)
+        if nxt is None:
+            stage = self._stage
+            self._stage = Stage.ABORTED
+            raise RemoteProtocolError(
+                f"illegal transition: {self.ROLE.value} {self.index} in stage {stage.value} "
+                f"cannot accept {type(message).__name__}"
+            )
+        try:
+            self._check_envelope(message)
+            out = self._handlers[type(message)](message)
+        except ProtocolError:
+            self._stage = Stage.ABORTED
+            raise
+        except CryptoError as exc:
+            self._stage = Stage.ABORTED
+            raise RemoteProtocolError(f"client {self.index}: {exc}") from exc
+        self._stage = nxt
+        return out
+
+    def _check_envelope(self, msg: Message) -> None:
+        if msg.session_id != self.config.session_id or msg.round_number != self.config.round_number:
+            raise RemoteProtocolError(
+                f"client {self.index}: {type(msg).__name__} belongs to another session or round (replay)"
+            )
+        if not isinstance(msg, DownlinkMessage) or msg.recipient != self.index:
+            raise RemoteProtocolError(f"client {self.index}: {type(msg).__name__} is addressed to another client")
+
+    def _abort(self, why: str) -> RemoteProtocolError:
+        return RemoteProtocolError(f"client {self.index} refuses: {why}")
+
+    def _header(self) -> dict[str, Any]:
+        return {"session_id": self.config.session_id, "round_number": self.config.round_number, "sender": self.index}
+
+    # -- round 0 ----------------------------------------------------------------------
+    def _on_round_start(self, msg: RoundStart) -> list[UplinkMessage]:
+        self._c_sk = generate_x25519(self._rng)
+        self._s_sk = generate_x25519(self._rng)
+        c_pk, s_pk = public_bytes(self._c_sk), public_bytes(self._s_sk)
+        unsigned = AdvertiseKeys(**self._header(), c_pk=c_pk, s_pk=s_pk, signature=bytes(64))
+        sig = sign(self._identity, unsigned.payload(), context=ADVERTISE_CONTEXT)
+        return [AdvertiseKeys(**self._header(), c_pk=c_pk, s_pk=s_pk, signature=sig)]
+
+    # -- round 1 ----------------------------------------------------------------------
+    def _on_key_broadcast(self, msg: KeyBroadcast) -> list[UplinkMessage]:
+        cfg = self.config
+        seen = {public_bytes(self._c_sk), public_bytes(self._s_sk)}
+        for k in msg.keys:
+            if k.sender not in self._nbrs:
+                raise self._abort(f"server forwarded keys of non-neighbour {k.sender}")
+            if k.session_id != cfg.session_id or k.round_number != cfg.round_number:
+                raise self._abort(f"keys of client {k.sender} are replayed from another round")
+            try:
+                verify(cfg.identity_keys[k.sender], k.signature, k.payload(), context=ADVERTISE_CONTEXT)
+            except CryptoError as exc:
+                raise self._abort(f"forged key advertisement for client {k.sender}") from exc
+            if k.c_pk in seen or k.s_pk in seen:
+                raise self._abort("public keys repeat across clients")
+            seen.update((k.c_pk, k.s_pk))
+            self._peer_keys[k.sender] = k
+        holders = sorted(set(self._peer_keys) | {self.index})
+        if len(holders) < cfg.threshold:
+            raise RoundAbortedError(
+                f"client {self.index}: {len(holders)} live share holders < threshold {cfg.threshold}"
+            )
+        self._b_seed = self._rng.random_bytes(32)
+        xs = [h + 1 for h in holders]
+        b_sh = split(self._b_seed, threshold=cfg.threshold, xs=xs, rng=self._rng)
+        s_sh = split(self._s_sk.private_bytes_raw(), threshold=cfg.threshold, xs=xs, rng=self._rng)
+        self._own_shares = (b_sh[self.index + 1], s_sh[self.index + 1])
+        cts: list[tuple[int, bytes]] = []
+        for v in holders:
+            if v == self.index:
+                continue
+            key = derive_pair_key(
+                self._c_sk,
+                self._peer_keys[v].c_pk,
+                purpose=Purpose.SHARE_ENCRYPTION,
+                session_id=cfg.session_id,
+                round_number=cfg.round_number,
+                me=self.index,
+                peer=v,
+            )
+            self._share_keys[v] = key
+            pt = encode_share_plaintext(self.index, v, b_sh[v + 1], s_sh[v + 1])
+            ct = encrypt_share(
+                key,
+                pt,
+                session_id=cfg.session_id,
+                round_number=cfg.round_number,
+                sender=self.index,
+                receiver=v,
+                rng=self._rng,
+            )
+            cts.append((v, ct))
+        commitment = self_mask_commitment(
+            self._b_seed, session_id=cfg.session_id, round_number=cfg.round_number, owner=self.index
+        )
+        return [EncryptedShares(**self._header(), commitment=commitment, ciphertexts=tuple(cts))]
+
+    # -- round 1.5 --------------------------------------------------------------------
+    def _on_share_bundle(self, msg: ShareBundle) -> list[UplinkMessage]:
+        cfg = self.config
+        complaints: list[int] = []
+        for owner, ct in msg.ciphertexts:
+            key = self._share_keys.get(owner)
+            if key is None:
+                raise self._abort(f"server forwarded shares from client {owner}, whose keys I never accepted")
+            try:
+                pt = decrypt_share(
+                    key,
+                    ct,
+                    session_id=cfg.session_id,
+                    round_number=cfg.round_number,
+                    sender=owner,
+                    receiver=self.index,
+                )
+                self._held[owner] = decode_share_plaintext(pt, owner=owner, holder=self.index)
+            except CryptoError:
+                complaints.append(owner)
+        return [ShareReceipt(**self._header(), complaints=tuple(complaints))]
+
+    # -- round 2 ----------------------------------------------------------------------
+    def _on_mask_request(self, msg: MaskRequest) -> list[UplinkMessage]:
+        cfg = self.config
+        included = frozenset(msg.included)
+        if self.index not in included:
+            raise self._abort("mask request does not include me")
+        others = included - {self.index}
+        if not others <= self._nbrs:
+            raise self._abort("mask request names non-neighbours")
+        if not others <= set(self._held):
+            raise self._abort("mask request includes a client whose valid shares I do not hold")
+        if len(included) < cfg.threshold:
+            raise RoundAbortedError(
+                f"client {self.index}: {len(included)} included holders < threshold {cfg.threshold}"
+            )
+        self._mask_set = others
+        y = self._x.copy()
+        seed = derive_self_mask_seed(
+            self._b_seed, session_id=cfg.session_id, round_number=cfg.round_number, owner=self.index
+        )
+        scratch = mask_scratch(cfg.length, cfg.bits)
+        np.add(y, expand_mask(seed, cfg.length, cfg.bits, scratch=scratch), out=y)
+        for v in sorted(others):
+            s_uv = derive_pair_key(
+                self._s_sk,
+                self._peer_keys[v].s_pk,
+                purpose=Purpose.PAIRWISE_MASK,
+                session_id=cfg.session_id,
+                round_number=cfg.round_number,
+                me=self.index,
+                peer=v,
+            )
+            mask = expand_mask(s_uv, cfg.length, cfg.bits, scratch=scratch)
+            if v > self.index:
+                np.add(y, mask, out=y)
+            else:
+                np.subtract(y, mask, out=y)
+        if cfg.bits not in (32, 64):
+            y &= y.dtype.type((1 << cfg.bits) - 1)
+        return [MaskedInput(**self._header(), bits=cfg.bits, vector=y)]
+
+    # -- round 3 ----------------------------------------------------------------------
+    def _on_consistency_request(self, msg: ConsistencyRequest) -> list[UplinkMessage]:
+        cfg = self.config
+        survivors = frozenset(msg.survivors)
+        if self.index not in survivors:
+            raise self._abort("survivor set omits me although I sent my masked input")
+        local = survivors & cfg.holders(self.index)
+        if not local <= self._mask_set | {self.index}:
+            raise self._abort("survivor set names a neighbour that was not included in masking")
+        if len(local) < cfg.threshold:
+            raise RoundAbortedError(
+                f"client {self.index}: {len(local)} surviving holders < threshold {cfg.threshold}"
+            )
+        self._survivors = msg.survivors
+        payload = consistency_payload(cfg.session_id, cfg.round_number, msg.survivors)
+        return [ConsistencySignature(**self._header(), signature=sign(self._identity, payload, context=CONSISTENCY_CONTEXT))]
+
+    # -- round 4 ----------------------------------------------------------------------
+    def _on_unmask_request(self, msg: UnmaskRequest) -> list[UplinkMessage]:
+        cfg = self.config
+        if msg.survivors != self._survivors:
+            raise self._abort("server reported a different survivor set than the one I signed")
+        payload = consistency_payload(cfg.session_id, cfg.round_number, msg.survivors)
+        holders = cfg.holders(self.index)
+        for signer, sig in msg.signatures:
+            if signer not in holders:
+                raise self._abort(f"consistency signature from non-neighbour {signer}")
+            try:
+                verify(cfg.identity_keys[signer], sig, payload, context=CONSISTENCY_CONTEXT)
+            except CryptoError as exc:
+                raise self._abort(f"invalid consistency signature of client {signer}") from exc
+        if len(msg.signatures) < cfg.threshold:
+            raise RoundAbortedError(
+                f"client {self.index}: only {len(msg.signatures)} consistency signatures "
+                f"< threshold {cfg.threshold}"
+            )
+        survivors = frozenset(msg.survivors)
+        b_out: list[tuple[int, int]] = []
+        s_out: list[tuple[int, int]] = []
+        for owner in sorted(self._mask_set | {self.index}):
+            kind = "b" if owner in survivors else "s"
+            self._record_release(owner, kind)
+            b_share, s_share = self._own_shares if owner == self.index else self._held[owner]
+            if kind == "b":
+                b_out.append((owner, b_share))
+            else:
+                s_out.append((owner, s_share))
+        return [UnmaskShares(**self._header(), self_mask_shares=tuple(b_out), key_shares=tuple(s_out))]
+
+    def _record_release(self, owner: int, kind: str) -> None:
+        """Never release both the ``b`` and the ``s_sk`` share of one owner."""
+        previous = self._released.get(owner)
+        if previous is not None and previous != kind:
+            raise LocalProtocolError(
+                f"client {self.index} refuses to release both shares of client {owner} "
+                f"(already released its {previous!r} share)"
+            )
+        self._released[owner] = kind
+
+
+def _as_field_vector(vector: npt.ArrayLike, config: RoundConfig) -> npt.NDArray[np.unsignedinteger]:
+    arr = np.asarray(vector)
+    if arr.ndim != 1 or arr.size != config.length:
+        raise LocalProtocolError(f"input must be a 1-D vector of length {config.length}")
+    if arr.dtype.kind not in "ui":
+        raise LocalProtocolError(f"input must hold integers, got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >> config.bits):
+        raise LocalProtocolError(f"input values must lie in [0, 2**{config.bits})")
+    return arr.astype(config.mask_dtype, copy=False)

@@ -1,0 +1,421 @@
+"""The SecAgg / SecAgg+ server: a sans-I/O state machine with a streaming accumulator.
+
+Bonawitz et al. CCS'17 (Fig. 4) with the SecAgg+ graph of Bell et al. CCS'20. The
+server relays keys and ciphertexts, sums masked inputs *as they arrive* into one
+``d``-word accumulator (memory O(d), never O(n d)), and at the end removes the masks:
+
+    z = sum_{u in U3} y_u - sum_{u in U3} PRG(b_u)
+        + sum_{u in D} sum_{v in N(u) ∩ U3} sign(u, v) PRG(s_uv)       (mod 2^b)
+
+with ``D`` the included clients that did not deliver a masked input, and
+``sign(u, v) = -1`` if ``u > v`` (``y_v`` carries ``+PRG(s_uv)``), ``+1`` otherwise.
+``b_u`` is rebuilt from ``t`` Shamir shares released by survivors and checked against
+``u``'s commitment; ``s_sk_u`` of a dropped ``u`` from ``t`` shares, checked against
+its advertised ``s_pk_u``. The server never sees an unmasked individual vector: each
+``y_u`` is masked by ``PRG(b_u)``, whose seed is only reconstructed after ``y_u`` has
+been folded into the sum.
+
+Stage completion: the server advances when every client it waits for has answered,
+or on a :class:`~crypto.secagg.messages.Deadline` event from the transport (no
+clocks here). Before each advance it checks that every live client keeps at least
+``t`` live share holders in ``N(u) ∪ {u}``; otherwise it raises
+:class:`~crypto.errors.RoundAbortedError`.
+
+Misbehaving clients (forged signatures, replays, wrong stage, duplicates, malformed
+vectors, shares that fail to decrypt at a neighbour, non-members) are refused with
+:class:`~crypto.errors.RemoteProtocolError` and excluded, i.e. treated as dropped; an
+excluded client whose masked input was already accumulated stays a survivor (its
+input is in the sum and its self mask must be removed) but is asked for nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from crypto.errors import CryptoError, LocalProtocolError, RemoteProtocolError, RoundAbortedError
+from crypto.key_agreement import (
+    Purpose,
+    derive_pair_key,
+    derive_self_mask_seed,
+    public_bytes,
+    x25519_private_from_bytes,
+)
+from crypto.secagg.client import CONSISTENCY_CONTEXT, expand_mask, mask_scratch, self_mask_commitment
+from crypto.secagg.messages import (
+    TRANSITIONS,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    Deadline,
+    DownlinkMessage,
+    EncryptedShares,
+    KeyBroadcast,
+    MaskedInput,
+    MaskRequest,
+    Message,
+    RoundConfig,
+    RoundStart,
+    ShareBundle,
+    ShareReceipt,
+    UnmaskRequest,
+    UnmaskShares,
+    UplinkMessage,
+    consistency_payload,
+)
+from crypto.secagg.stages import Role, Stage
+from crypto.shamir import lagrange_coefficients_at_zero, reconstruct
+from crypto.signatures import verify
+
+__all__ = ["SecAggServer"]
+
+_ADVERTISE_CONTEXT = b"secagg-advertise"
+
+
+class SecAggServer:
+    """The aggregator of one round: ``start()``, then ``receive(msg) -> [messages]``."""
+
+    ROLE = Role.SERVER
+
+    def __init__(self, config: RoundConfig) -> None:
+        self.config = config
+        self._stage = Stage.ADVERTISE
+        self._started = False
+        self._expected: set[int] = set(range(config.n))
+        self._replied: set[int] = set()
+        self._excluded: dict[int, str] = {}
+        self._keys: dict[int, AdvertiseKeys] = {}
+        self._commitments: dict[int, bytes] = {}
+        self._ciphertexts: dict[int, dict[int, bytes]] = {}
+        self._complaints: dict[int, tuple[int, ...]] = {}
+        self._included: frozenset[int] = frozenset()
+        self._acc: npt.NDArray[np.unsignedinteger] = np.zeros(config.length, dtype=config.mask_dtype)
+        self._survivors: tuple[int, ...] = ()
+        self._signatures: dict[int, bytes] = {}
+        self._b_shares: dict[int, dict[int, int]] = {}
+        self._s_shares: dict[int, dict[int, int]] = {}
+        self._total: npt.NDArray[np.unsignedinteger] | None = None
+        self._handlers: dict[type[Message], Callable[[Any], None]] = {
+            AdvertiseKeys: self._on_advertise,
+            EncryptedShares: self._on_encrypted_shares,
+            ShareReceipt: self._on_share_receipt,
+            MaskedInput: self._on_masked_input,
+            ConsistencySignature: self._on_consistency_signature,
+            UnmaskShares: self._on_unmask_shares,
+        }
+        self._finishers: dict[Stage, Callable[[], list[DownlinkMessage]]] = {
+            Stage.ADVERTISE: self._finish_advertise,
+            Stage.SHARE_KEYS: self._finish_share_keys,
+            Stage.CHECK_SHARES: self._finish_check_shares,
+            Stage.MASKED_INPUT: self._finish_masked_input,
+            Stage.CONSISTENCY: self._finish_consistency,
+            Stage.UNMASK: self._finish_unmask,
+        }
+
+    # -- public state -------------------------------------------------------------------
+    @property
+    def stage(self) -> Stage:
+        """The stage whose client messages the server is collecting."""
+        return self._stage
+
+    @property
+    def excluded(self) -> dict[int, str]:
+        """Cohort members refused for misbehaviour, with the reason."""
+        return dict(self._excluded)
+
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        """U3: sorted indices of the clients whose masked input was accumulated."""
+        return self._survivors
+
+    @property
+    def total(self) -> npt.NDArray[np.unsignedinteger]:
+        """The unmasked sum mod 2^b of the survivors' inputs (after the round is done)."""
+        if self._total is None:
+            raise LocalProtocolError(f"server in stage {self._stage.value} has no result yet")
+        return self._total
+
+    @property
+    def waiting_for(self) -> frozenset[int]:
+        """Clients whose message for the current stage has not arrived yet."""
+        return frozenset(self._expected - self._replied - set(self._excluded))
+
+    # -- driving ------------------------------------------------------------------------
+    def start(self) -> list[DownlinkMessage]:
+        """Open the round: invite every cohort member to advertise its keys."""
+        if self._started:
+            raise LocalProtocolError("server: the round was already started")
+        self._started = True
+        return [RoundStart(**self._header(v)) for v in range(self.config.n)]
+
+    def receive(self, message: Message) -> list[DownlinkMessage]:
+        """Process one client message or a Deadline; return messages to send."""
+        if not self._started:
+            raise LocalProtocolError("server: start() the round before receiving messages")
+        nxt = TRANSITIONS.get((self.ROLE, self._stage, type(message)))
+        if isinstance(message, Deadline):
+            if nxt is None or message.waiting_for is not self._stage:
+                raise LocalProtocolError(
+                    f"illegal transition: server in stage {self._stage.value} cannot accept "
+                    f"Deadline for stage {message.waiting_for.value}"
+                )
+            return self._advance(nxt)
+        sender = message.party if isinstance(message, UplinkMessage) else None
+        if sender is None or not 0 <= sender < self.config.n:
+            raise RemoteProtocolError(
+                f"server: {type(message).__name__} from {sender!r}, who is not in the cohort", sender=sender
+            )
+        if sender in self._excluded:
+            raise RemoteProtocolError(
+                f"server: client {sender} is excluded ({self._excluded[sender]})", sender=sender
+            )
+        if nxt is None:
+            raise self._refuse(
+                sender,
+                f"illegal transition: server in stage {self._stage.value} cannot accept "
+                f"{type(message).__name__} from client {sender}",
+            )
+        if message.session_id != self.config.session_id or message.round_number != self.config.round_number:
+            raise self._refuse(sender, f"{type(message).__name__} from another session or round (replay)")
+        if sender in self._replied:
+            raise self._refuse(sender, f"duplicate {type(message).__name__} (replay)")
+        if sender not in self._expected:
+            raise self._refuse(sender, f"unexpected {type(message).__name__}: not a participant of this stage")
+        self._handlers[type(message)](message)
+        self._replied.add(sender)
+        if not self.waiting_for:
+            return self._advance(nxt)
+        return []
+
+    def exclude(self, client: int, reason: str) -> None:
+        """Treat ``client`` as dropped from now on (transport-detected misbehaviour)."""
+        if 0 <= client < self.config.n:
+            self._excluded.setdefault(client, reason)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _header(self, recipient: int) -> dict[str, Any]:
+        return {
+            "session_id": self.config.session_id,
+            "round_number": self.config.round_number,
+            "recipient": recipient,
+        }
+
+    def _refuse(self, sender: int, why: str) -> RemoteProtocolError:
+        self.exclude(sender, why)
+        return RemoteProtocolError(f"server refuses client {sender}: {why}", sender=sender)
+
+    def _live(self, group: set[int]) -> set[int]:
+        return group - set(self._excluded)
+
+    def _check_live(self, live: set[int], what: str) -> None:
+        t = self.config.threshold
+        if not live:
+            raise RoundAbortedError(f"round aborted after {what}: no live clients remain")
+        for v in sorted(live):
+            have = len(self.config.holders(v) & live)
+            if have < t:
+                raise RoundAbortedError(
+                    f"round aborted after {what}: client {v} has {have} live share holders "
+                    f"< threshold {t}"
+                )
+
+    def _advance(self, nxt: Stage) -> list[DownlinkMessage]:
+        try:
+            out = self._finishers[self._stage]()
+        except RoundAbortedError:
+            self._stage = Stage.ABORTED
+            raise
+        self._stage = nxt
+        self._replied = set()
+        return out
+
+    # -- round 0 ------------------------------------------------------------------------
+    def _on_advertise(self, msg: AdvertiseKeys) -> None:
+        try:
+            verify(self.config.identity_keys[msg.sender], msg.signature, msg.payload(), context=_ADVERTISE_CONTEXT)
+        except CryptoError as exc:
+            raise self._refuse(msg.sender, "forged key advertisement (bad signature)") from exc
+        used = {k for a in self._keys.values() for k in (a.c_pk, a.s_pk)}
+        if msg.c_pk in used or msg.s_pk in used:
+            raise self._refuse(msg.sender, "re-uses another client's public key")
+        self._keys[msg.sender] = msg
+
+    def _finish_advertise(self) -> list[DownlinkMessage]:
+        u1 = self._live(set(self._keys))
+        self._check_live(u1, "advertise")
+        self._expected = u1
+        return [
+            KeyBroadcast(
+                **self._header(v),
+                keys=tuple(self._keys[u] for u in sorted(self.config.neighbours(v) & u1)),
+            )
+            for v in sorted(u1)
+        ]
+
+    # -- round 1 ------------------------------------------------------------------------
+    def _on_encrypted_shares(self, msg: EncryptedShares) -> None:
+        u1 = self._expected
+        want = self.config.neighbours(msg.sender) & u1
+        got = {v for v, _ in msg.ciphertexts}
+        if got != want:
+            raise self._refuse(msg.sender, "shares not addressed to exactly its live neighbours")
+        self._commitments[msg.sender] = msg.commitment
+        self._ciphertexts[msg.sender] = dict(msg.ciphertexts)
+
+    def _finish_share_keys(self) -> list[DownlinkMessage]:
+        u2 = self._live(set(self._ciphertexts))
+        self._check_live(u2, "share_keys")
+        self._expected = u2
+        out: list[DownlinkMessage] = [
+            ShareBundle(
+                **self._header(v),
+                ciphertexts=tuple((u, self._ciphertexts[u][v]) for u in sorted(self.config.neighbours(v) & u2)),
+            )
+            for v in sorted(u2)
+        ]
+        self._ciphertexts.clear()  # relayed; the server has no use for them
+        return out
+
+    # -- round 1.5 ----------------------------------------------------------------------
+    def _on_share_receipt(self, msg: ShareReceipt) -> None:
+        allowed = self.config.neighbours(msg.sender) & self._expected
+        if not set(msg.complaints) <= allowed:
+            raise self._refuse(msg.sender, "complains about clients that sent it no shares")
+        self._complaints[msg.sender] = msg.complaints
+
+    def _finish_check_shares(self) -> list[DownlinkMessage]:
+        receipts = self._live(set(self._complaints))
+        for accuser in sorted(receipts):
+            for accused in self._complaints[accuser]:
+                self.exclude(accused, f"shares sent to client {accuser} failed to decrypt")
+        included = self._live(receipts)
+        self._check_live(included, "check_shares")
+        self._included = frozenset(included)
+        self._expected = included
+        return [
+            MaskRequest(**self._header(v), included=tuple(sorted(self.config.holders(v) & included)))
+            for v in sorted(included)
+        ]
+
+    # -- round 2 ------------------------------------------------------------------------
+    def _on_masked_input(self, msg: MaskedInput) -> None:
+        v = msg.vector
+        if msg.bits != self.config.bits:
+            raise self._refuse(msg.sender, f"masked vector at {msg.bits} bits, expected {self.config.bits}")
+        if not isinstance(v, np.ndarray) or v.ndim != 1 or v.size != self.config.length:
+            raise self._refuse(msg.sender, f"masked vector of wrong length (expected {self.config.length})")
+        if v.dtype != self._acc.dtype or (self.config.bits not in (32, 64) and int(v.max()) >> self.config.bits):
+            raise self._refuse(msg.sender, f"masked vector outside Z_2^{self.config.bits}")
+        np.add(self._acc, v, out=self._acc)  # streaming: the vector is not kept
+        self._survivors = tuple(sorted({*self._survivors, msg.sender}))
+
+    def _finish_masked_input(self) -> list[DownlinkMessage]:
+        u3 = set(self._survivors)
+        self._check_live(u3, "masked_input")
+        self._expected = self._live(u3)
+        return [ConsistencyRequest(**self._header(v), survivors=self._survivors) for v in sorted(self._expected)]
+
+    # -- round 3 ------------------------------------------------------------------------
+    def _on_consistency_signature(self, msg: ConsistencySignature) -> None:
+        payload = consistency_payload(self.config.session_id, self.config.round_number, self._survivors)
+        try:
+            verify(self.config.identity_keys[msg.sender], msg.signature, payload, context=CONSISTENCY_CONTEXT)
+        except CryptoError as exc:
+            raise self._refuse(msg.sender, "invalid consistency signature") from exc
+        self._signatures[msg.sender] = msg.signature
+
+    def _finish_consistency(self) -> list[DownlinkMessage]:
+        u4 = self._live(set(self._signatures))
+        t = self.config.threshold
+        out: list[DownlinkMessage] = []
+        for v in sorted(u4):
+            sigs = tuple((w, self._signatures[w]) for w in sorted(self.config.holders(v) & u4))
+            if len(sigs) < t:
+                raise RoundAbortedError(
+                    f"round aborted after consistency: client {v} has {len(sigs)} signing holders < threshold {t}"
+                )
+            out.append(UnmaskRequest(**self._header(v), survivors=self._survivors, signatures=sigs))
+        self._expected = u4
+        return out
+
+    # -- round 4 ------------------------------------------------------------------------
+    def _on_unmask_shares(self, msg: UnmaskShares) -> None:
+        w = msg.sender
+        mine = self.config.holders(w) & self._included
+        survivors = set(self._survivors)
+        if {o for o, _ in msg.self_mask_shares} != mine & survivors or {o for o, _ in msg.key_shares} != mine - survivors:
+            raise self._refuse(w, "released the wrong set of shares")
+        for owner, y in msg.self_mask_shares:
+            self._b_shares.setdefault(owner, {})[w + 1] = y
+        for owner, y in msg.key_shares:
+            self._s_shares.setdefault(owner, {})[w + 1] = y
+
+    def _shares_of(self, table: dict[int, dict[int, int]], owner: int, what: str) -> list[tuple[int, int]]:
+        live = {w + 1 for w in self._live(self._replied)}
+        pts = sorted((x, y) for x, y in table.get(owner, {}).items() if x in live)
+        if len(pts) < self.config.threshold:
+            raise RoundAbortedError(
+                f"round aborted at unmasking: {len(pts)} shares of {what} of client {owner} "
+                f"< threshold {self.config.threshold}"
+            )
+        return pts[: self.config.threshold]
+
+    def _finish_unmask(self) -> list[DownlinkMessage]:
+        cfg = self.config
+        t = cfg.threshold
+        lagrange: dict[tuple[int, ...], list[int]] = {}
+
+        def rebuild(pts: list[tuple[int, int]]) -> bytes:
+            xs = tuple(x for x, _ in pts)
+            if xs not in lagrange:
+                lagrange[xs] = lagrange_coefficients_at_zero(xs)
+            return reconstruct(pts, threshold=t, coefficients=lagrange[xs])
+
+        survivors = set(self._survivors)
+        dropped = sorted(u for u in self._included - survivors if cfg.neighbours(u) & survivors)
+        seeds: list[bytes] = []
+        keys: dict[int, Any] = {}
+        try:
+            for u in self._survivors:
+                b = rebuild(self._shares_of(self._b_shares, u, "the self-mask seed"))
+                if self_mask_commitment(
+                    b, session_id=cfg.session_id, round_number=cfg.round_number, owner=u
+                ) != self._commitments[u]:
+                    raise RoundAbortedError(f"reconstructed self-mask seed of client {u} fails its commitment")
+                seeds.append(derive_self_mask_seed(b, session_id=cfg.session_id, round_number=cfg.round_number, owner=u))
+            for u in dropped:
+                sk = x25519_private_from_bytes(rebuild(self._shares_of(self._s_shares, u, "the mask key")))
+                if public_bytes(sk) != self._keys[u].s_pk:
+                    raise RoundAbortedError(f"reconstructed mask key of client {u} fails its public key")
+                keys[u] = sk
+        except CryptoError as exc:
+            raise RoundAbortedError(f"round aborted at unmasking: {exc}") from exc
+        acc = self._acc
+        scratch = mask_scratch(cfg.length, cfg.bits)
+        for seed in seeds:
+            np.subtract(acc, expand_mask(seed, cfg.length, cfg.bits, scratch=scratch), out=acc)
+        for u in dropped:
+            for v in sorted(cfg.neighbours(u) & survivors):
+                s_uv = derive_pair_key(
+                    keys[u],
+                    self._keys[v].s_pk,
+                    purpose=Purpose.PAIRWISE_MASK,
+                    session_id=cfg.session_id,
+                    round_number=cfg.round_number,
+                    me=u,
+                    peer=v,
+                )
+                mask = expand_mask(s_uv, cfg.length, cfg.bits, scratch=scratch)
+                if u > v:
+                    np.subtract(acc, mask, out=acc)
+                else:
+                    np.add(acc, mask, out=acc)
+        if cfg.bits not in (32, 64):
+            acc &= acc.dtype.type((1 << cfg.bits) - 1)
+        self._total = acc
+        self._b_shares.clear()
+        self._s_shares.clear()
+        return []

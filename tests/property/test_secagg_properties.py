@@ -1,0 +1,76 @@
+"""Property tests (hypothesis): the protocol sum is exact for random dropout patterns
+up to n = 100; bit packing and Shamir sharing round-trip."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crypto.errors import RoundAbortedError
+from crypto.prg import Csprng
+from crypto.secagg import default_neighbors, neighbor_graph, pack_bits, simulate_round, unpack_bits
+from crypto.secagg.graph import effective_degree
+from crypto.secagg.simulate import _derive, _root_seed
+from crypto.shamir import reconstruct, split
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "crypto"))
+from secagg_oracle import expected_outcome  # noqa: E402
+
+STAGES = ["advertise", "share_keys", "masked_input", "unmask"]
+
+
+@st.composite
+def rounds(draw: st.DrawFn) -> tuple[int, int, int | None, dict[int, str], int, int]:
+    n = draw(st.integers(2, 100))
+    complete = n <= 12 and draw(st.booleans())
+    k = None if complete else default_neighbors(n)
+    holders = effective_degree(n, k) + 1
+    t = draw(st.integers(holders // 2 + 1, holders))
+    rate = draw(st.sampled_from([0.0, 0.05, 0.1, 0.3]))
+    who = draw(st.lists(st.integers(0, n - 1), max_size=max(1, int(rate * n)), unique=True))
+    drop = {i: draw(st.sampled_from(STAGES)) for i in who}
+    bits = draw(st.sampled_from([8, 13, 32]))
+    seed = draw(st.integers(0, 2**32))
+    return n, t, k, drop, bits, seed
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rounds())
+def test_sum_is_exact_for_random_dropouts(case: tuple[int, int, int | None, dict[int, str], int, int]) -> None:
+    n, t, k, drop, bits, seed = case
+    d = 5
+    xs = [Csprng(seed.to_bytes(8, "big") + bytes(23) + bytes([i % 256])).uniform_mod_pow2(d, bits=bits)
+          for i in range(n)]
+    graph = neighbor_graph(_derive(_root_seed(seed), "graph"), n, k)
+    want = expected_outcome(n, t, graph, drop)
+    if want is None:
+        with pytest.raises(RoundAbortedError):
+            simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed)
+        return
+    res = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed)
+    assert res.survivors == want
+    assert np.array_equal(res.total, sum(xs[i].astype(np.uint64) for i in want) % (1 << bits))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 62), st.integers(1, 300), st.integers(0, 2**32))
+def test_bit_packing_roundtrip(bits: int, count: int, seed: int) -> None:
+    values = Csprng(seed.to_bytes(32, "big")).uniform_mod_pow2(count, bits=bits)
+    packed = pack_bits(values, bits)
+    assert len(packed) == (count * bits + 7) // 8
+    assert np.array_equal(unpack_bits(packed, bits, count), values)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(2, 7), st.data())
+def test_shamir_any_t_subset_reconstructs(secret: bytes, n: int, data: st.DataObject) -> None:
+    t = data.draw(st.integers(1, n))
+    shares = split(secret, threshold=t, xs=list(range(1, n + 1)), rng=Csprng(secret))
+    for subset in itertools.combinations(sorted(shares.items()), t):
+        assert reconstruct(subset, threshold=t) == secret

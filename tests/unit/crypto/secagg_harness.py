@@ -1,0 +1,76 @@
+"""In-test driver that stops a round at a chosen server stage (test helper)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from crypto.prg import Csprng
+from crypto.secagg import (
+    Deadline,
+    DownlinkMessage,
+    RoundConfig,
+    SecAggClient,
+    SecAggServer,
+    Stage,
+    decode,
+    encode,
+)
+from crypto.signatures import generate_identity, identity_public_bytes
+
+
+@dataclass
+class Harness:
+    config: RoundConfig
+    identities: list[Ed25519PrivateKey]
+    clients: list[SecAggClient]
+    server: SecAggServer
+    inputs: list[np.ndarray]
+    outbox: list[DownlinkMessage]
+
+    def step(self) -> None:
+        """Deliver the outbox, feed every reply to the server, close the stage."""
+        stage = self.server.stage
+        replies = []
+        for msg in self.outbox:
+            replies.extend(self.clients[msg.recipient].receive(decode(encode(msg))))
+        self.outbox = []
+        for r in replies:
+            self.outbox.extend(self.server.receive(decode(encode(r))))
+        if self.server.stage is stage:
+            self.outbox.extend(self.server.receive(self.deadline(stage)))
+
+    def run_until(self, stage: Stage) -> Harness:
+        while self.server.stage is not stage:
+            self.step()
+        return self
+
+    def deadline(self, stage: Stage) -> Deadline:
+        return Deadline(session_id=self.config.session_id, round_number=self.config.round_number, waiting_for=stage)
+
+    def to(self, client: int) -> DownlinkMessage:
+        return next(m for m in self.outbox if m.recipient == client)
+
+
+def make(n: int = 5, t: int = 3, d: int = 64, bits: int = 16, neighbors: int | None = None, seed: int = 0) -> Harness:
+    ids = [generate_identity(Csprng(bytes([seed, i]) * 16)) for i in range(n)]
+    cfg = RoundConfig(
+        session_id=bytes([seed]) * 32,
+        round_number=1,
+        bits=bits,
+        length=d,
+        threshold=t,
+        identity_keys=tuple(identity_public_bytes(k) for k in ids),
+        graph_seed=bytes(32),
+        neighbors=neighbors,
+    )
+    gen = np.random.default_rng(seed)  # simulation data only, not a mask path
+    xs = [gen.integers(0, 2**bits, size=d, dtype=np.uint32) for _ in range(n)]
+    clients = [
+        SecAggClient(cfg, index=i, identity_key=ids[i], vector=xs[i], rng=Csprng(bytes([seed, 100 + i]) * 16))
+        for i in range(n)
+    ]
+    server = SecAggServer(cfg)
+    return Harness(cfg, ids, clients, server, xs, server.start())

@@ -1,0 +1,265 @@
+"""Unit tests of the building blocks: key agreement, AEAD, signatures, Shamir, wire, graph."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from crypto.aead import decrypt_share, encrypt_share
+from crypto.errors import CryptoError, DecryptionError, LocalProtocolError, RemoteProtocolError
+from crypto.key_agreement import (
+    Purpose,
+    derive_pair_key,
+    derive_self_mask_seed,
+    generate_x25519,
+    public_bytes,
+    x25519_shared_secret,
+)
+from crypto.prg import Csprng
+from crypto.secagg import (
+    AdvertiseKeys,
+    KeyBroadcast,
+    MaskedInput,
+    RoundConfig,
+    ShareReceipt,
+    UnmaskShares,
+    decode,
+    default_neighbors,
+    encode,
+    neighbor_graph,
+    pack_bits,
+    unpack_bits,
+)
+from crypto.shamir import PRIME, lagrange_coefficients_at_zero, reconstruct, split
+from crypto.signatures import generate_identity, identity_public_bytes, sign, verify
+
+SESSION = bytes(range(32))
+
+
+def rng(i: int = 0) -> Csprng:
+    return Csprng(bytes([i]) * 32)
+
+
+# -- key agreement ---------------------------------------------------------------------
+def test_pair_keys_agree_and_are_purpose_separated() -> None:
+    a, b = generate_x25519(rng(1)), generate_x25519(rng(2))
+    kw = {"session_id": SESSION, "round_number": 3}
+    k_ab = derive_pair_key(a, public_bytes(b), purpose=Purpose.PAIRWISE_MASK, me=0, peer=1, **kw)
+    k_ba = derive_pair_key(b, public_bytes(a), purpose=Purpose.PAIRWISE_MASK, me=1, peer=0, **kw)
+    assert k_ab == k_ba
+    enc = derive_pair_key(a, public_bytes(b), purpose=Purpose.SHARE_ENCRYPTION, me=0, peer=1, **kw)
+    other_round = derive_pair_key(
+        a, public_bytes(b), purpose=Purpose.PAIRWISE_MASK, me=0, peer=1, session_id=SESSION, round_number=4
+    )
+    other_session = derive_pair_key(
+        a, public_bytes(b), purpose=Purpose.PAIRWISE_MASK, me=0, peer=1, session_id=bytes(32), round_number=3
+    )
+    assert len({k_ab, enc, other_round, other_session}) == 4
+    b_seed = bytes(32)
+    assert derive_self_mask_seed(b_seed, session_id=SESSION, round_number=3, owner=0) != derive_self_mask_seed(
+        b_seed, session_id=SESSION, round_number=3, owner=1
+    )
+
+
+def test_small_order_public_key_is_refused() -> None:
+    with pytest.raises(CryptoError):
+        x25519_shared_secret(generate_x25519(rng(1)), bytes(32))
+    with pytest.raises(CryptoError):
+        x25519_shared_secret(generate_x25519(rng(1)), bytes(31))
+
+
+# -- AEAD ------------------------------------------------------------------------------
+def test_aead_binds_parties_session_and_round() -> None:
+    key = bytes(range(32))
+    kw = {"session_id": SESSION, "round_number": 1, "sender": 2, "receiver": 5}
+    ct = encrypt_share(key, b"share", rng=rng(), **kw)
+    assert decrypt_share(key, ct, **kw) == b"share"
+    bad_inputs = [
+        (key, ct[:-1], kw),
+        (key, ct[:10], kw),
+        (key, ct[:20] + bytes([ct[20] ^ 1]) + ct[21:], kw),
+        (bytes(32), ct, kw),
+        (key, ct, {**kw, "sender": 3}),
+        (key, ct, {**kw, "receiver": 2, "sender": 5}),
+        (key, ct, {**kw, "round_number": 2}),
+        (key, ct, {**kw, "session_id": bytes(32)}),
+    ]
+    for k, c, params in bad_inputs:
+        with pytest.raises(DecryptionError) as info:
+            decrypt_share(k, c, **params)
+        assert str(info.value) == "decryption failed"  # opaque
+
+
+# -- signatures ------------------------------------------------------------------------
+def test_signatures_are_domain_separated() -> None:
+    key = generate_identity(rng(7))
+    pk = identity_public_bytes(key)
+    sig = sign(key, b"msg", context=b"secagg-advertise")
+    verify(pk, sig, b"msg", context=b"secagg-advertise")
+    for args in [(pk, sig, b"msg", b"secagg-consistency"), (pk, sig, b"msh", b"secagg-advertise"),
+                 (identity_public_bytes(generate_identity(rng(8))), sig, b"msg", b"secagg-advertise"),
+                 (pk, sig[:-1] + bytes([sig[-1] ^ 1]), b"msg", b"secagg-advertise"), (pk, sig[:63], b"msg", b"x")]:
+        with pytest.raises(CryptoError):
+            verify(args[0], args[1], args[2], context=args[3])
+
+
+# -- Shamir ----------------------------------------------------------------------------
+def test_prime_is_the_documented_prime() -> None:
+    assert PRIME == 2**256 + 297
+    # Miller-Rabin with fixed bases as an independent sanity check of primality
+    d, s = PRIME - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        x = pow(a, d, PRIME)
+        assert x in (1, PRIME - 1) or any(pow(x, 2**r, PRIME) == PRIME - 1 for r in range(1, s))
+
+
+@pytest.mark.parametrize(("n", "t"), [(3, 2), (5, 3), (6, 4)])
+def test_shamir_reconstructs_from_every_t_subset(n: int, t: int) -> None:
+    secret = bytes(range(224, 256))  # > 2^255: needs the 256+ bit field
+    shares = split(secret, threshold=t, xs=list(range(1, n + 1)), rng=rng(3))
+    for subset in itertools.combinations(sorted(shares.items()), t):
+        assert reconstruct(subset, threshold=t) == secret
+    for subset in itertools.combinations(sorted(shares.items()), t + 1 if t < n else t):
+        assert reconstruct(subset, threshold=t) == secret
+
+
+def test_shamir_t_minus_one_shares_reveal_nothing() -> None:
+    t, secret = 3, b"\x11" * 32
+    shares = split(secret, threshold=t, xs=[1, 2, 3, 4], rng=rng(4))
+    two = sorted(shares.items())[: t - 1]
+    # interpolating t-1 shares as if t-1 sufficed gives a wrong value (or a non-secret)
+    try:
+        assert reconstruct(two, threshold=t - 1) != secret
+    except CryptoError:
+        pass
+    # perfect secrecy: for ANY candidate secret there is a degree-(t-1) polynomial through
+    # the t-1 shares and (0, candidate), so the shares are consistent with every secret
+    for candidate in (bytes(32), b"\xff" * 32, secret):
+        pts = [(0, int.from_bytes(candidate, "big")), *two]
+        xs = [x for x, _ in pts]
+        # the unique polynomial through these t points, evaluated at a third share point
+        x3 = 4
+        val = 0
+        for j, (xj, yj) in enumerate(pts):
+            num, den = 1, 1
+            for m, xm in enumerate(xs):
+                if m != j:
+                    num = num * (x3 - xm) % PRIME
+                    den = den * (xj - xm) % PRIME
+            val = (val + yj * num * pow(den, -1, PRIME)) % PRIME
+        # ...so a full t-sharing of `candidate` agrees with the t-1 shares we observed
+        assert reconstruct([*two, (x3, val)], threshold=t) == candidate
+
+
+def test_shamir_validates_indices_and_values() -> None:
+    with pytest.raises(CryptoError):
+        split(b"x" * 32, threshold=2, xs=[1, 1, 2], rng=rng())
+    with pytest.raises(CryptoError):
+        split(b"x" * 32, threshold=2, xs=[0, 1], rng=rng())
+    with pytest.raises(CryptoError):
+        split(b"x" * 31, threshold=2, xs=[1, 2], rng=rng())
+    with pytest.raises(CryptoError):
+        split(b"x" * 32, threshold=3, xs=[1, 2], rng=rng())
+    shares = sorted(split(b"x" * 32, threshold=2, xs=[1, 2, 3], rng=rng()).items())
+    with pytest.raises(CryptoError):
+        reconstruct([shares[0], shares[0]], threshold=2)
+    with pytest.raises(CryptoError):
+        reconstruct(shares[:1], threshold=2)
+    with pytest.raises(CryptoError):
+        reconstruct([(1, PRIME), shares[1]], threshold=2)
+    assert lagrange_coefficients_at_zero([1, 2]) == [2, PRIME - 1]
+
+
+# -- wire ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [1, 3, 7, 8, 12, 16, 20, 31, 32, 33, 48, 62])
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 200])
+def test_bit_packing_roundtrip_and_size(bits: int, count: int) -> None:
+    values = Csprng(bytes([bits]) * 32).uniform_mod_pow2(count, bits=bits)
+    packed = pack_bits(values, bits)
+    assert len(packed) == (count * bits + 7) // 8
+    assert np.array_equal(unpack_bits(packed, bits, count), values)
+
+
+def test_bit_packing_layout_is_lsb_first() -> None:
+    assert pack_bits(np.array([1, 2, 3], dtype=np.uint32), 3) == bytes([0b11010001, 0b0])
+    with pytest.raises(CryptoError):  # non-zero padding bits
+        unpack_bits(bytes([0b11010001, 0b10]), 3, 3)
+    with pytest.raises(CryptoError):
+        unpack_bits(bytes([0b11010001]), 3, 3)
+
+
+def _msgs() -> list[object]:
+    key = generate_identity(rng(1))
+    adv = AdvertiseKeys(session_id=SESSION, round_number=0, sender=1, c_pk=b"a" * 32, s_pk=b"b" * 32,
+                        signature=sign(key, b"x", context=b"c"))
+    return [
+        adv,
+        KeyBroadcast(session_id=SESSION, round_number=0, recipient=2, keys=(adv,)),
+        ShareReceipt(session_id=SESSION, round_number=0, sender=1, complaints=(0, 4)),
+        UnmaskShares(session_id=SESSION, round_number=0, sender=1, self_mask_shares=((1, PRIME - 1),),
+                     key_shares=((2, 5),)),
+    ]
+
+
+def test_wire_roundtrip_and_strict_decoding() -> None:
+    for msg in _msgs():
+        frame = encode(msg)  # type: ignore[arg-type]
+        assert decode(frame) == msg
+        for cut in (0, 5, 12, len(frame) - 1):
+            with pytest.raises(RemoteProtocolError):
+                decode(frame[:cut])
+        with pytest.raises(RemoteProtocolError):
+            decode(frame + b"\x00")
+        for pos in range(0, len(frame), 7):  # flipped bytes: rejected or decoded to valid data
+            mutated = frame[:pos] + bytes([frame[pos] ^ 0x55]) + frame[pos + 1 :]
+            try:
+                decode(mutated, sender=1)
+            except RemoteProtocolError as exc:
+                assert exc.sender is not None
+    vec = np.arange(100, dtype=np.uint32) % 1024
+    m = MaskedInput(session_id=SESSION, round_number=0, sender=0, bits=10, vector=vec)
+    frame = encode(m)
+    assert len(frame) < 100 * 10 // 8 + 80
+    assert np.array_equal(decode(frame).vector, vec)  # type: ignore[attr-defined]
+    with pytest.raises(RemoteProtocolError):
+        decode(frame[:4] + bytes([2]) + frame[5:])  # unknown version
+
+
+def test_masked_input_refuses_out_of_range_values() -> None:
+    with pytest.raises(RemoteProtocolError):
+        MaskedInput(session_id=SESSION, round_number=0, sender=0, bits=10,
+                    vector=np.array([1024], dtype=np.uint32))
+    with pytest.raises(RemoteProtocolError):
+        MaskedInput(session_id=SESSION, round_number=0, sender=0, bits=10,
+                    vector=np.array([1], dtype=np.int64))
+
+
+# -- graph and configuration -------------------------------------------------------------
+@pytest.mark.parametrize("n", [5, 30, 100])
+def test_secagg_plus_graph_is_regular_symmetric_and_deterministic(n: int) -> None:
+    k = default_neighbors(n)
+    g = neighbor_graph(b"s" * 32, n, k)
+    assert g == neighbor_graph(b"s" * 32, n, k)
+    assert g != neighbor_graph(b"t" * 32, n, k) or k == n - 1
+    for u, nb in enumerate(g):
+        assert u not in nb
+        assert len(nb) == min(k + k % 2, n - 1)
+        assert all(u in g[v] for v in nb)
+    assert default_neighbors(100) == 20
+    assert neighbor_graph(b"s" * 32, 6, None)[0] == frozenset({1, 2, 3, 4, 5})
+
+
+def test_round_config_enforces_majority_threshold() -> None:
+    keys = tuple(identity_public_bytes(generate_identity(rng(i))) for i in range(5))
+    base = {"session_id": SESSION, "round_number": 0, "bits": 16, "length": 4, "identity_keys": keys,
+            "graph_seed": bytes(32)}
+    RoundConfig(threshold=3, **base)  # type: ignore[arg-type]
+    for t in (0, 2, 6):
+        with pytest.raises(LocalProtocolError):
+            RoundConfig(threshold=t, **base)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError):
+        RoundConfig(threshold=3, **{**base, "bits": 0})  # type: ignore[arg-type]
