@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,15 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from audits.events_codec import encode_event
+from audits.ledger import (
+    LEDGER_FILENAME,
+    PUBLIC_KEY_FILENAME,
+    LedgerWriter,
+    generate_server_key,
+    save_public_key,
+)
+from audits.transcript import TranscriptWriter
 from crypto.prg import Csprng
 from privacy.events import NonPrivateEvent
 from privacy.mechanisms.gaussian import CentralGaussian
@@ -47,11 +57,19 @@ from secure_fl.protocols import CkksAggregator, SecAggAggregator
 from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
+from secure_fl.staleness import staleness_weight
 from secure_fl.training import evaluate, train_local
 
 __all__ = ["RunResult", "make_aggregator", "run"]
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "ledger.jsonl", "transcript.json", "model.pt")
+RUN_FILES = (
+    "config.toml",
+    "metrics.jsonl",
+    "summary.json",
+    "ledger.jsonl",
+    "transcript.json",
+    "model.pt",
+)
 
 
 @dataclass
@@ -72,7 +90,9 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
     """
     rng = rng or Csprng.from_entropy()
     if config.sparsity.kind == "memory_budget":
-        raise ConfigError("the memory_budget support is not available in this build yet", field="sparsity.kind")
+        raise ConfigError(
+            "the memory_budget support is not available in this build yet", field="sparsity.kind"
+        )
     dp = config.dp
     if config.protocol == "plain":
         if dp.mechanism == "none":
@@ -100,7 +120,9 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
                 field="dp.mechanism",
             )
         return SecAggAggregator(config, dim=dim, rng=rng)
-    raise ConfigError(f"protocol {config.protocol!r} is not available in this build yet", field="protocol")
+    raise ConfigError(
+        f"protocol {config.protocol!r} is not available in this build yet", field="protocol"
+    )
 
 
 def _make_pruner(config: RunConfig, model: nn.Module, dim: int) -> MagnitudePruner | None:
@@ -111,10 +133,14 @@ def _make_pruner(config: RunConfig, model: nn.Module, dim: int) -> MagnitudePrun
         [np.full(p.numel(), p.dim() > 1) for p in model.parameters() if p.requires_grad]
     )
     end = max(1, int(0.6 * config.rounds))
-    return MagnitudePruner(dim=dim, density=config.sparsity.density, start=0, end=end, prunable=prunable)
+    return MagnitudePruner(
+        dim=dim, density=config.sparsity.density, start=0, end=end, prunable=prunable
+    )
 
 
-def _support_for(config: RunConfig, version: int, dim: int, pruner: MagnitudePruner | None) -> Support:
+def _support_for(
+    config: RunConfig, version: int, dim: int, pruner: MagnitudePruner | None
+) -> Support:
     """The public support of aggregation ``version``."""
     kind = config.sparsity.kind
     if kind == "random_k":
@@ -125,12 +151,88 @@ def _support_for(config: RunConfig, version: int, dim: int, pruner: MagnitudePru
     return full_support(dim)
 
 
+def _library_versions() -> dict[str, str]:
+    import cryptography
+    import opacus
+    import tenseal
+
+    return {
+        "secure_fl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cryptography": cryptography.__version__,
+        "opacus": opacus.__version__,
+        "tenseal": getattr(tenseal, "__version__", "unknown"),
+    }
+
+
+def _finite(x: float | None) -> float | str | None:
+    if x is None or math.isfinite(x):
+        return x
+    return "inf" if x > 0 else "-inf"
+
+
+def _ledger_body(
+    config: RunConfig,
+    cfg_hash: str,
+    version: int,
+    plan: CohortPlan,
+    outcome: AggregateOutcome,
+    support: Support,
+    refused: dict[int, str],
+    privacy: RunPrivacy,
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """One ledger entry: everything an auditor needs about an aggregation, and nothing
+    about any individual update (message digests only, public staleness weights)."""
+    st = config.staleness
+    records = [[r.sender, r.stage, r.size, r.sha256] for r in outcome.transcript]
+    return {
+        "version": version,
+        "config_sha256": cfg_hash,
+        "protocol": config.protocol,
+        "mode": config.aggregation.mode,
+        "cohort": list(outcome.cohort),
+        "survivors": list(outcome.survivors),
+        "dropped": outcome.dropped,
+        "excluded": {str(k): v for k, v in outcome.excluded.items()},
+        "rejected_stale": {str(k): v for k, v in plan.rejected.items()},
+        "budget_refusals": {str(k): v for k, v in refused.items()},
+        "staleness": {str(k): v for k, v in plan.staleness.items()},
+        "staleness_weights": {
+            str(k): staleness_weight(v, fn=st.fn, a=st.a, b=st.b) for k, v in plan.staleness.items()
+        },
+        "support": support.description,
+        "dp_event": encode_event(outcome.dp_event),
+        "dp_mechanism": config.dp.mechanism,
+        "clip": config.dp.clip if config.protocol != "plain" or privacy.enabled else None,
+        "field_bits": config.secagg.bits if config.protocol == "secagg" else None,
+        "measurements": {
+            k: v for k, v in outcome.measurements.items() if isinstance(v, int | str | float | None)
+        },
+        "epsilon_per_client": {
+            str(c): _finite(privacy.budgets.epsilon(c)) for c in outcome.survivors
+        }
+        if privacy.enabled
+        else {},
+        "epsilon_max": _finite(privacy.epsilon()) if privacy.enabled else None,
+        "delta": config.dp.delta if privacy.enabled else None,
+        "transcript_records_sha256": hashlib.sha256(json.dumps(records).encode()).hexdigest(),
+        "messages": len(records),
+        "aborted": outcome.aborted,
+        "versions": versions,
+    }
+
+
 def _privacy_rng(config: RunConfig) -> Csprng:
     """The CSPRNG of clients' noise, rounding and masks: fresh OS entropy, unless
     ``simulation.reproducible_noise`` derives it from the public seed (research only: the
     noise is then predictable by anyone who knows the configuration)."""
     if config.simulation.reproducible_noise:
-        return Csprng(hashlib.sha256(f"secure-fl/reproducible-noise/{config.seed}".encode()).digest())
+        return Csprng(
+            hashlib.sha256(f"secure-fl/reproducible-noise/{config.seed}".encode()).digest()
+        )
     return Csprng.from_entropy()
 
 
@@ -145,8 +247,6 @@ def _prepare_out_dir(out_dir: Path) -> None:
     if out_dir.is_dir() and (out_dir / "summary.json").exists():
         raise ConfigError(f"{out_dir} already holds a finished run; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-
-
 
 
 def run(
@@ -166,7 +266,9 @@ def run(
     config = calibrate_config(config)
     torch.manual_seed(config.seed)
     data: FederatedData = load_federated_data(config)
-    model = (model_fn or (lambda s, c: build_model(config.model, s, c)))(data.feature_shape, data.num_classes)
+    model = (model_fn or (lambda s, c: build_model(config.model, s, c)))(
+        data.feature_shape, data.num_classes
+    )
     dim = num_parameters(model)
     aggregator = make_aggregator(config, dim=dim, rng=_privacy_rng(config))
     privacy = RunPrivacy(config, aggregator)
@@ -189,17 +291,34 @@ def run(
         _prepare_out_dir(path)
         (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
         metrics_fh = (path / "metrics.jsonl").open("w", encoding="utf-8")
+        # The server's signing key lives only in this process; the run directory holds
+        # the public key so anyone can verify the ledger.
+        server_key = generate_server_key()
+        save_public_key(server_key, path / PUBLIC_KEY_FILENAME)
+        ledger = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
+    transcript = TranscriptWriter(config.protocol)
+    versions = _library_versions()
+    cfg_hash = config_hash(config)
+    pending: dict[str, Any] = {}
 
     metrics: list[dict[str, Any]] = []
     state = {"weights": weights}
-    bar = Progress(config.rounds, desc=f"secure-fl {config.protocol} ({config.aggregation.mode})", enabled=progress)
+    bar = Progress(
+        config.rounds,
+        desc=f"secure-fl {config.protocol} ({config.aggregation.mode})",
+        enabled=progress,
+    )
 
     def train(cid: int, version: int) -> TrainResult:
         client = data.clients[cid]
         set_flat(model, state["weights"])
-        seed = int(np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0])
+        seed = int(
+            np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]
+        )
         frozen = ~pruner.mask if pruner is not None else None
-        steps = train_local(model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen)
+        steps = train_local(
+            model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen
+        )
         delta = get_flat(model) - state["weights"]
         # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
         # Under DP every client weighs 1 (times its public staleness weight), so the
@@ -212,13 +331,24 @@ def run(
         version = sim.version + 1
         support = _support_for(config, version, dim, pruner)
         admitted, refused = privacy.admit([u.client_id for u in plan.updates], version=version)
-        updates = [replace(u, delta=support.gather(u.delta)) for u in plan.updates if u.client_id in admitted]
+        updates = [
+            replace(u, delta=support.gather(u.delta))
+            for u in plan.updates
+            if u.client_id in admitted
+        ]
         if updates:
             outcome = aggregator.aggregate(updates, round_index=version)
         else:
             outcome = AggregateOutcome(
-                None, tuple(u.client_id for u in plan.updates), (), {}, {}, {}, {},
-                NonPrivateEvent(), aborted="every cohort member refused: privacy budget spent",
+                None,
+                tuple(u.client_id for u in plan.updates),
+                (),
+                {},
+                {},
+                {},
+                {},
+                NonPrivateEvent(),
+                aborted="every cohort member refused: privacy budget spent",
             )
         epsilon = privacy.record(outcome, version=version)
         if outcome.mean is not None:
@@ -229,7 +359,9 @@ def run(
         set_flat(model, state["weights"])
         test = evaluate(model, data.x_test, data.y_test)
         members = [u.client_id for u in plan.updates]
-        personal = [evaluate(model, data.clients[c].x_test, data.clients[c].y_test) for c in members]
+        personal = [
+            evaluate(model, data.clients[c].x_test, data.clients[c].y_test) for c in members
+        ]
         personal_acc = [p.accuracy for p in personal if p.num_samples]
         up_total = sum(outcome.upload_bytes.values())
         hist: dict[str, int] = {}
@@ -258,6 +390,10 @@ def run(
             "download_bytes": weights.nbytes * len(members) + sum(outcome.download_bytes.values()),
         }
         metrics.append(record)
+        transcript.add_messages(outcome.transcript, version=version)
+        pending["entry"] = _ledger_body(
+            config, cfg_hash, version, plan, outcome, support, refused, privacy, versions
+        )
         bar.update(version, acc=test.accuracy, loss=test.loss, eps=epsilon)
         if outcome.aborted:
             bar.note(f"aggregation {version} aborted: {outcome.aborted}")
@@ -271,6 +407,10 @@ def run(
         record = metrics[-1]
         record["virtual_time_s"] = round(virtual_time, 6)
         if path is not None:
+            body = pending.pop("entry")
+            body["virtual_time_s"] = record["virtual_time_s"]
+            body["test_accuracy"] = record["test_accuracy"]
+            ledger.append(body)
             # Metrics are the server's aggregate view only: never an individual update.
             metrics_fh.write(json.dumps(record) + "\n")
             metrics_fh.flush()
@@ -309,6 +449,10 @@ def run(
         "torch": torch.__version__,
     }
     if path is not None:
+        summary["transcript_sha256"] = transcript.write(path / "transcript.json")
+        summary["ledger_entries"] = ledger.next_index
+        summary["ledger_head"] = ledger.head
+        summary["ledger_public_key"] = PUBLIC_KEY_FILENAME
         torch.save(model.state_dict(), path / "model.pt")
         (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunResult(path, metrics, summary, weights, model)
