@@ -119,7 +119,7 @@ class DPConfig(_Section):
         None,
         ge=1,
         description="Noise shares are sized so this many survivors carry the full noise; "
-        "default: the secure-aggregation threshold (a majority of the cohort).",
+        "default: the expected survivors, ceil((1 - simulation.dropout) * cohort).",
     )
     budget_cap: float | None = Field(
         None, gt=0, description="Epsilon cap of every site; a site refuses aggregations past it."

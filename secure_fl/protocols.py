@@ -20,6 +20,7 @@ update: it receives masked vectors or ciphertexts only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +40,22 @@ from privacy.mechanisms.gaussian import GaussianShare
 from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
 from secure_fl.config import RunConfig
 
-__all__ = ["CkksAggregator", "SecAggAggregator", "clip_and_weight"]
+__all__ = ["CkksAggregator", "SecAggAggregator", "clip_and_weight", "provisioned_survivors"]
 
 Vec = npt.NDArray[np.float64]
+
+
+def provisioned_survivors(config: RunConfig, n: int) -> int:
+    """How many surviving noise shares must carry the full noise (at most ``n``).
+
+    ``dp.provisioned_survivors`` when set; otherwise the expected number of survivors
+    under the configured dropout rate, ``ceil((1 - simulation.dropout) * n)``. When fewer
+    clients survive, less noise is present: the event records it, epsilon rises and the
+    run warns (provisioning for the worst case, the protocol threshold, would instead
+    over-noise every aggregation by up to n / t).
+    """
+    wanted = config.dp.provisioned_survivors or math.ceil((1.0 - config.simulation.dropout) * n)
+    return max(1, min(n, wanted))
 
 
 def clip_and_weight(update: ClientUpdate, *, clip: float) -> Vec:
@@ -85,7 +99,7 @@ class CkksAggregator:
         dp = config.dp
         self.mechanism: GaussianShare | None = None
         if dp.mechanism == "gaussian":
-            t = dp.provisioned_survivors or max(1, config.cohort_size // 2 + 1)
+            t = provisioned_survivors(config, config.cohort_size)
             self.mechanism = GaussianShare(clip=self.clip, noise_multiplier=dp.noise_multiplier, threshold=t)
         #: Encoded values are bounded by max(C, 1): |w u_j| <= C and the weight w <= 1.
         self.bound = max(self.clip, 1.0)
@@ -189,8 +203,7 @@ class SecAggAggregator:
         if dp.mechanism not in ("discrete_gaussian", "skellam"):
             return None
         cls = DistributedDiscreteGaussian if dp.mechanism == "discrete_gaussian" else DistributedSkellam
-        _, t = self._graph(n)
-        provisioned = min(n, dp.provisioned_survivors or t)
+        provisioned = provisioned_survivors(self.config, n)
         mech = cls.create(
             dim=dim,
             clip=self.clip,

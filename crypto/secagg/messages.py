@@ -96,10 +96,14 @@ def _check_bytes(v: object, name: str, who: int | None, *, size: int) -> None:
 def _check_sorted_indices(v: object, name: str, who: int | None) -> None:
     if not isinstance(v, tuple):
         raise _bad(who, f"{name} must be a tuple of indices")
-    for x in v:
-        _check_index(x, name, who)
-    if any(a >= b for a, b in zip(v, v[1:], strict=False)):
-        raise _bad(who, f"{name} must be strictly increasing (no duplicates)")
+    # type(x) is int excludes bool; strictly increasing + bounds at both ends covers all
+    if v and not (
+        all(type(x) is int for x in v)
+        and 0 <= v[0]
+        and v[-1] < _U32
+        and all(a < b for a, b in zip(v, v[1:], strict=False))
+    ):
+        raise _bad(who, f"{name} must be strictly increasing integers in [0, 2**32)")
 
 
 def _check_pairs(v: object, name: str, who: int | None) -> tuple[tuple[int, object], ...]:

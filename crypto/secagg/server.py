@@ -26,6 +26,10 @@ vectors, shares that fail to decrypt at a neighbour, non-members) are refused wi
 :class:`~crypto.errors.RemoteProtocolError` and excluded, i.e. treated as dropped; an
 excluded client whose masked input was already accumulated stays a survivor (its
 input is in the sum and its self mask must be removed) but is asked for nothing more.
+A client whose share ciphertexts fail to decrypt at a neighbour (the neighbour
+reports it in CHECK_SHARES) is excluded before anyone masks with it. The server
+cannot tell who lied in that case, so a malicious client can get an honest neighbour
+excluded by a false report: denial of service only, never a loss of privacy.
 """
 
 from __future__ import annotations
@@ -44,7 +48,12 @@ from crypto.key_agreement import (
     public_bytes,
     x25519_private_from_bytes,
 )
-from crypto.secagg.client import CONSISTENCY_CONTEXT, expand_mask, mask_scratch, self_mask_commitment
+from crypto.secagg.client import (
+    ADVERTISE_CONTEXT,
+    CONSISTENCY_CONTEXT,
+    apply_masks,
+    self_mask_commitment,
+)
 from crypto.secagg.messages import (
     TRANSITIONS,
     AdvertiseKeys,
@@ -71,9 +80,6 @@ from crypto.shamir import lagrange_coefficients_at_zero, reconstruct
 from crypto.signatures import verify
 
 __all__ = ["SecAggServer"]
-
-_ADVERTISE_CONTEXT = b"secagg-advertise"
-
 
 class SecAggServer:
     """The aggregator of one round: ``start()``, then ``receive(msg) -> [messages]``."""
@@ -235,7 +241,7 @@ class SecAggServer:
     # -- round 0 ------------------------------------------------------------------------
     def _on_advertise(self, msg: AdvertiseKeys) -> None:
         try:
-            verify(self.config.identity_keys[msg.sender], msg.signature, msg.payload(), context=_ADVERTISE_CONTEXT)
+            verify(self.config.identity_keys[msg.sender], msg.signature, msg.payload(), context=ADVERTISE_CONTEXT)
         except CryptoError as exc:
             raise self._refuse(msg.sender, "forged key advertisement (bad signature)") from exc
         used = {k for a in self._keys.values() for k in (a.c_pk, a.s_pk)}
@@ -393,10 +399,7 @@ class SecAggServer:
                 keys[u] = sk
         except CryptoError as exc:
             raise RoundAbortedError(f"round aborted at unmasking: {exc}") from exc
-        acc = self._acc
-        scratch = mask_scratch(cfg.length, cfg.bits)
-        for seed in seeds:
-            np.subtract(acc, expand_mask(seed, cfg.length, cfg.bits, scratch=scratch), out=acc)
+        terms = [(seed, -1) for seed in seeds]
         for u in dropped:
             for v in sorted(cfg.neighbours(u) & survivors):
                 s_uv = derive_pair_key(
@@ -408,11 +411,10 @@ class SecAggServer:
                     me=u,
                     peer=v,
                 )
-                mask = expand_mask(s_uv, cfg.length, cfg.bits, scratch=scratch)
-                if u > v:
-                    np.subtract(acc, mask, out=acc)
-                else:
-                    np.add(acc, mask, out=acc)
+                # y_v carries +PRG(s_uv) if u > v, -PRG(s_uv) if u < v: remove it
+                terms.append((s_uv, -1 if u > v else +1))
+        acc = self._acc
+        apply_masks(acc, terms)
         if cfg.bits not in (32, 64):
             acc &= acc.dtype.type((1 << cfg.bits) - 1)
         self._total = acc

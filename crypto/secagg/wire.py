@@ -4,11 +4,13 @@ Frame (all integers big-endian)::
 
     magic "SFSA" | version u8 (=1) | type u8 | stage u8 | 0x00 | body_len u32 | body
 
-``body`` is a msgpack array of the message's fields (session id and round first). A
-masked vector travels as one msgpack ``bin`` holding the coordinates bit-packed at
-exactly ``b`` bits each, little-endian bit order (coordinate ``i`` occupies bits
-``[i b, (i+1) b)`` of the stream), so the upload is ``ceil(d b / 8)`` bytes plus a
-fixed header: Flower's SecAgg+ ships int64 arrays (64 bits per coordinate).
+``body`` is a msgpack array of the message's fields (session id and round first).
+For :class:`MaskedInput` the msgpack array holds (session, round, sender, bits, d)
+and is followed, inside the body, by the coordinates bit-packed at exactly ``b`` bits
+each, little-endian bit order (coordinate ``i`` occupies bits ``[i b, (i+1) b)``), so
+the upload is ``ceil(d b / 8)`` bytes plus a fixed ~60-byte header, and the vector is
+copied once on encoding and not at all on decoding. (Flower's SecAgg+ ships int64
+arrays: 64 bits per coordinate.)
 
 Decoding is strict: wrong magic/version/type/stage, a length field that disagrees with
 the data, trailing bytes, wrong field counts or types, non-zero padding bits, and
@@ -55,6 +57,7 @@ MAGIC = b"SFSA"
 VERSION = 1
 _HEADER = struct.Struct(">4sBBBBI")
 MAX_FRAME_BYTES = 1 << 31
+_PREFIX_MAX = 256  # bound on the msgpack prefix of a MaskedInput frame
 
 _TYPES: dict[type[Message], int] = {
     RoundStart: 1,
@@ -82,11 +85,17 @@ def packed_size(count: int, bits: int) -> int:
 
 def pack_bits(values: npt.NDArray[np.unsignedinteger], bits: int) -> bytes:
     """Pack non-negative integers ``< 2**bits`` at exactly ``bits`` bits each (LSB first)."""
+    return bytes(_packed(values, bits))
+
+
+def _packed(values: npt.NDArray[np.unsignedinteger], bits: int) -> bytes | memoryview:
+    """:func:`pack_bits` without the final copy for byte-aligned widths (a view)."""
     if not 1 <= bits <= 64:
         raise CryptoError(f"bits must be in [1, 64], got {bits}")
     count = int(values.size)
     if bits in (8, 16, 32, 64):
-        return np.asarray(values).astype(f"<u{bits // 8}", copy=False).tobytes()
+        arr = np.ascontiguousarray(np.asarray(values).astype(f"<u{bits // 8}", copy=False))
+        return memoryview(arr.data).cast("B")
     groups = -(-count // 64)
     block = np.zeros(groups * 64, dtype=np.uint64)
     block[:count] = values
@@ -100,7 +109,7 @@ def pack_bits(values: npt.NDArray[np.unsignedinteger], bits: int) -> bytes:
     return np.ascontiguousarray(words.T).astype("<u8", copy=False).tobytes()[: packed_size(count, bits)]
 
 
-def unpack_bits(data: bytes, bits: int, count: int) -> npt.NDArray[np.unsignedinteger]:
+def unpack_bits(data: bytes | memoryview, bits: int, count: int) -> npt.NDArray[np.unsignedinteger]:
     """Strict inverse of :func:`pack_bits` -> uint32 (bits <= 32) or uint64 array.
 
     Raises :class:`~crypto.errors.CryptoError` on a wrong byte length or non-zero
@@ -157,8 +166,8 @@ def _body(msg: Message) -> list[Any]:
         return [*head, msg.sender, list(msg.complaints)]
     if isinstance(msg, MaskRequest):
         return [*head, msg.recipient, list(msg.included)]
-    if isinstance(msg, MaskedInput):
-        return [*head, msg.sender, msg.bits, int(msg.vector.size), pack_bits(msg.vector, msg.bits)]
+    if isinstance(msg, MaskedInput):  # the packed vector follows the msgpack array
+        return [*head, msg.sender, msg.bits, int(msg.vector.size)]
     if isinstance(msg, ConsistencyRequest):
         return [*head, msg.recipient, list(msg.survivors)]
     if isinstance(msg, ConsistencySignature):
@@ -181,6 +190,10 @@ def encode(msg: Message) -> bytes:
     if code is None:
         raise CryptoError(f"{type(msg).__name__} is not a wire message")
     body = msgpack.packb(_body(msg), use_bin_type=True)
+    if isinstance(msg, MaskedInput):
+        vector = _packed(msg.vector, msg.bits)
+        size = len(body) + len(vector)
+        return b"".join((_HEADER.pack(MAGIC, VERSION, code, _STAGE_CODE[msg.stage], 0, size), body, vector))
     return _HEADER.pack(MAGIC, VERSION, code, _STAGE_CODE[msg.stage], 0, len(body)) + body
 
 
@@ -214,7 +227,7 @@ def _share_pairs(obj: Any) -> tuple[tuple[int, int], ...]:
         raise _Malformed(str(exc)) from exc
 
 
-def _build(cls: type[Message], f: tuple[Any, ...]) -> Message:
+def _build(cls: type[Message], f: tuple[Any, ...], trailer: memoryview | None = None) -> Message:
     s, r = f[0], f[1]
     if cls is RoundStart:
         return RoundStart(session_id=s, round_number=r, recipient=f[2])
@@ -237,8 +250,8 @@ def _build(cls: type[Message], f: tuple[Any, ...]) -> Message:
     if cls is MaskRequest:
         return MaskRequest(session_id=s, round_number=r, recipient=f[2], included=_ints(f[3]))
     if cls is MaskedInput:
-        bits, count, packed = f[3], f[4], f[5]
-        if not (isinstance(bits, int) and isinstance(count, int) and isinstance(packed, bytes)):
+        bits, count, packed = f[3], f[4], trailer
+        if not (type(bits) is int and type(count) is int and packed is not None):
             raise _Malformed("bad masked vector fields")
         if not 1 <= bits <= MAX_BITS or count < 1:
             raise _Malformed("bad masked vector size or bit width")
@@ -274,7 +287,7 @@ _FIELD_COUNT = {
     ShareBundle: 4,
     ShareReceipt: 4,
     MaskRequest: 4,
-    MaskedInput: 6,
+    MaskedInput: 5,
     ConsistencyRequest: 4,
     ConsistencySignature: 4,
     UnmaskRequest: 5,
@@ -304,17 +317,25 @@ def decode(data: bytes, *, sender: int | None = None) -> Message:
         raise RemoteProtocolError(f"{cls.__name__} carries the wrong stage", sender=sender)
     if body_len != len(data) - _HEADER.size:
         raise RemoteProtocolError("frame length field disagrees with the data", sender=sender)
+    limits: dict[str, Any] = {
+        "use_list": False,
+        "raw": False,
+        "strict_map_key": True,
+        "max_map_len": 0,
+        "max_ext_len": 0,
+        "max_str_len": 0,
+    }
     try:
-        obj = msgpack.unpackb(
-            data[_HEADER.size :],
-            use_list=False,
-            raw=False,
-            strict_map_key=True,
-            max_map_len=0,
-            max_ext_len=0,
-            max_str_len=0,
-        )
-        msg = _build(cls, _fields(obj, _FIELD_COUNT[cls]))
+        trailer = None
+        if cls is MaskedInput:
+            # the msgpack prefix is small; the packed vector after it is not copied
+            unpacker = msgpack.Unpacker(max_buffer_size=_PREFIX_MAX, **limits)
+            unpacker.feed(data[_HEADER.size : _HEADER.size + _PREFIX_MAX])
+            obj = unpacker.unpack()
+            trailer = memoryview(data)[_HEADER.size + unpacker.tell() :]
+        else:
+            obj = msgpack.unpackb(data[_HEADER.size :], **limits)
+        msg = _build(cls, _fields(obj, _FIELD_COUNT[cls]), trailer)
     except RemoteProtocolError as exc:
         raise RemoteProtocolError(str(exc), sender=sender if sender is not None else exc.sender) from exc
     except Exception as exc:  # msgpack raises many types; none may escape unwrapped

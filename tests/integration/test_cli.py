@@ -10,6 +10,8 @@ import pytest
 from secure_fl import load_config, run
 from secure_fl.cli import main
 
+PLAIN = Path(__file__).resolve().parents[1] / "plain.toml"
+
 SUMMARY_KEYS = {
     "final_accuracy", "best_accuracy", "epsilon", "delta", "accountant", "unit_of_privacy",
     "protocol", "rounds", "num_clients", "upload_bytes_per_client_mean", "wall_time_s",
@@ -23,8 +25,7 @@ METRIC_KEYS = {
 
 def test_cli_run_writes_the_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "secure_fl.cli", "run", "--out", str(out),
-           "--set", "rounds=3", "--set", "protocol=plain", "--set", "dp.mechanism=none"]
+    cmd = [sys.executable, "-m", "secure_fl.cli", "run", str(PLAIN), "--out", str(out), "--set", "rounds=3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "final accuracy" in proc.stdout
@@ -37,7 +38,7 @@ def test_cli_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert [m["version"] for m in lines] == [1, 2, 3]
     assert METRIC_KEYS <= lines[0].keys()
     # The resolved config reloads to the same configuration.
-    assert load_config(out / "config.toml") == load_config(None, ["rounds=3", "protocol=plain", "dp.mechanism=none"])
+    assert load_config(out / "config.toml") == load_config(PLAIN, ["rounds=3"])
 
 
 def test_cli_rejects_bad_config_with_status_2_and_no_traceback(tmp_path: Path) -> None:
@@ -59,13 +60,13 @@ def test_cli_missing_config_file_and_bad_override(capsys: pytest.CaptureFixture[
 
 
 def test_refuses_to_overwrite_a_finished_run(tmp_path: Path) -> None:
-    config = load_config(None, ["rounds=1"])
+    config = load_config(PLAIN, ["rounds=1"])
     run(config, out_dir=tmp_path, progress=False)
-    assert main(["run", "--quiet", "--out", str(tmp_path), "--set", "rounds=1"]) == 2
+    assert main(["run", str(PLAIN), "--quiet", "--out", str(tmp_path), "--set", "rounds=1"]) == 2
 
 
 def test_runs_are_reproducible() -> None:
-    config = load_config(None, ["rounds=4", "data.partition=dirichlet", "simulation.dropout=0.2"])
+    config = load_config(PLAIN, ["rounds=4", "data.partition=dirichlet", "simulation.dropout=0.2"])
     a = run(config, write=False, progress=False)
     b = run(config, write=False, progress=False)
     strip = ("wall_time_s",)
@@ -78,7 +79,7 @@ def test_runs_are_reproducible() -> None:
 def test_custom_torch_module_through_the_api() -> None:
     from torch import nn
 
-    config = load_config(None, ["rounds=2"])
+    config = load_config(PLAIN, ["rounds=2"])
     result = run(config, write=False, progress=False,
                  model_fn=lambda shape, k: nn.Sequential(nn.Flatten(), nn.Linear(64, k)))
     assert result.summary["num_parameters"] == 64 * 10 + 10

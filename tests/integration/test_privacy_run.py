@@ -1,17 +1,20 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 
 from privacy import compute_epsilon
 from secure_fl import load_config, run
 
+PLAIN = Path(__file__).resolve().parents[1] / "plain.toml"
+
 
 def _run(*overrides: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run(load_config(None, ["train.lr=0.1", *overrides]), write=False, progress=False)
+        return run(load_config(PLAIN, ["train.lr=0.1", *overrides]), write=False, progress=False)
 
 
 def test_running_epsilon_matches_an_independent_computation() -> None:
@@ -69,7 +72,7 @@ def test_more_dropouts_than_provisioned_raise_epsilon_and_warn() -> None:
             "clients.num=10", "dp.provisioned_survivors=10", "dp.clip=5.0"]
     full = _run(*base)
     with pytest.warns(UserWarning, match="fewer clients survived"):
-        dropped = run(load_config(None, ["train.lr=0.1", *base, "simulation.dropout=0.4"]),
+        dropped = run(load_config(PLAIN, ["train.lr=0.1", *base, "simulation.dropout=0.4"]),
                       write=False, progress=False)
     assert dropped.summary["privacy_warnings"]
     assert dropped.summary["epsilon"] > full.summary["epsilon"]

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from secure_fl import load_config, run
 
+PLAIN = Path(__file__).resolve().parents[1] / "plain.toml"
+
 
 def _run(*overrides: str):
-    return run(load_config(None, ["train.lr=0.1", *overrides]), write=False, progress=False)
+    return run(load_config(PLAIN, ["train.lr=0.1", *overrides]), write=False, progress=False)
 
 
 def test_async_buffers_record_staleness_and_are_deterministic() -> None:

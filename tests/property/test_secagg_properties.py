@@ -40,7 +40,7 @@ def rounds(draw: st.DrawFn) -> tuple[int, int, int | None, dict[int, str], int, 
     return n, t, k, drop, bits, seed
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rounds())
 def test_sum_is_exact_for_random_dropouts(case: tuple[int, int, int | None, dict[int, str], int, int]) -> None:
     n, t, k, drop, bits, seed = case

@@ -52,7 +52,7 @@ def test_invalid_values_name_the_field(overrides: list[str], field: str) -> None
 
 def test_cross_field_rules() -> None:
     with pytest.raises(ConfigError, match="clients.per_round"):
-        load_config(None, ["clients.per_round=11"])
+        load_config(None, ["clients.per_round=101"])
     with pytest.raises(ConfigError, match="data.paths"):
         load_config(None, ["data.dataset=csv", "clients.num=2"])
 

@@ -9,6 +9,8 @@ from secure_fl.config import load_config
 from secure_fl.data import load_federated_data, partition_indices
 from secure_fl.errors import ConfigError, DataError
 
+PLAIN = Path(__file__).resolve().parents[1] / "plain.toml"
+
 LABELS = np.repeat(np.arange(10), 50).astype(np.int64)  # 10 classes x 50 samples
 
 
@@ -73,7 +75,7 @@ def test_dirichlet_small_alpha_is_skewed() -> None:
 
 def test_bundled_sets_and_splits() -> None:
     for dataset in ("digits", "breast_cancer"):
-        data = load_federated_data(load_config(None, [f"data.dataset={dataset}", "clients.num=5"]))
+        data = load_federated_data(load_config(PLAIN, [f"data.dataset={dataset}", "clients.num=5"]))
         total = sum(c.y_train.size + c.y_test.size for c in data.clients) + data.y_test.size
         assert total == {"digits": 1797, "breast_cancer": 569}[dataset]
         assert all(c.y_test.size > 0 for c in data.clients)
@@ -109,7 +111,7 @@ def test_csv_and_npz_sites(tmp_path: Path) -> None:
     b = tmp_path / "b.npz"
     xb = rng.normal(size=(30, 2))
     np.savez(b, x=xb, y=(xb[:, 0] > 0).astype(int))
-    data = load_federated_data(load_config(None, _csv_config([a, b])))
+    data = load_federated_data(load_config(PLAIN, _csv_config([a, b])))
     assert data.num_classes == 2 and data.feature_shape == (2,)
     assert len(data.clients) == 2
 
@@ -131,19 +133,19 @@ def test_bad_csv_inputs(tmp_path: Path, content: str, match: str) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
     with pytest.raises(DataError, match=match):
-        load_federated_data(load_config(None, _csv_config([good, bad])))
+        load_federated_data(load_config(PLAIN, _csv_config([good, bad])))
 
 
 def test_missing_site_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
-        load_federated_data(load_config(None, _csv_config([tmp_path / "nope.csv"])))
+        load_federated_data(load_config(PLAIN, _csv_config([tmp_path / "nope.csv"])))
 
 
 def test_npz_without_arrays(tmp_path: Path) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, features=np.zeros((3, 2)))
     with pytest.raises(DataError, match="'x' and 'y'"):
-        load_federated_data(load_config(None, _csv_config([bad])))
+        load_federated_data(load_config(PLAIN, _csv_config([bad])))
 
 
 def test_sites_with_different_features(tmp_path: Path) -> None:
@@ -151,4 +153,4 @@ def test_sites_with_different_features(tmp_path: Path) -> None:
     _write_csv(a, "f1,f2,label", ["1,2,0", "2,1,1", "0,0,1"])
     _write_csv(b, "f1,label", ["1,0", "2,1", "0,1"])
     with pytest.raises(DataError, match="disagree"):
-        load_federated_data(load_config(None, _csv_config([a, b])))
+        load_federated_data(load_config(PLAIN, _csv_config([a, b])))

@@ -107,7 +107,7 @@ def test_x25519_key_from_rng_is_raw_bytes() -> None:
 
 # A fixed n = 3 round (seed 2024, bits 16, t = 2, client 2 drops at masked input).
 # Every frame the server receives is hashed; the digest of the transcript is pinned.
-TRANSCRIPT_DIGEST = "2912e6935cef7623491528cc7028d9feb64b950835774c9bd6865c869c62b02f"
+TRANSCRIPT_DIGEST = "9c86028b11e1deac1b6b7bea48bfe89f2aaed3f2cb6618e0d24bd712d652b2d5"
 
 
 def _fixed_round() -> tuple[str, list[int], list[int], int]:

@@ -263,3 +263,29 @@ def test_round_config_enforces_majority_threshold() -> None:
             RoundConfig(threshold=t, **base)  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         RoundConfig(threshold=3, **{**base, "bits": 0})  # type: ignore[arg-type]
+
+
+def test_blocked_mask_application_equals_full_masks() -> None:
+    from crypto.secagg.client import MASK_BLOCK, apply_masks, expand_mask
+
+    d = MASK_BLOCK + 1234  # crosses a block boundary
+    for bits in (20, 32, 40):
+        dtype = np.uint32 if bits <= 32 else np.uint64
+        terms = [(bytes([i]) * 32, 1 if i % 2 else -1) for i in range(3)]
+        acc = np.arange(d, dtype=dtype)
+        apply_masks(acc, terms)
+        ref = np.arange(d, dtype=dtype)
+        for seed, sgn in terms:
+            m = expand_mask(seed, d, bits).astype(dtype)
+            ref = ref + m if sgn > 0 else ref - m
+        assert np.array_equal(acc, ref)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 4096, (1 << 24) + 17])
+def test_random_into_is_the_same_stream_as_random_bytes(n: int) -> None:
+    ref = Csprng(bytes(32)).random_bytes(n + 8)
+    gen = Csprng(bytes(32))
+    buf = bytearray(n)
+    gen.random_into(buf)
+    assert bytes(buf) == ref[:n]
+    assert gen.random_bytes(8) == ref[n:]  # the stream continues where it stopped
