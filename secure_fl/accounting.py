@@ -78,6 +78,9 @@ class RunPrivacy:
         self.released = RdpAccountant()
         self.warnings: list[str] = []
         self.refusals = 0
+        #: Record-level (example-level) accountants, one per site: DP-SGD inside clients.
+        self.record_level = dp.record_level
+        self.record_accountants: dict[int, RdpAccountant] = {}
 
     def admit(self, clients: Sequence[int], *, version: int) -> tuple[list[int], dict[int, str]]:
         """Clients whose cap allows the planned event; refusals with their reason."""
@@ -117,12 +120,29 @@ class RunPrivacy:
         self.released.compose(PoissonSampledEvent(sample_rate=self.sample_rate, event=event))
         return self.epsilon()
 
+    def record_training(self, client: int, event: DPEvent) -> None:
+        """Compose the DP-SGD event of one local training into the site's record-level
+        accountant (the site's own records; independent of the client-level budget)."""
+        self.record_accountants.setdefault(client, RdpAccountant()).compose(event)
+
+    def record_epsilons(self) -> dict[str, float]:
+        return {str(c): acc.epsilon(self.delta) for c, acc in sorted(self.record_accountants.items())}
+
     def epsilon(self) -> float:
         """Maximum user-level epsilon against the server over all clients so far."""
         eps = self.budgets.max_epsilon() if self.budgets.clients else 0.0
         return float(eps)
 
     def summary(self) -> dict[str, Any]:
+        out = self._client_summary()
+        if self.record_level:
+            per_site = self.record_epsilons()
+            out["epsilon_record_level_per_site"] = per_site
+            out["epsilon_record_level_max"] = max(per_site.values()) if per_site else 0.0
+            out["unit_of_privacy_record_level"] = "record (one training example of a site, via DP-SGD)"
+        return out
+
+    def _client_summary(self) -> dict[str, Any]:
         if not self.enabled:
             return {
                 "epsilon": None,

@@ -114,7 +114,13 @@ class DPConfig(_Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     clip: float = Field(1.0, gt=0, description="L2 bound on each client's update.")
     adaptive_clip: bool = False
-    record_level: bool = Field(False, description="Opacus DP-SGD inside each client.")
+    record_level: bool = Field(
+        False, description="Also train each client with Opacus DP-SGD (example-level DP)."
+    )
+    record_noise_multiplier: float = Field(
+        1.0, ge=0, description="DP-SGD noise std / record_clip (record level)."
+    )
+    record_clip: float = Field(1.0, gt=0, description="DP-SGD per-example gradient clip.")
     provisioned_survivors: int | None = Field(
         None,
         ge=1,

@@ -58,7 +58,7 @@ from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.staleness import staleness_weight
-from secure_fl.training import evaluate, train_local
+from secure_fl.training import evaluate, train_local, train_local_dp
 
 __all__ = ["RunResult", "make_aggregator", "run"]
 
@@ -270,7 +270,8 @@ def run(
         data.feature_shape, data.num_classes
     )
     dim = num_parameters(model)
-    aggregator = make_aggregator(config, dim=dim, rng=_privacy_rng(config))
+    dp_rng = _privacy_rng(config)
+    aggregator = make_aggregator(config, dim=dim, rng=dp_rng.fork())
     privacy = RunPrivacy(config, aggregator)
     server_opt = ServerOptimizer(config.server)
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
@@ -316,9 +317,21 @@ def run(
             np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]
         )
         frozen = ~pruner.mask if pruner is not None else None
-        steps = train_local(
-            model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen
-        )
+        if config.dp.record_level:
+            steps, event = train_local_dp(
+                model,
+                client.x_train,
+                client.y_train,
+                config.train,
+                noise_multiplier=config.dp.record_noise_multiplier,
+                max_grad_norm=config.dp.record_clip,
+                rng=dp_rng.fork(),
+            )
+            privacy.record_training(cid, event)
+        else:
+            steps = train_local(
+                model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen
+            )
         delta = get_flat(model) - state["weights"]
         # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
         # Under DP every client weighs 1 (times its public staleness weight), so the

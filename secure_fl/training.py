@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,9 +10,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from crypto.prg import Csprng
+from privacy.events import DPEvent, NoOpEvent
 from secure_fl.config import TrainConfig
 
-__all__ = ["Evaluation", "evaluate", "train_local"]
+__all__ = ["Evaluation", "evaluate", "train_local", "train_local_dp"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,56 @@ def train_local(
     for h in hooks:
         h.remove()
     return steps
+
+
+def train_local_dp(
+    model: nn.Module,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    config: TrainConfig,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    rng: Csprng,
+) -> tuple[int, DPEvent]:
+    """Record-level DP-SGD (Abadi et al. 2016) with Opacus, noise and Poisson batch
+    sampling from the CSPRNG (:func:`privacy.dpsgd.make_private`).
+
+    Trains a private copy of ``model`` and copies the result back, so Opacus's hooks
+    never stay attached to the caller's module. Returns the number of optimizer steps
+    and the record-level DP event of this local training (Poisson-subsampled Gaussian,
+    sample rate ``batch_size / n``).
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from privacy.dpsgd import make_private
+
+    if y.shape[0] == 0:
+        return 0, NoOpEvent()
+    work = copy.deepcopy(model)
+    work.train()
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=min(config.batch_size, int(y.shape[0])),
+    )
+    opt = torch.optim.SGD(work.parameters(), lr=config.lr, momentum=config.momentum)
+    private = make_private(
+        work, opt, loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, rng=rng
+    )
+    module, dp_opt, dp_loader = private
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(config.local_epochs):
+        for xb, yb in dp_loader:
+            dp_opt.zero_grad(set_to_none=True)
+            if yb.shape[0] == 0:  # Poisson sampling can draw an empty batch
+                dp_opt.step()
+                continue
+            loss_fn(module(xb), yb).backward()
+            dp_opt.step()
+    with torch.no_grad():
+        for dst, src in zip(model.parameters(), work.parameters(), strict=True):
+            dst.copy_(src)
+    return private.steps, private.event()
 
 
 @torch.no_grad()
