@@ -34,19 +34,29 @@ def time_to_target(metrics: list[dict[str, Any]], target: float) -> float | None
 def run_benchmark(
     *, protocol: str = "plain", target: float = 0.90, rounds: int = 40, clients: int = 20,
     stragglers: float = 0.3, slowdown: float = 10.0, seed: int = 0, extra: list[str] | None = None,
+    buffer_size: int | None = None, concurrency: int | None = None,
 ) -> dict[str, Any]:
+    per_round = concurrency or (3 * clients) // 4
+    k = buffer_size or max(2, clients // 4)
+    sync_cohort = clients // 2
     common = [
-        f"protocol={protocol}", f"clients.num={clients}", f"clients.per_round={clients // 2}",
+        "dp.mechanism=none", "train.local_epochs=1", "dp.clip=100.0",
+        f"protocol={protocol}", f"clients.num={clients}",
         f"simulation.stragglers={stragglers}", f"simulation.straggler_slowdown={slowdown}",
         "train.lr=0.1", f"seed={seed}", *(extra or []),
     ]
     out: dict[str, Any] = {"target_accuracy": target, "protocol": protocol, "stragglers": stragglers,
-                           "slowdown": slowdown, "clients": clients}
+                           "slowdown": slowdown, "clients": clients, "concurrency": per_round,
+                           "buffer_size": k}
     curves = {}
     for mode, n_rounds in (("sync", rounds), ("async", 2 * rounds)):
         overrides = [*common, f"aggregation.mode={mode}", f"rounds={n_rounds}"]
+        if mode == "sync":
+            overrides.append(f"clients.per_round={sync_cohort}")
+        else:
+            overrides.append(f"clients.per_round={per_round}")
         if mode == "async":
-            overrides += [f"aggregation.buffer_size={clients // 4}", "staleness.fn=polynomial", "staleness.a=0.5"]
+            overrides += [f"aggregation.buffer_size={k}", "staleness.fn=polynomial", "staleness.a=0.5"]
         result = run(load_config(None, overrides), write=False, progress=False)
         m = result.metrics
         curves[mode] = ([x["virtual_time_s"] for x in m], [x["test_accuracy"] for x in m])

@@ -51,6 +51,13 @@ from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.data import FederatedData, load_federated_data
 from secure_fl.devices import draw_profiles
 from secure_fl.errors import ConfigError
+from secure_fl.memory_budget import (
+    TensorInfo,
+    feasible_subsets,
+    subset_indices,
+    subset_memory,
+    tensor_layout,
+)
 from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set_flat
 from secure_fl.progress import Progress
 from secure_fl.protocols import CkksAggregator, SecAggAggregator
@@ -89,10 +96,6 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
     ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default).
     """
     rng = rng or Csprng.from_entropy()
-    if config.sparsity.kind == "memory_budget":
-        raise ConfigError(
-            "the memory_budget support is not available in this build yet", field="sparsity.kind"
-        )
     dp = config.dp
     if config.protocol == "plain":
         if dp.mechanism == "none":
@@ -123,6 +126,84 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
     raise ConfigError(
         f"protocol {config.protocol!r} is not available in this build yet", field="protocol"
     )
+
+
+@dataclass(frozen=True)
+class _MemoryChoice:
+    support: Support
+    frozen: npt.NDArray[np.bool_]
+    memory_bytes: int
+    report: dict[str, Any]
+
+
+def _choose_memory_subset(
+    config: RunConfig, model: nn.Module, data: FederatedData, layout: list[TensorInfo]
+) -> _MemoryChoice:
+    """Accuracy-aware search over the maximal tensor subsets that fit the budget
+    (:mod:`secure_fl.memory_budget`): each candidate is scored by local training of that
+    subset on a sample of clients from the initial model, evaluated on the clients' own
+    validation splits; the best mean validation accuracy wins.
+
+    In a deployment each probe client reports one scalar (its validation accuracy); these
+    probe scalars are not covered by the DP guarantee, which the docs list as a hazard.
+    """
+    batch = config.train.batch_size
+    candidates = feasible_subsets(layout, budget_fraction=config.sparsity.density, batch_size=batch)
+    dim = sum(t.size for t in layout)
+    w0 = get_flat(model)
+    rng = np.random.default_rng([config.seed, 0x3E3])
+    probe = sorted(
+        int(c) for c in rng.choice(config.clients.num, min(10, config.clients.num), replace=False)
+    )
+    scores: list[float] = []
+    for cand in candidates:
+        frozen = np.ones(dim, dtype=bool)
+        frozen[subset_indices(layout, cand)] = False
+        accs = []
+        for cid in probe:
+            client = data.clients[cid]
+            set_flat(model, w0)
+            train_local(
+                model,
+                client.x_train,
+                client.y_train,
+                config.train,
+                seed=config.seed + cid,
+                frozen=frozen,
+            )
+            x_val, y_val = (
+                (client.x_test, client.y_test)
+                if client.y_test.size
+                else (client.x_train, client.y_train)
+            )
+            accs.append(evaluate(model, x_val, y_val).accuracy)
+        scores.append(float(np.mean(accs)))
+    set_flat(model, w0)
+    best = int(np.argmax(scores))
+    chosen = candidates[best]
+    idx = subset_indices(layout, chosen)
+    frozen = np.ones(dim, dtype=bool)
+    frozen[idx] = False
+    memory = subset_memory(layout, chosen, batch_size=batch)
+    full = subset_memory(layout, frozenset(range(len(layout))), batch_size=batch)
+    report = {
+        "budget_fraction": config.sparsity.density,
+        "full_training_memory_bytes": full,
+        "chosen_memory_bytes": memory,
+        "chosen_tensors": [layout[i].name for i in sorted(chosen)],
+        "trained_parameters": int(idx.size),
+        "candidates": [
+            {
+                "tensors": [layout[i].name for i in sorted(c)],
+                "memory_bytes": subset_memory(layout, c, batch_size=batch),
+                "probe_accuracy": sc,
+            }
+            for c, sc in zip(candidates, scores, strict=True)
+        ],
+        "probe_clients": probe,
+    }
+    desc = {"kind": "memory_budget", "density": idx.size / dim, "tensors": report["chosen_tensors"]}
+    return _MemoryChoice(Support(idx, dim, desc), frozen, memory, report)
 
 
 def _make_pruner(config: RunConfig, model: nn.Module, dim: int) -> MagnitudePruner | None:
@@ -285,6 +366,15 @@ def run(
     )
     max_train = max(c.num_train for c in data.clients) or 1
     pruner = _make_pruner(config, model, dim)
+    layout = tensor_layout(model, data.feature_shape)
+    full_memory = subset_memory(
+        layout, frozenset(range(len(layout))), batch_size=config.train.batch_size
+    )
+    budget = (
+        _choose_memory_subset(config, model, data, layout)
+        if config.sparsity.kind == "memory_budget"
+        else None
+    )
 
     path: Path | None = None
     if write:
@@ -317,6 +407,8 @@ def run(
             np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]
         )
         frozen = ~pruner.mask if pruner is not None else None
+        if budget is not None:
+            frozen = budget.frozen
         if config.dp.record_level:
             steps, event = train_local_dp(
                 model,
@@ -342,7 +434,9 @@ def run(
 
     def aggregate(plan: CohortPlan) -> AggregateOutcome:
         version = sim.version + 1
-        support = _support_for(config, version, dim, pruner)
+        support = (
+            budget.support if budget is not None else _support_for(config, version, dim, pruner)
+        )
         admitted, refused = privacy.admit([u.client_id for u in plan.updates], version=version)
         updates = [
             replace(u, delta=support.gather(u.delta))
@@ -398,6 +492,7 @@ def run(
             "aborted": outcome.aborted,
             "support": support.description,
             "client_trained_parameters": support.size,
+            "client_memory_bytes": budget.memory_bytes if budget is not None else full_memory,
             "upload_bytes": up_total,
             "upload_bytes_per_client": up_total / max(1, len(outcome.upload_bytes)),
             "download_bytes": weights.nbytes * len(members) + sum(outcome.download_bytes.values()),
@@ -453,6 +548,8 @@ def run(
         "aggregations_completed": sum(1 for m in metrics if not m["aborted"]),
         "num_clients": config.clients.num,
         "num_parameters": dim,
+        "client_memory_bytes_full_model": full_memory,
+        **({"memory_budget": budget.report} if budget is not None else {}),
         "upload_bytes_per_client_mean": float(np.mean(uploads)) if uploads else 0.0,
         "wall_time_s": round(time.perf_counter() - wall_start, 3),
         "virtual_time_s": round(virtual_time, 6),

@@ -53,3 +53,14 @@ def test_pruned_model_stays_sparse_and_uploads_shrink() -> None:
     res = _run("sparsity.kind=prune", "sparsity.density=0.1", "rounds=10")
     assert np.mean(res.weights != 0) < 0.15
     assert res.metrics[-1]["upload_bytes_per_client"] < 0.2 * res.metrics[0]["upload_bytes_per_client"]
+
+
+def test_memory_budget_trains_and_sends_only_the_chosen_subset() -> None:
+    res = _run("sparsity.kind=memory_budget", "sparsity.density=0.6", "rounds=4")
+    report = res.summary["memory_budget"]
+    assert report["chosen_memory_bytes"] <= 0.6 * report["full_training_memory_bytes"]
+    assert res.metrics[-1]["client_memory_bytes"] == report["chosen_memory_bytes"]
+    trained = report["trained_parameters"]
+    assert res.metrics[-1]["client_trained_parameters"] == trained < res.summary["num_parameters"]
+    # Only the subset is sent (float32 in plain): 4 bytes per trained parameter.
+    assert res.metrics[-1]["upload_bytes_per_client"] == 4 * trained

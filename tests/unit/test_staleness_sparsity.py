@@ -63,3 +63,23 @@ def test_pruner_respects_prunable_positions() -> None:
     p = MagnitudePruner(dim=100, density=0.2, start=0, end=1, prunable=prunable)
     mask = p.update(np.ones(100), 1)
     assert mask[50:].all() and mask[:50].sum() == 10
+
+
+def test_memory_budget_subsets_fit_and_are_maximal() -> None:
+    from secure_fl.config import ModelConfig
+    from secure_fl.memory_budget import feasible_subsets, subset_memory, tensor_layout
+    from secure_fl.models import build_model
+
+    model = build_model(ModelConfig(kind="mlp", hidden=(64,)), (1, 8, 8), 10)
+    layout = tensor_layout(model, (1, 8, 8))
+    assert [t.size for t in layout] == [4096, 64, 640, 10]
+    full = subset_memory(layout, frozenset(range(4)), batch_size=32)
+    # 4 bytes x (d + 2 d + batch x (64 + 10)) for full training
+    assert full == 4 * (4810 + 2 * 4810 + 32 * 74)
+    subsets = feasible_subsets(layout, budget_fraction=0.5, batch_size=32)
+    for s in subsets:
+        assert subset_memory(layout, s, batch_size=32) <= 0.5 * full
+        for extra in set(range(4)) - s:  # maximal: adding any tensor breaks the budget
+            assert subset_memory(layout, s | {extra}, batch_size=32) > 0.5 * full
+    with pytest.raises(ConfigError, match="no subset"):
+        feasible_subsets(layout, budget_fraction=0.01, batch_size=32)
