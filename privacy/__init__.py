@@ -15,6 +15,8 @@ cannot account for; :class:`ClientBudgets` keeps user-level epsilon per client.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from privacy.accountants import (
     ACCOUNTANTS,
     Accountant,
@@ -29,8 +31,10 @@ from privacy.budget import (
     calibrate_noise,
     calibrate_noise_multiplier,
 )
-from privacy.dpsgd import PrivateTraining, make_private
 from privacy.errors import AccountingError, BudgetExhaustedError, PrivacyError
+
+if TYPE_CHECKING:
+    from privacy.dpsgd import PrivateTraining, make_private
 from privacy.events import (
     ComposedEvent,
     DiscreteGaussianSumEvent,
@@ -69,3 +73,12 @@ __all__ = [
     "create_accountant",
     "make_private",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # DP-SGD pulls in Opacus's training stack; import it only when asked for (PEP 562).
+    if name in ("PrivateTraining", "make_private"):
+        from privacy import dpsgd
+
+        return getattr(dpsgd, name)
+    raise AttributeError(f"module 'privacy' has no attribute {name!r}")

@@ -1,0 +1,699 @@
+"""The Flower ServerApp: cohort set-up, SecAgg/SecAgg+ over Flower messages, ledger.
+
+Each aggregation (server model version ``v``) of a deployment:
+
+1. **cohort**: the sites that answered ``hello`` (identity public key, feature shape)
+   and are still connected; ``n >= 2``.
+2. **set-up** (``train.secure_fl_setup``): a fresh :class:`~crypto.secagg.RoundConfig`
+   (random session id and graph seed, the sites' identity keys, threshold ``t``), the
+   public DP parameters and round seed, the global model and each site's ``RoundStart``
+   frame. Sites train, clip, add their discrete-Gaussian share and reply
+   ``AdvertiseKeys``.
+3. **SecAgg stages** (``query.secure_fl_secagg``): the frames of
+   :class:`~crypto.secagg.SecAggServer` go out, the sites' reply frames come back, stage
+   by stage; a site that does not answer within ``stage-timeout`` is dropped by a
+   :class:`~crypto.secagg.Deadline`, exactly as in :func:`crypto.secagg.simulate_round`.
+4. **unmasking**: the server learns only the sum mod 2^b of the survivors' vectors,
+   decodes it, divides by the public sum of weights, applies the server optimizer.
+5. **records**: a signed, hash-chained ledger entry (cohort, survivors, DP event,
+   digests), the transcript (SHA-256 and size of every frame received, top-bit
+   histograms of the masked uploads; never a vector), one ``metrics.jsonl`` line.
+
+Run configuration (``[tool.flwr.app.config]`` or ``flwr run --run-config``):
+``config`` (secure-fl TOML; relative paths resolve against the working directory of
+the SuperLink), ``overrides`` (space-separated ``key=value``), ``out-dir``,
+``min-nodes``, ``connect-timeout``, ``train-timeout``, ``stage-timeout``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from audits.events_codec import encode_event
+from audits.ledger import (
+    LEDGER_FILENAME,
+    PUBLIC_KEY_FILENAME,
+    LedgerWriter,
+    generate_server_key,
+    save_public_key,
+)
+from audits.transcript import TranscriptWriter
+from crypto.fixedpoint import decode as fixed_decode
+from crypto.fixedpoint import max_scale
+from crypto.prg import fresh_seed
+from crypto.secagg import (
+    Deadline,
+    DownlinkMessage,
+    MaskedInput,
+    RoundConfig,
+    SecAggServer,
+    Stage,
+    decode,
+    default_neighbors,
+    encode,
+)
+from crypto.secagg import (
+    Message as ProtocolMessage,
+)
+from crypto.secagg.graph import effective_degree
+from privacy.budget import ClientBudgets
+from privacy.events import DPEvent, NonPrivateEvent
+from secure_fl import __version__
+from secure_fl.config import RunConfig, config_hash, load_config, to_toml
+from secure_fl.errors import ConfigError, ProtocolError, RemoteProtocolError, SecureFLError
+from secure_fl.transport.flower.client_app import (
+    HELLO,
+    SECAGG,
+    SETUP,
+    mechanism_for,
+    round_config_fields,
+)
+from secure_fl.transport.flower.codec import Envelope, FieldValue, pack, unpack
+
+__all__ = [
+    "DeploymentSettings",
+    "SecureSumResult",
+    "app",
+    "exchange",
+    "make_server_app",
+    "run_deployment",
+    "secure_sum",
+]
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """The ServerApp's settings (from Flower's run configuration)."""
+
+    config_path: str | None = None
+    base_dir: Path | None = None
+    overrides: tuple[str, ...] = ()
+    out_dir: Path | None = None
+    min_nodes: int = 2
+    connect_timeout: float = 120.0
+    train_timeout: float = 300.0
+    stage_timeout: float = 60.0
+    poll_interval: float = 0.25
+
+    @classmethod
+    def from_run_config(cls, rc: Mapping[str, Any], *, base_dir: Path | None = None) -> DeploymentSettings:
+        """Read Flower's run configuration; a relative ``config`` path is taken
+        against ``base_dir`` (the Flower app's directory) when given."""
+        def num(key: str, default: float) -> float:
+            value = rc.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"must be a positive number, got {value!r}", field=key)
+            return float(value)
+
+        cfg = rc.get("config", "")
+        out = rc.get("out-dir", "")
+        overrides = rc.get("overrides", "")
+        if not all(isinstance(v, str) for v in (cfg, out, overrides)):
+            raise ConfigError("config, out-dir and overrides must be strings", field="config")
+        return cls(
+            config_path=str(cfg) or None,
+            base_dir=base_dir,
+            overrides=tuple(shlex.split(str(overrides))),
+            out_dir=Path(str(out)).expanduser() if out else None,
+            min_nodes=max(2, int(num("min-nodes", 2))),
+            connect_timeout=num("connect-timeout", 120.0),
+            train_timeout=num("train-timeout", 300.0),
+            stage_timeout=num("stage-timeout", 60.0),
+        )
+
+
+# -- moving messages ---------------------------------------------------------------------------
+def exchange(
+    grid: Grid, messages: Sequence[Message], *, timeout: float, poll_interval: float = 0.25
+) -> dict[int, Message]:
+    """Push ``messages``; collect replies until all arrived or ``timeout`` (s) passed.
+
+    Returns destination node id -> reply (an error reply if the node's ClientApp failed
+    or the SuperLink declared the node gone). Missing nodes simply have no entry.
+    Like ``Grid.send_and_receive`` but polling every ``poll_interval`` s, not 3 s.
+    """
+    dst = {}
+    ids = []
+    for mid, msg in zip(grid.push_messages(messages), messages, strict=True):
+        if mid:
+            ids.append(mid)
+            dst[mid] = msg.metadata.dst_node_id
+    waiting = set(ids)
+    replies: dict[int, Message] = {}
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for reply in grid.pull_messages(list(waiting)):
+            rid = reply.metadata.reply_to_message_id
+            if rid in waiting:
+                waiting.discard(rid)
+                replies[dst[rid]] = reply
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_interval)
+    return replies
+
+
+def _reply_envelope(reply: Message) -> Envelope:
+    if reply.has_error():
+        err = reply.error
+        raise RemoteProtocolError(f"the site's ClientApp failed: {err.reason}")
+    return unpack(reply.content)
+
+
+@dataclass
+class SecureSumResult:
+    """What the server learned from one secure aggregation over Flower."""
+
+    total: npt.NDArray[np.unsignedinteger] | None
+    survivors: tuple[int, ...]
+    excluded: dict[int, str]
+    dropped: dict[str, list[int]]
+    refused: dict[int, str]
+    transcript: list[tuple[int, str, int, str]]
+    upload_bytes: dict[int, int]
+    download_bytes: dict[int, int]
+    first_replies: dict[int, Envelope] = field(default_factory=dict)
+    aborted: str | None = None
+
+
+def secure_sum(
+    grid: Grid,
+    *,
+    cohort: Sequence[int],
+    config: RoundConfig,
+    first_message: Callable[[int, list[bytes]], Envelope],
+    first_timeout: float,
+    stage_timeout: float,
+    group_id: str,
+    poll_interval: float = 0.25,
+    on_stage: Callable[[Stage], None] | None = None,
+    observe: Callable[[int, ProtocolMessage], None] | None = None,
+) -> SecureSumResult:
+    """Run one :class:`SecAggServer` round over Flower with the sites ``cohort``.
+
+    ``cohort[i]`` is the Flower node id of protocol index ``i``. The first stage's
+    frames (``RoundStart``) travel inside ``first_message(i, frames)`` as a
+    ``train.secure_fl_setup`` message; later frames as ``query.secure_fl_secagg``. The
+    transport is authenticated by Flower (TLS to the SuperLink, node ids), so the
+    server attributes a frame to the node it came from; the protocol's Ed25519
+    signatures bind keys to the sites' identities on top of that.
+    """
+    index_of = {node: i for i, node in enumerate(cohort)}
+    server = SecAggServer(config)
+    up = dict.fromkeys(range(len(cohort)), 0)
+    down = dict.fromkeys(range(len(cohort)), 0)
+    transcript: list[tuple[int, str, int, str]] = []
+    refused: dict[int, str] = {}
+    silent: dict[str, list[int]] = {}
+    first_replies: dict[int, Envelope] = {}
+
+    def to_server(i: int, frame: bytes) -> list[DownlinkMessage]:
+        up[i] += len(frame)
+        try:
+            msg = decode(frame, sender=i)
+            label = msg.stage.value
+        except RemoteProtocolError as exc:
+            transcript.append((i, "malformed", len(frame), hashlib.sha256(frame).hexdigest()))
+            server.exclude(i, f"malformed frame: {exc}")
+            return []
+        transcript.append((i, label, len(frame), hashlib.sha256(frame).hexdigest()))
+        if getattr(msg, "sender", i) != i:
+            server.exclude(i, "frame claims another sender (impersonation)")
+            return []
+        if observe is not None:
+            observe(i, msg)
+        try:
+            return server.receive(msg)
+        except RemoteProtocolError:
+            return []  # refused; the server has excluded the sender
+
+    first = True
+    try:
+        outbox = server.start()
+        while server.stage not in (Stage.DONE, Stage.ABORTED):
+            stage = server.stage
+            frames: dict[int, list[bytes]] = {}
+            for out in outbox:
+                frames.setdefault(out.recipient, []).append(encode(out))
+            messages = []
+            for i, fs in sorted(frames.items()):
+                down[i] += sum(len(f) for f in fs)
+                if first:
+                    env = first_message(i, fs)
+                    mtype, timeout = SETUP, first_timeout
+                else:
+                    env, mtype, timeout = Envelope(frames=tuple(fs)), SECAGG, stage_timeout
+                content = pack(frames=env.frames, fields=env.fields, arrays=env.arrays)
+                messages.append(
+                    Message(content, cohort[i], mtype, group_id=f"{group_id}/{stage.value}", ttl=timeout + 60.0)
+                )
+            if on_stage is not None:
+                on_stage(stage)
+            timeout = first_timeout if first else stage_timeout
+            replies = exchange(grid, messages, timeout=timeout, poll_interval=poll_interval)
+            outbox = []
+            for node, reply in replies.items():
+                i = index_of[node]
+                try:
+                    env = _reply_envelope(reply)
+                except RemoteProtocolError as exc:
+                    refused[i] = str(exc)
+                    continue
+                if first:
+                    first_replies[i] = env
+                why = env.fields.get("refused")
+                if isinstance(why, str):
+                    refused[i] = why
+                for frame in env.frames:
+                    outbox.extend(to_server(i, frame))
+            for i in frames:
+                if cohort[i] not in replies:
+                    silent.setdefault(stage.value, []).append(i)
+            first = False
+            if server.stage is stage:
+                outbox.extend(
+                    server.receive(
+                        Deadline(session_id=config.session_id, round_number=config.round_number, waiting_for=stage)
+                    )
+                )
+    except ProtocolError as exc:
+        return SecureSumResult(
+            None, (), dict(server.excluded), silent, refused, transcript, up, down, first_replies,
+            aborted=f"{type(exc).__name__}: {exc}",
+        )
+    if server.stage is not Stage.DONE:
+        return SecureSumResult(
+            None, (), dict(server.excluded), silent, refused, transcript, up, down, first_replies,
+            aborted="round aborted",
+        )
+    return SecureSumResult(
+        server.total, tuple(server.survivors), dict(server.excluded), silent, refused, transcript,
+        up, down, first_replies,
+    )
+
+
+# -- the federated job ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Site:
+    node: int
+    name: str
+    identity_key: bytes
+    feature_shape: tuple[int, ...]
+    num_classes: int
+
+
+def _hello(grid: Grid, settings: DeploymentSettings, log: Callable[[str], None]) -> list[_Site]:
+    start = time.monotonic()
+    nodes: list[int] = []
+    while time.monotonic() - start < settings.connect_timeout:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= settings.min_nodes:
+            break
+        time.sleep(1.0)
+    if len(nodes) < settings.min_nodes:
+        raise ProtocolError(
+            f"only {len(nodes)} SuperNodes connected within {settings.connect_timeout:g} s; "
+            f"min-nodes is {settings.min_nodes}"
+        )
+    msgs = [Message(pack(), n, HELLO, group_id="hello", ttl=settings.stage_timeout + 60) for n in nodes]
+    replies = exchange(grid, msgs, timeout=settings.stage_timeout, poll_interval=settings.poll_interval)
+    sites: list[_Site] = []
+    for node in nodes:
+        reply = replies.get(node)
+        if reply is None:
+            log(f"node {node}: no answer to hello; left out")
+            continue
+        try:
+            env = _reply_envelope(reply)
+            if "refused" in env.fields:
+                raise RemoteProtocolError(str(env.fields["refused"]))
+            key = env.get("identity_key", bytes)
+            if len(key) != 32:
+                raise RemoteProtocolError("identity key must be 32 bytes")
+            sites.append(
+                _Site(
+                    node,
+                    env.get("site", str),
+                    key,
+                    tuple(int(v) for v in env.get("feature_shape", list)),
+                    env.get("num_classes", int),
+                )
+            )
+        except RemoteProtocolError as exc:
+            log(f"node {node}: {exc}; left out")
+    if len({s.identity_key for s in sites}) != len(sites) or len({s.name for s in sites}) != len(sites):
+        raise ProtocolError("two SuperNodes present the same site name or identity key")
+    shapes = {s.feature_shape for s in sites}
+    if len(shapes) > 1:
+        raise ProtocolError(f"sites disagree on the feature shape: {sorted(shapes)}")
+    if len(sites) < settings.min_nodes:
+        raise ProtocolError(f"only {len(sites)} sites answered; min-nodes is {settings.min_nodes}")
+    return sites
+
+
+def _check_config(config: RunConfig) -> None:
+    if config.protocol != "secagg":
+        raise ConfigError("the Flower transport runs protocol = 'secagg' (CKKS: not yet)", field="protocol")
+    if config.aggregation.mode != "sync":
+        raise ConfigError("the Flower transport runs synchronous rounds", field="aggregation.mode")
+    if config.sparsity.kind != "none":
+        raise ConfigError("the Flower transport sends dense updates", field="sparsity.kind")
+    if config.dp.record_level:
+        raise ConfigError("record-level DP-SGD is not wired into the Flower ClientApp", field="dp.record_level")
+
+
+def _graph(config: RunConfig, n: int) -> tuple[int | None, int]:
+    """(neighbors argument, threshold t) for ``n`` sites, as the in-process aggregator."""
+    k = config.secagg.neighbors if config.secagg.neighbors is not None else default_neighbors(n)
+    neighbors = None if k >= n - 1 else k
+    degree = effective_degree(n, neighbors)
+    t = config.secagg.threshold or (degree + 1) // 2 + 1
+    return neighbors, min(t, degree + 1)
+
+
+def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The federated job of ``settings`` over ``grid``; returns the summary."""
+    import torch
+
+    from secure_fl.models import build_model, get_flat
+    from secure_fl.server_opt import ServerOptimizer
+
+    wall = time.perf_counter()
+    path = Path(settings.config_path).expanduser() if settings.config_path else None
+    if path is not None and not path.is_absolute() and settings.base_dir is not None:
+        path = settings.base_dir / path
+    config = load_config(path, list(settings.overrides))
+    _check_config(config)
+    out = settings.out_dir or Path("runs") / f"flower-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    out = out.resolve()
+    if (out / "summary.json").exists():
+        raise ConfigError(f"{out} already holds a finished run; choose another out-dir", field="out-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"secure-fl: writing the run to {out}")
+    progress = (out / "progress.jsonl").open("a", encoding="utf-8")
+
+    def note(**event: Any) -> None:
+        progress.write(json.dumps({"t": round(time.time(), 3), **event}) + "\n")
+        progress.flush()
+
+    sites = _hello(grid, settings, log)
+    log(f"secure-fl: sites {[s.name for s in sites]}")
+    note(event="hello", sites=[s.name for s in sites])
+    shape = sites[0].feature_shape
+    num_classes = max(s.num_classes for s in sites)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, shape, num_classes)
+    weights = get_flat(model).astype(np.float32)
+    initial = weights.copy()
+    dim = int(weights.size)
+    server_opt = ServerOptimizer(config.server)
+
+    (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    server_key = generate_server_key()
+    save_public_key(server_key, out / PUBLIC_KEY_FILENAME)
+    ledger = LedgerWriter.create(out / LEDGER_FILENAME, server_key)
+    transcript = TranscriptWriter(config.protocol)
+    cfg_hash = config_hash(config)
+    cfg_text = to_toml(config)
+    run_tag = fresh_seed()[:8].hex()
+    budgets = ClientBudgets(delta=config.dp.delta)
+    metrics: list[dict[str, Any]] = []
+    pending_eval: dict[str, Any] | None = None
+    metrics_fh = (out / "metrics.jsonl").open("w", encoding="utf-8")
+    by_node = {s.node: s for s in sites}
+
+    def flush_metrics(evals: Iterable[Envelope]) -> None:
+        nonlocal pending_eval
+        if pending_eval is None:
+            return
+        n_total = acc = loss = 0.0
+        for env in evals:
+            n = env.fields.get("eval_samples")
+            a, ls = env.fields.get("eval_accuracy"), env.fields.get("eval_loss")
+            if isinstance(n, int) and n > 0 and isinstance(a, float) and isinstance(ls, float):
+                n_total += n
+                acc += a * n
+                loss += ls * n
+        pending_eval["test_accuracy"] = acc / n_total if n_total else None
+        pending_eval["test_loss"] = loss / n_total if n_total else None
+        metrics.append(pending_eval)
+        metrics_fh.write(json.dumps(pending_eval) + "\n")
+        metrics_fh.flush()
+        pending_eval = None
+
+    try:
+        for version in range(1, config.rounds + 1):
+            live = set(grid.get_node_ids())
+            cohort_sites = [s for s in sites if s.node in live]
+            n = len(cohort_sites)
+            if n < 2:
+                raise ProtocolError(f"aggregation {version}: fewer than 2 sites are connected")
+            neighbors, t = _graph(config, n)
+            provisioned = max(1, min(n, config.dp.provisioned_survivors or math.ceil((1 - config.simulation.dropout) * n)))
+            mech = mechanism_for(config, dim=dim, num_clients=n, provisioned=provisioned)
+            length = mech.padded_dim if mech is not None else dim + 1
+            round_seed = fresh_seed()
+            rc = RoundConfig(
+                session_id=fresh_seed(),
+                round_number=version,
+                bits=config.secagg.bits,
+                length=length,
+                threshold=t,
+                identity_keys=tuple(s.identity_key for s in cohort_sites),
+                graph_seed=fresh_seed(),
+                neighbors=neighbors,
+            )
+            public: dict[str, FieldValue] = {
+                **round_config_fields(rc),
+                "config_toml": cfg_text,
+                "round_seed": round_seed,
+                "weight": 1.0,  # synchronous rounds: staleness 0, public weight 1
+                "provisioned": provisioned,
+                "gamma": float(mech.gamma) if mech is not None else 0.0,
+                "feature_shape": list(shape),
+                "num_classes": num_classes,
+                "run": run_tag,
+            }
+
+            def first_message(
+                i: int,
+                frames: list[bytes],
+                public: dict[str, FieldValue] = public,
+                model: npt.NDArray[np.float32] = weights,
+            ) -> Envelope:
+                return Envelope(tuple(frames), {**public, "index": i}, {"weights": model})
+
+            def on_stage(stage: Stage, version: int = version) -> None:
+                note(event="stage", version=version, stage=stage.value)
+
+            def observe(i: int, msg: ProtocolMessage, version: int = version) -> None:
+                if isinstance(msg, MaskedInput):  # histogram of the masked vector only
+                    transcript.observe_masked_upload(version=version, sender=i, masked=msg.vector, bits=msg.bits)
+
+            log(f"secure-fl: aggregation {version}: {n} sites, threshold {t}")
+            res = secure_sum(
+                grid,
+                cohort=[s.node for s in cohort_sites],
+                config=rc,
+                first_message=first_message,
+                first_timeout=settings.train_timeout,
+                stage_timeout=settings.stage_timeout,
+                group_id=f"{run_tag}/v{version}",
+                poll_interval=settings.poll_interval,
+                on_stage=on_stage,
+                observe=observe,
+            )
+            flush_metrics(res.first_replies.values())
+            names = [s.name for s in cohort_sites]
+            survivors = [names[i] for i in res.survivors]
+            event: DPEvent = NonPrivateEvent()
+            mean = None
+            if res.total is not None:
+                if mech is not None:
+                    mean = mech.server_decode(res.total, round_seed=round_seed) / float(len(res.survivors))
+                    event = mech.event(num_survivors=len(res.survivors))
+                else:
+                    scale = max_scale(num_summands=n, max_abs=max(config.dp.clip, 1.0), bits=rc.bits)
+                    total = fixed_decode(res.total, scale=scale, bits=rc.bits)
+                    mean = total[:-1] / total[-1]
+                weights = server_opt.step(weights, mean).astype(np.float32)
+                if mech is not None:
+                    for s in survivors:
+                        try:
+                            budgets.charge(s, event)
+                        except SecureFLError as exc:
+                            log(f"secure-fl: {exc}")
+            records = [[names[i], stage, size, digest] for i, stage, size, digest in res.transcript]
+            for i, stage, size, digest in res.transcript:
+                transcript.add_message(version=version, sender=i, stage=stage, size=size, sha256=digest)
+            enabled = mech is not None
+            body = {
+                "version": version,
+                "config_sha256": cfg_hash,
+                "protocol": config.protocol,
+                "transport": "flower",
+                "mode": "sync",
+                "cohort": names,
+                "survivors": survivors,
+                "dropped": {k: sorted(names[i] for i in v) for k, v in res.dropped.items()},
+                "excluded": {names[i]: r for i, r in res.excluded.items()},
+                "budget_refusals": {names[i]: r for i, r in res.refused.items()},
+                "staleness": dict.fromkeys(names, 0),
+                "staleness_weights": dict.fromkeys(names, 1.0),
+                "support": "dense",
+                "dp_event": encode_event(event),
+                "dp_mechanism": config.dp.mechanism,
+                "clip": config.dp.clip,
+                "field_bits": rc.bits,
+                "measurements": {
+                    "threshold": t,
+                    "neighbors": neighbors,
+                    "provisioned_survivors": provisioned,
+                    "wrap_probability": float(mech.wrap_probability) if mech is not None else 0.0,
+                    "round_seed": round_seed.hex(),
+                    "session_id": rc.session_id.hex(),
+                },
+                "epsilon_per_client": {s: _finite(budgets.epsilon(s)) for s in survivors} if enabled else {},
+                "epsilon_max": _finite(budgets.max_epsilon()) if enabled else None,
+                "delta": config.dp.delta if enabled else None,
+                "transcript_records_sha256": hashlib.sha256(json.dumps(records).encode()).hexdigest(),
+                "messages": len(records),
+                "aborted": res.aborted,
+                "versions": {"secure_fl": __version__},
+            }
+            ledger.append(body)
+            transcript.write(out / "transcript.json")
+            note(event="aggregated", version=version, survivors=survivors, aborted=res.aborted)
+            log(f"secure-fl: aggregation {version}: survivors {survivors}" + (f" ABORTED {res.aborted}" if res.aborted else ""))
+            up = sum(res.upload_bytes.values())
+            pending_eval = {
+                "version": version,
+                "virtual_time_s": None,
+                "wall_time_s": round(time.perf_counter() - wall, 3),
+                "test_accuracy": None,
+                "test_loss": None,
+                "epsilon": _finite(budgets.max_epsilon()) if enabled else None,
+                "cohort": names,
+                "survivors": survivors,
+                "aborted": res.aborted,
+                "upload_bytes": up,
+                "upload_bytes_per_client": up / max(1, n),
+                "download_bytes": sum(res.download_bytes.values()) + weights.nbytes * n,
+            }
+        # federated evaluation of the final model: sites report aggregate metrics only
+        final = _final_evaluation(grid, by_node, weights, settings, shape, num_classes, cfg_text)
+        flush_metrics(final)
+    finally:
+        metrics_fh.close()
+        progress.close()
+
+    accs = [m["test_accuracy"] for m in metrics if m["test_accuracy"] is not None]
+    torch.save(_state_dict(config, shape, num_classes, weights), out / "model.pt")
+    np.save(out / "weights_initial.npy", initial)
+    np.save(out / "weights_final.npy", weights)
+    summary: dict[str, Any] = {
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        "epsilon": _finite(budgets.max_epsilon()) if config.dp.mechanism != "none" else None,
+        "delta": config.dp.delta,
+        "accountant": "rdp",
+        "unit_of_privacy": "site (user-level: one site's whole update per aggregation)",
+        "protocol": config.protocol,
+        "transport": "flower",
+        "rounds": config.rounds,
+        "aggregations_completed": sum(1 for m in metrics if not m["aborted"]),
+        "num_clients": len(sites),
+        "sites": [s.name for s in sites],
+        "num_parameters": dim,
+        "model_change_l2": float(np.linalg.norm(weights.astype(np.float64) - initial)),
+        "upload_bytes_per_client_mean": float(np.mean([m["upload_bytes_per_client"] for m in metrics]))
+        if metrics
+        else 0.0,
+        "wall_time_s": round(time.perf_counter() - wall, 3),
+        "virtual_time_s": None,
+        "config_sha256": cfg_hash,
+        "secure_fl_version": __version__,
+        "transcript_sha256": transcript.write(out / "transcript.json"),
+        "ledger_entries": ledger.next_index,
+        "ledger_head": ledger.head,
+        "ledger_public_key": PUBLIC_KEY_FILENAME,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log(f"secure-fl: done: {out}")
+    return summary
+
+
+def _final_evaluation(
+    grid: Grid,
+    by_node: Mapping[int, _Site],
+    weights: npt.NDArray[np.float32],
+    settings: DeploymentSettings,
+    shape: tuple[int, ...],
+    num_classes: int,
+    cfg_text: str,
+) -> list[Envelope]:
+    live = [n for n in sorted(grid.get_node_ids()) if n in by_node]
+    fields: dict[str, FieldValue] = {"config_toml": cfg_text, "feature_shape": list(shape), "num_classes": num_classes}
+    msgs = [
+        Message(pack(fields=fields, arrays={"weights": weights}), n, EVALUATE, group_id="final-eval",
+                ttl=settings.stage_timeout + 60)
+        for n in live
+    ]
+    out = []
+    for reply in exchange(grid, msgs, timeout=settings.stage_timeout, poll_interval=settings.poll_interval).values():
+        try:
+            out.append(_reply_envelope(reply))
+        except RemoteProtocolError:
+            continue
+    return out
+
+
+def _state_dict(config: RunConfig, shape: tuple[int, ...], num_classes: int, weights: npt.NDArray[np.float32]) -> Any:
+    from secure_fl.models import build_model, set_flat
+
+    model = build_model(config.model, shape, num_classes)
+    set_flat(model, weights)
+    return model.state_dict()
+
+
+def _finite(x: float | None) -> float | str | None:
+    if x is None or math.isfinite(x):
+        return x
+    return "inf" if x > 0 else "-inf"
+
+
+EVALUATE = "evaluate.secure_fl_eval"
+
+def make_server_app(*, base_dir: str | os.PathLike[str] | None = None) -> ServerApp:
+    """A ServerApp whose relative ``config`` path resolves against ``base_dir``.
+
+    A Flower app directory exposes it as ``server = make_server_app(base_dir=Path(__file__).parent)``
+    so that the secure-fl configuration can ship inside the app bundle.
+    """
+    server_app = ServerApp()
+    base = Path(base_dir).resolve() if base_dir is not None else None
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_deployment(grid, DeploymentSettings.from_run_config(dict(context.run_config), base_dir=base))
+
+    return server_app
+
+
+app = make_server_app()
+"""The ServerApp with ``config`` paths relative to the SuperLink's working directory."""

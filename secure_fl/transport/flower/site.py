@@ -1,0 +1,287 @@
+"""Per-site configuration of a deployment: data, keys and privacy budget stay at the site.
+
+A site (hospital, bank branch) runs one Flower SuperNode started with
+``--node-config 'site-config="/path/to/site.toml"'``. The file::
+
+    [site]
+    name = "hospital-a"              # shown in the server's ledger
+    data = "data/site_a.csv"          # CSV with a header row and a label column, or NPZ (x, y)
+    label_column = "label"
+    keys_dir = "keys/hospital-a"      # identity key and budget ledger (created, mode 0700)
+    budget_cap = 8.0                  # this site's own epsilon cap (at the run's delta)
+    require_dp = true                 # refuse any aggregation without distributed DP
+    test_fraction = 0.2               # local held-out split for federated evaluation
+    trusted_peers = []                # optional: hex Ed25519 identity keys of the other
+                                      # sites; if set, cohorts with other keys are refused
+
+Relative paths are resolved against the directory of the site file.
+
+What never leaves the site: the data, the identity private key
+(``keys_dir/identity.key``, 0600), the noise and rounding randomness, the update in the
+clear, and the secrets of the SecAgg state machine. The server sees only the identity
+*public* key, the feature shape, the number of classes and of training examples, and
+masked vectors.
+
+The site's budget ledger ``keys_dir/budget.jsonl`` lists every DP event the site was
+charged, one JSON object a line (:mod:`audits.events_codec`). Before joining an
+aggregation the site checks the worst case that can still complete (only ``threshold``
+surviving noise shares); it charges that worst case when it releases its masked input,
+so it never under-counts, even if it is cut off before learning who survived.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audits.events_codec import decode_event, encode_event
+from audits.ledger import load_private_key, save_private_key
+from privacy.budget import ClientBudgets
+from privacy.events import DPEvent, NonPrivateEvent
+from secure_fl.data import _read_site_file
+from secure_fl.errors import ConfigError, DataError, PrivacyError, SecureFLError
+
+__all__ = [
+    "SiteBudget",
+    "SiteConfig",
+    "SiteData",
+    "load_identity_key",
+    "load_site_config",
+    "load_site_data",
+]
+
+IDENTITY_KEY_FILE = "identity.key"
+IDENTITY_PUB_FILE = "identity.pub"
+BUDGET_FILE = "budget.jsonl"
+
+_SITE_KEYS = {
+    "name", "data", "label_column", "keys_dir", "budget_cap", "require_dp",
+    "test_fraction", "trusted_peers", "standardize",
+}
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Validated site settings (see the module docstring for the file format)."""
+
+    name: str
+    data: Path
+    keys_dir: Path
+    budget_cap: float = math.inf
+    require_dp: bool = True
+    label_column: str = "label"
+    test_fraction: float = 0.2
+    standardize: bool = True
+    trusted_peers: tuple[bytes, ...] | None = None
+
+
+def _field(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = table.get(key, default)
+    if value is None or (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise ConfigError(f"expected {getattr(kind, '__name__', kind)}, got {value!r}", field=f"site.{key}")
+    return value
+
+
+def parse_site_config(table: Mapping[str, Any], *, base: Path) -> SiteConfig:
+    """Validate the ``[site]`` table; relative paths are taken against ``base``."""
+    unknown = sorted(set(table) - _SITE_KEYS)
+    if unknown:
+        raise ConfigError("unknown key", field=f"site.{unknown[0]}")
+    name = _field(table, "name", str, None).strip()
+    if not name:
+        raise ConfigError("must be a non-empty string", field="site.name")
+
+    def path(key: str) -> Path:
+        p = Path(_field(table, key, str, None)).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    cap = float(_field(table, "budget_cap", (int, float), math.inf))
+    if not cap > 0:
+        raise ConfigError(f"must be > 0 (inf allowed), got {cap}", field="site.budget_cap")
+    frac = float(_field(table, "test_fraction", (int, float), 0.2))
+    if not 0 <= frac < 1:
+        raise ConfigError(f"must be in [0, 1), got {frac}", field="site.test_fraction")
+    peers_raw = table.get("trusted_peers")
+    peers: tuple[bytes, ...] | None = None
+    if peers_raw is not None and peers_raw != []:
+        if not isinstance(peers_raw, list) or not all(isinstance(p, str) for p in peers_raw):
+            raise ConfigError("must be a list of hex strings", field="site.trusted_peers")
+        try:
+            peers = tuple(bytes.fromhex(p) for p in peers_raw)
+        except ValueError:
+            raise ConfigError("entries must be hex Ed25519 public keys", field="site.trusted_peers") from None
+        if any(len(p) != 32 for p in peers):
+            raise ConfigError("entries must be 32-byte Ed25519 public keys (64 hex digits)", field="site.trusted_peers")
+    return SiteConfig(
+        name=name,
+        data=path("data"),
+        keys_dir=path("keys_dir"),
+        budget_cap=cap,
+        require_dp=bool(_field(table, "require_dp", bool, True)),
+        label_column=_field(table, "label_column", str, "label"),
+        test_fraction=frac,
+        standardize=bool(_field(table, "standardize", bool, True)),
+        trusted_peers=peers,
+    )
+
+
+def load_site_config(path: str | os.PathLike[str]) -> SiteConfig:
+    """Read and validate a site TOML file (:class:`ConfigError` naming the field)."""
+    source = Path(path).expanduser()
+    try:
+        tree = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"site configuration not found: {source}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read site configuration {source}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    table = tree.get("site")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source} has no [site] table", field="site")
+    return parse_site_config(table, base=source.resolve().parent)
+
+
+# -- keys ----------------------------------------------------------------------------------
+def _keys_dir(site: SiteConfig) -> Path:
+    try:
+        site.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {site.keys_dir}: {exc.strerror}", field="site.keys_dir") from exc
+    return site.keys_dir
+
+
+def load_identity_key(site: SiteConfig) -> Ed25519PrivateKey:
+    """The site's long-term Ed25519 identity key; created (0600) on first use.
+
+    It signs the site's SecAgg key advertisements, so the server cannot substitute a
+    client it controls for the site. ``identity.pub`` (hex) is written next to it for
+    the other sites' ``trusted_peers`` lists.
+    """
+    keys = _keys_dir(site)
+    key_path = keys / IDENTITY_KEY_FILE
+    if not key_path.exists():
+        try:
+            save_private_key(Ed25519PrivateKey.generate(), key_path)
+        except SecureFLError:
+            if not key_path.exists():  # not a race with a concurrent first use
+                raise
+    key = load_private_key(key_path)
+    pub_path = keys / IDENTITY_PUB_FILE
+    if not pub_path.exists():
+        pub_path.write_text(key.public_key().public_bytes_raw().hex() + "\n", encoding="ascii")
+    return key
+
+
+# -- data ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SiteData:
+    """The site's examples, split into a local training and a local test part."""
+
+    x_train: npt.NDArray[np.float32]
+    y_train: npt.NDArray[np.int64]
+    x_test: npt.NDArray[np.float32]
+    y_test: npt.NDArray[np.int64]
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """Largest label seen + 1 (the server takes the maximum over the sites)."""
+        labels = np.concatenate([self.y_train, self.y_test])
+        return int(labels.max()) + 1 if labels.size else 0
+
+
+def load_site_data(site: SiteConfig, *, seed: int = 0) -> SiteData:
+    """Read the site's CSV/NPZ file; split off ``test_fraction``; standardise locally.
+
+    Standardisation uses this site's own training statistics (no pooled statistics
+    exist across sites); ``seed`` fixes the local split.
+    """
+    x, y = _read_site_file(site.data, site.label_column)
+    if y.shape[0] < 2:
+        raise DataError(f"{site.data}: a site needs at least 2 examples")
+    rng = np.random.default_rng([seed, 0x517E])
+    perm = rng.permutation(y.shape[0])
+    n_test = int(round(site.test_fraction * y.shape[0])) if site.test_fraction > 0 else 0
+    n_test = min(n_test, y.shape[0] - 1)
+    te, tr = perm[:n_test], perm[n_test:]
+    x_tr, x_te = x[tr], x[te]
+    if site.standardize:
+        flat = x_tr.reshape(x_tr.shape[0], -1)
+        mean, std = flat.mean(axis=0), flat.std(axis=0) + 1e-6
+
+        def norm(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            out: npt.NDArray[np.float32] = ((a.reshape(a.shape[0], -1) - mean) / std).reshape(a.shape).astype(np.float32)
+            return out
+
+        x_tr, x_te = norm(x_tr), norm(x_te)
+    return SiteData(x_tr.astype(np.float32), y[tr], x_te.astype(np.float32), y[te])
+
+
+# -- privacy budget --------------------------------------------------------------------------
+class SiteBudget:
+    """The site's own epsilon ledger (``keys_dir/budget.jsonl``), persistent across runs."""
+
+    def __init__(self, site: SiteConfig, *, delta: float) -> None:
+        self.site = site
+        self.path = _keys_dir(site) / BUDGET_FILE
+        self._budgets = ClientBudgets(delta=delta, caps={site.name: site.budget_cap})
+        self._events: list[DPEvent] = []
+        if self.path.exists():
+            for lineno, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    event = decode_event(json.loads(line)["event"])
+                except (ValueError, KeyError, TypeError, SecureFLError) as exc:
+                    raise PrivacyError(f"{self.path}, line {lineno}: unreadable budget entry ({exc})") from exc
+                self._commit(event)
+
+    def _commit(self, event: DPEvent) -> None:
+        if isinstance(event, NonPrivateEvent):
+            self._events.append(event)
+            return
+        try:
+            self._budgets.charge(self.site.name, event)
+        except PrivacyError:
+            pass  # an overrun recorded earlier stays recorded; epsilon() reports it
+        self._events.append(event)
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far at the run's delta (``inf`` after a non-private release)."""
+        if any(isinstance(e, NonPrivateEvent) for e in self._events):
+            return math.inf
+        return self._budgets.epsilon(self.site.name)
+
+    def refusal(self, event: DPEvent) -> str | None:
+        """Why joining ``event`` is refused (``None``: the cap allows it)."""
+        if isinstance(event, NonPrivateEvent):
+            if self.site.require_dp:
+                return "this site requires differential privacy (require_dp = true)"
+            return None
+        after = self._budgets.epsilon_after(self.site.name, event)
+        if after > self.site.budget_cap:
+            return f"privacy budget cap {self.site.budget_cap:g} would be exceeded (epsilon -> {after:.4g})"
+        return None
+
+    def charge(self, event: DPEvent, *, version: int, run: str) -> None:
+        """Append ``event`` to the ledger file first, then to the accountant."""
+        line = json.dumps({"run": run, "version": version, "event": encode_event(event)})
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._commit(event)
