@@ -7,10 +7,31 @@ the JSON codec of DP events.
 * :mod:`audits.transcript` -- ``transcript.json``: message digests and top-bit
   histograms of masked uploads, with a chi-square :func:`uniformity_test`.
 * :mod:`audits.events_codec` -- exact, strict JSON round trip of ``privacy.events``.
+* :mod:`audits.audit` -- :func:`audit_run`, the pipeline of ``secure-fl audit``
+  (CLI: :func:`audits.cli.audit_main`), writing ``audit.json`` and ``report.html``.
+* :mod:`audits.epsilon_check` -- independent recomputation of epsilon from the ledger.
+* :mod:`audits.server_view` -- transcript verification and the server-view audit.
+* :mod:`audits.empirical` -- one-shot canary estimate, membership inference, gradient
+  inversion (these drive the secure-fl runner, imported lazily: ``audits`` never
+  imports ``secure_fl`` at import time).
+* :mod:`audits.report` -- the self-contained HTML report.
 """
 
 from __future__ import annotations
 
+from audits.audit import AUDIT_JSON, AUDIT_REPORT, AuditResult, audit_run
+from audits.empirical import (
+    CanaryResult,
+    EmpiricalSizes,
+    InversionResult,
+    MiaResult,
+    canary_estimate,
+    epsilon_two_gaussians,
+    gradient_inversion,
+    membership_inference,
+    one_shot_epsilon,
+)
+from audits.epsilon_check import EpsilonCheck, check_epsilon
 from audits.errors import (
     EventCodecError,
     KeyFileError,
@@ -38,6 +59,12 @@ from audits.ledger import (
     verify_countersignature,
     verify_ledger,
 )
+from audits.server_view import (
+    ServerViewResult,
+    TranscriptCheck,
+    check_server_view,
+    verify_transcript,
+)
 from audits.transcript import (
     TRANSCRIPT_FILENAME,
     Transcript,
@@ -49,6 +76,25 @@ from audits.transcript import (
 )
 
 __all__ = [
+    "AUDIT_JSON",
+    "AUDIT_REPORT",
+    "AuditResult",
+    "CanaryResult",
+    "EmpiricalSizes",
+    "EpsilonCheck",
+    "InversionResult",
+    "MiaResult",
+    "ServerViewResult",
+    "TranscriptCheck",
+    "audit_run",
+    "canary_estimate",
+    "check_epsilon",
+    "check_server_view",
+    "epsilon_two_gaussians",
+    "gradient_inversion",
+    "membership_inference",
+    "one_shot_epsilon",
+    "verify_transcript",
     "LEDGER_FILENAME",
     "PUBLIC_KEY_FILENAME",
     "TRANSCRIPT_FILENAME",

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p_cfg = sub.add_parser("config", help="print the fully resolved configuration as TOML")
     _add_config_args(p_cfg)
+    for name, (_, _, text) in _DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (see secure-fl {name} --help)", add_help=False)
     return parser
 
 
@@ -71,10 +73,33 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Subcommands with their own argument parsers, dispatched before the main parser.
+_DELEGATED = {
+    "audit": ("audits.cli", "audit_main", "verify a run directory and write audit.json and report.html"),
+    "sweep": ("secure_fl.sweep", "sweep_main", "run a grid of configurations, write sweep.csv and plots"),
+    "bench": ("secure_fl.bench", "bench_main", "run the performance benchmarks of DESIGN.md section 8"),
+    "certs": ("secure_fl.certs", "certs_main", "create a CA and server certificate for a TLS pilot"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in _DELEGATED:
+        module, func, _ = _DELEGATED[args_list[0]]
+        import importlib
+
+        handler = getattr(importlib.import_module(module), func)
+        try:
+            return int(handler(args_list[1:]))
+        except ConfigError as err:
+            print(f"secure-fl: configuration error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except SecureFLError as err:
+            print(f"secure-fl: {type(err).__name__}: {err}", file=sys.stderr)
+            return EXIT_FAILED
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_list)
     except SystemExit as exc:  # argparse already printed the usage error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     handlers = {"run": _cmd_run, "config": _cmd_config}

@@ -21,7 +21,7 @@ update: it receives masked vectors or ciphertexts only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,9 @@ def clip_and_weight(update: ClientUpdate, *, clip: float) -> Vec:
     return update.weight * clipped
 
 
-def _aborted(updates: Sequence[ClientUpdate], reason: str, dropped: dict[str, list[int]]) -> AggregateOutcome:
+def _aborted(
+    updates: Sequence[ClientUpdate], reason: str, dropped: dict[str, list[int]]
+) -> AggregateOutcome:
     return AggregateOutcome(
         mean=None,
         cohort=tuple(u.client_id for u in updates),
@@ -100,7 +102,9 @@ class CkksAggregator:
         self.mechanism: GaussianShare | None = None
         if dp.mechanism == "gaussian":
             t = provisioned_survivors(config, config.cohort_size)
-            self.mechanism = GaussianShare(clip=self.clip, noise_multiplier=dp.noise_multiplier, threshold=t)
+            self.mechanism = GaussianShare(
+                clip=self.clip, noise_multiplier=dp.noise_multiplier, threshold=t
+            )
         #: Encoded values are bounded by max(C, 1): |w u_j| <= C and the weight w <= 1.
         self.bound = max(self.clip, 1.0)
 
@@ -164,7 +168,6 @@ class CkksAggregator:
         )
 
 
-
 class SecAggAggregator:
     """Pairwise-masking secure aggregation (SecAgg / SecAgg+, :mod:`crypto.secagg`).
 
@@ -186,6 +189,11 @@ class SecAggAggregator:
         self.bits = config.secagg.bits
         self.clip = config.dp.clip
         self._last_mechanism: DistributedDiscreteGaussian | DistributedSkellam | None = None
+        #: Called with (client id, masked vector, bits) for every masked upload the server
+        #: decodes: the server's own view, recorded (as histograms) for the audit.
+        self.on_masked_upload: (
+            Callable[[int, npt.NDArray[np.unsignedinteger], int], None] | None
+        ) = None
 
     # -- parameters of one cohort ------------------------------------------------------
     def _graph(self, n: int) -> tuple[int | None, int]:
@@ -198,11 +206,17 @@ class SecAggAggregator:
         t = self.config.secagg.threshold or (degree + 1) // 2 + 1
         return neighbors, min(t, degree + 1)
 
-    def _mechanism(self, *, dim: int, n: int) -> DistributedDiscreteGaussian | DistributedSkellam | None:
+    def _mechanism(
+        self, *, dim: int, n: int
+    ) -> DistributedDiscreteGaussian | DistributedSkellam | None:
         dp = self.config.dp
         if dp.mechanism not in ("discrete_gaussian", "skellam"):
             return None
-        cls = DistributedDiscreteGaussian if dp.mechanism == "discrete_gaussian" else DistributedSkellam
+        cls = (
+            DistributedDiscreteGaussian
+            if dp.mechanism == "discrete_gaussian"
+            else DistributedSkellam
+        )
         provisioned = provisioned_survivors(self.config, n)
         mech = cls.create(
             dim=dim,
@@ -216,9 +230,12 @@ class SecAggAggregator:
         return mech
 
     def planned_event(self) -> DPEvent:
-        mech = self._last_mechanism or self._mechanism(dim=self.dim, n=self.config.buffer_size
-                                                        if self.config.aggregation.mode == "async"
-                                                        else self.config.cohort_size)
+        mech = self._last_mechanism or self._mechanism(
+            dim=self.dim,
+            n=self.config.buffer_size
+            if self.config.aggregation.mode == "async"
+            else self.config.cohort_size,
+        )
         if mech is None:
             return NonPrivateEvent()
         return mech.event(num_survivors=mech.threshold)
@@ -237,21 +254,48 @@ class SecAggAggregator:
         if mech is None:
             scale = max_scale(num_summands=n, max_abs=max(self.clip, 1.0), bits=self.bits)
             inputs = [
-                encode(np.concatenate([clip_and_weight(u, clip=self.clip), [u.weight]]),
-                       scale=scale, bits=self.bits, rng=self.rng)
+                encode(
+                    np.concatenate([clip_and_weight(u, clip=self.clip), [u.weight]]),
+                    scale=scale,
+                    bits=self.bits,
+                    rng=self.rng,
+                )
                 for u in updates
             ]
         else:
-            inputs = [mech.client_encode(clip_and_weight(u, clip=self.clip), round_seed=round_seed, rng=self.rng)
-                      for u in updates]
+            inputs = [
+                mech.client_encode(
+                    clip_and_weight(u, clip=self.clip), round_seed=round_seed, rng=self.rng
+                )
+                for u in updates
+            ]
         drop = {i: u.drop_stage for i, u in enumerate(updates) if u.drop_stage is not None}
+        correlations: list[float] = []
+
+        def observe(i: int, masked: npt.NDArray[np.unsignedinteger]) -> None:
+            if self.on_masked_upload is not None:
+                self.on_masked_upload(ids[i], masked, self.bits)
+            # Simulation-only check (the simulator knows the true encoded input): the
+            # masked vector must be uncorrelated with it. Only the scalar is recorded.
+            a, b = masked.astype(np.float64), np.asarray(inputs[i], dtype=np.float64)
+            if a.std() > 0 and b.std() > 0:
+                correlations.append(abs(float(np.corrcoef(a, b)[0, 1])))
+
         try:
             res = simulate_round(
-                inputs, bits=self.bits, threshold=t, neighbors=neighbors, drop=drop,
+                inputs,
+                bits=self.bits,
+                threshold=t,
+                neighbors=neighbors,
+                drop=drop,
                 seed=self.rng.random_bytes(32),
+                observer=observe,
             )
         except ProtocolError as err:
-            dropped = {stage: sorted(ids[i] for i, s in drop.items() if s == stage) for stage in self.stages}
+            dropped = {
+                stage: sorted(ids[i] for i, s in drop.items() if s == stage)
+                for stage in self.stages
+            }
             return _aborted(updates, f"{type(err).__name__}: {err}", dropped)
         survivors = [ids[i] for i in res.survivors]
         event: DPEvent
@@ -269,16 +313,21 @@ class SecAggAggregator:
             cohort=tuple(ids),
             survivors=tuple(sorted(survivors)),
             dropped={stage: sorted(ids[i] for i in idx) for stage, idx in res.dropped.items()},
-            excluded={ids[i]: reason for i, reason in {**res.excluded, **res.client_errors}.items()},
+            excluded={
+                ids[i]: reason for i, reason in {**res.excluded, **res.client_errors}.items()
+            },
             upload_bytes={ids[i]: b for i, b in res.upload_bytes.items()},
             download_bytes={ids[i]: b for i, b in res.download_bytes.items()},
             dp_event=event,
-            transcript=[MessageRecord(ids[r.sender], r.stage, r.size, r.sha256) for r in res.transcript],
+            transcript=[
+                MessageRecord(ids[r.sender], r.stage, r.size, r.sha256) for r in res.transcript
+            ],
             measurements={
                 "threshold": t,
                 "neighbors": neighbors,
                 "bits": self.bits,
                 "wrap_probability": mech.wrap_probability if mech is not None else 0.0,
                 "round_seed": round_seed.hex(),
+                "max_abs_corr_masked_vs_true": max(correlations, default=0.0),
             },
         )

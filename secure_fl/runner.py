@@ -443,6 +443,10 @@ def run(
             for u in plan.updates
             if u.client_id in admitted
         ]
+        if isinstance(aggregator, SecAggAggregator):
+            aggregator.on_masked_upload = lambda cid, masked, bits: transcript.observe_masked_upload(
+                version=version, sender=cid, masked=masked, bits=bits
+            )
         if updates:
             outcome = aggregator.aggregate(updates, round_index=version)
         else:
@@ -499,6 +503,9 @@ def run(
         }
         metrics.append(record)
         transcript.add_messages(outcome.transcript, version=version)
+        corr = outcome.measurements.get("max_abs_corr_masked_vs_true")
+        if corr is not None:
+            transcript.add_statistic(version=version, name="max_abs_corr_masked_vs_true", value=corr)
         pending["entry"] = _ledger_body(
             config, cfg_hash, version, plan, outcome, support, refused, privacy, versions
         )

@@ -84,10 +84,12 @@ class MagnitudePruner:
 
         s_t = s_f + (s_0 - s_f) * (1 - (t - t_0) / (t_end - t_0))^3,   t_0 <= t <= t_end
 
-    from sparsity ``s_0 = 0`` at version ``t_0`` to the target ``s_f = 1 - density`` at
-    ``t_end``; the mask is recomputed every ``every`` versions among the weights still
-    alive (pruned weights never come back: no rewinding), keeping the largest
-    magnitudes. ``prunable`` marks the positions pruning may touch (e.g. not biases).
+    from sparsity ``s_0 = 0`` at version ``t_0`` to the final sparsity ``s_f`` at ``t_end``;
+    the mask is recomputed every ``every`` versions among the weights still alive (pruned
+    weights never come back: no rewinding), keeping the largest magnitudes.
+    ``prunable`` marks the positions pruning may touch (e.g. not biases); ``s_f`` is
+    chosen so that the *whole* vector ends at ``density`` (the kept non-prunable
+    positions count against it), which is what the upload size depends on.
     """
 
     dim: int
@@ -105,8 +107,17 @@ class MagnitudePruner:
         if self.prunable is None:
             self.prunable = np.ones(self.dim, dtype=bool)
 
+    def final_sparsity(self) -> float:
+        """Sparsity among prunable positions that leaves ``density * dim`` positions alive."""
+        prunable = self.prunable if self.prunable is not None else np.ones(self.dim, dtype=bool)
+        n_prunable = int(prunable.sum())
+        if n_prunable == 0:
+            return 0.0
+        keep = self.density * self.dim - (self.dim - n_prunable)
+        return float(min(1.0, max(0.0, 1.0 - keep / n_prunable)))
+
     def target_sparsity(self, version: int) -> float:
-        s_f = 1.0 - self.density
+        s_f = self.final_sparsity()
         if version <= self.start:
             return 0.0
         if version >= self.end:

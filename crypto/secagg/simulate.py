@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from crypto.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from crypto.key_agreement import hkdf_sha256
 from crypto.prg import Csprng, fresh_seed
 from crypto.secagg.client import SecAggClient
-from crypto.secagg.messages import Deadline, DownlinkMessage, Message, RoundConfig
+from crypto.secagg.messages import Deadline, DownlinkMessage, MaskedInput, Message, RoundConfig
 from crypto.secagg.server import SecAggServer
 from crypto.secagg.stages import PROTOCOL_STAGES, Stage
 from crypto.secagg.wire import decode, encode
@@ -127,6 +127,7 @@ def simulate_round(
     drop: Mapping[int, str] | None = None,
     seed: int | bytes | None = None,
     interceptor: Interceptor | None = None,
+    observer: Callable[[int, npt.NDArray[np.unsignedinteger]], None] | None = None,
 ) -> RoundResult:
     """Run one secure-aggregation round in memory and return the unmasked sum.
 
@@ -134,6 +135,8 @@ def simulate_round(
     ``threshold``: Shamir ``t``, a strict majority of each holder set.
     ``neighbors``: ``None`` (complete graph, SecAgg) or ``k`` (SecAgg+ graph).
     ``drop``: client index -> stage name at which it goes silent.
+    ``observer``: called with (sender, masked vector) for every masked input the server
+    accepts for decoding -- the server's own view, used by audits to test uniformity.
     ``seed``: makes the round deterministic (all keys, seeds, nonces); ``None`` uses
     fresh OS entropy.
 
@@ -202,6 +205,8 @@ def simulate_round(
         if getattr(msg_in, "sender", channel) != channel:
             server.exclude(channel, "frame claims another sender (impersonation)")
             return []
+        if observer is not None and isinstance(msg_in, MaskedInput):
+            observer(channel, msg_in.vector)  # exactly what the server sees: masked data
         try:
             return server.receive(msg_in)
         except RemoteProtocolError:

@@ -60,7 +60,7 @@ def test_magnitude_pruner_schedule_and_no_rewinding() -> None:
 def test_pruner_respects_prunable_positions() -> None:
     prunable = np.zeros(100, dtype=bool)
     prunable[:50] = True
-    p = MagnitudePruner(dim=100, density=0.2, start=0, end=1, prunable=prunable)
+    p = MagnitudePruner(dim=100, density=0.6, start=0, end=1, prunable=prunable)  # 60 kept: 50 + 10
     mask = p.update(np.ones(100), 1)
     assert mask[50:].all() and mask[:50].sum() == 10
 

@@ -1,0 +1,542 @@
+"""The audit pipeline behind ``secure-fl audit RUN_DIR``: :func:`audit_run`.
+
+Steps (DESIGN.md section 6), each recorded in ``audit.json`` and ``report.html``:
+
+1. **Ledger**: :func:`audits.ledger.verify_ledger` under ``ledger_public_key.pem``,
+   anchored by ``summary.json``'s ``ledger_entries`` / ``ledger_head``; every entry's
+   ``config_sha256`` must be the SHA-256 of ``config.toml``.
+2. **Epsilon**: :func:`audits.epsilon_check.check_epsilon`, an independent recomputation
+   from the ledger's DP events, compared with every claim.
+3. **Transcript and server view**: :mod:`audits.server_view`.
+4. **Empirical tests** (:mod:`audits.empirical`; these drive the secure-fl runner's
+   building blocks, imported lazily): one-shot canary estimate, membership inference,
+   gradient inversion.
+5. **Report**: ``audit.json`` (machine-readable) and ``report.html`` (NIST SP 800-226
+   questions, hazards, plots).
+
+The audit *fails* (non-zero exit in the CLI) when the ledger or transcript fails
+verification, the configuration does not match the ledger, the recomputed epsilon
+disagrees with a claim (or cannot be recomputed), masked uploads are shown not to be
+uniform, or the canary estimate demonstrably exceeds the claimed epsilon. Hazards
+(plaintext protocol, predictable noise, infinite epsilon, missing server-view data...)
+are reported loudly but do not by themselves fail the audit: they are true statements
+about a run, not evidence of tampering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from audits.empirical import (
+    EmpiricalSizes,
+    canary_estimate,
+    gradient_inversion,
+    membership_inference,
+)
+from audits.epsilon_check import EpsilonCheck, check_epsilon
+from audits.errors import KeyFileError, LedgerError
+from audits.ledger import (
+    LEDGER_FILENAME,
+    PUBLIC_KEY_FILENAME,
+    LedgerReport,
+    load_public_key,
+    verify_ledger,
+)
+from audits.report import render_report
+from audits.server_view import (
+    ServerViewResult,
+    TranscriptCheck,
+    check_server_view,
+    verify_transcript,
+)
+from crypto.errors import SecureFLError
+
+__all__ = ["AUDIT_JSON", "AUDIT_REPORT", "AuditResult", "audit_run"]
+
+AUDIT_JSON = "audit.json"
+AUDIT_REPORT = "report.html"
+
+LEDGER_LIMITS = (
+    "What the signature proves: the holder of the server key wrote these entries in this order. "
+    "A server holding its own key could rewrite the whole ledger consistently; the anchors in "
+    "summary.json live in the same directory, so they only protect against parties who cannot also "
+    "edit summary.json. Client countersignatures or a head hash published during the run bind the "
+    "server; whether the bodies are true is for the epsilon, transcript and empirical checks."
+)
+
+
+@dataclass
+class AuditResult:
+    """Outcome of :func:`audit_run`: ``ok``, a one-line ``verdict``, the full ``document``
+    (the content of ``audit.json``) and where the files were written."""
+
+    ok: bool
+    verdict: str
+    failures: list[str]
+    document: dict[str, Any]
+    json_path: Path | None
+    html_path: Path | None
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become strings, numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return float(value)
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return str(value)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _read_bodies(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    out: list[tuple[int, dict[str, Any]]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return out
+    for n, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("body"), dict):
+            out.append((n, obj["body"]))
+    return out
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+    except OSError:
+        pass
+    return rows
+
+
+def _num(x: object) -> float | None:
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int | float):
+        return float(x)
+    if x == "inf":
+        return math.inf
+    return None
+
+
+def _first_dict(bodies: list[tuple[int, dict[str, Any]]], key: str) -> dict[str, Any]:
+    """The first ledger body's ``key`` that is an object (``{}`` if none)."""
+    for _, body in bodies:
+        value = body.get(key)
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "none"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.4g}"
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _ledger_section(root: Path, summary: dict[str, Any], bodies: list[tuple[int, dict[str, Any]]],
+                    failures: list[str]) -> dict[str, Any]:
+    pem = root / PUBLIC_KEY_FILENAME
+    section: dict[str, Any] = {"ok": False, "entries": 0, "head": None, "problems": [], "limits": LEDGER_LIMITS}
+    try:
+        key = load_public_key(pem)
+        section["public_key_sha256"] = hashlib.sha256(pem.read_bytes()).hexdigest()
+    except (KeyFileError, OSError) as exc:
+        failures.append(f"ledger: cannot load {PUBLIC_KEY_FILENAME}: {exc}")
+        section["problems"] = [{"line": 0, "entry_index": None, "kind": "malformed", "message": str(exc)}]
+        return section
+    entries = summary.get("ledger_entries")
+    head = summary.get("ledger_head")
+    exp_entries = entries if isinstance(entries, int) and not isinstance(entries, bool) and entries >= 0 else None
+    exp_head = head if isinstance(head, str) and len(head) == 64 else None
+    section["anchors"] = (
+        f"ledger_entries={exp_entries}, ledger_head={'set' if exp_head else 'missing'} (from summary.json)"
+    )
+    if not (root / LEDGER_FILENAME).is_file():
+        failures.append(f"ledger: {LEDGER_FILENAME} is missing")
+        section["problems"] = [{"line": 0, "entry_index": None, "kind": "truncated", "message": "file missing"}]
+        return section
+    try:
+        report: LedgerReport = verify_ledger(root / LEDGER_FILENAME, key, expected_entries=exp_entries,
+                                             expected_head=exp_head)
+    except LedgerError as exc:
+        failures.append(f"ledger: {exc}")
+        return section
+    section.update(
+        ok=report.ok,
+        entries=report.entries,
+        head=report.head,
+        lines=report.lines,
+        problems=[
+            {"line": p.line, "entry_index": p.entry_index, "kind": p.kind, "message": p.message}
+            for p in report.problems
+        ],
+    )
+    for p in report.problems[:10]:
+        failures.append(f"ledger line {p.line} (entry {p.entry_index}): {p.kind}: {p.message}")
+    if len(report.problems) > 10:
+        failures.append(f"ledger: {len(report.problems) - 10} more problems (see audit.json)")
+    # configuration binding
+    cfg = root / "config.toml"
+    if cfg.is_file():
+        digest = hashlib.sha256(cfg.read_bytes()).hexdigest()
+        bad = [line for line, b in bodies if b.get("config_sha256") not in (None, digest)]
+        if bad:
+            section["config_check"] = f"MISMATCH: config.toml SHA-256 {digest[:16]}... differs from ledger lines {bad[:5]}"
+            failures.append(
+                f"config.toml: SHA-256 differs from body.config_sha256 of ledger line {bad[0]} "
+                "(the configuration is not the one the ledger was signed for)"
+            )
+        else:
+            section["config_check"] = f"config.toml SHA-256 {digest[:16]}... matches every ledger entry"
+    else:
+        section["config_check"] = "config.toml missing"
+        failures.append("config.toml is missing")
+    return section
+
+
+def _hazards(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck, view: ServerViewResult,
+             bodies: list[tuple[int, dict[str, Any]]]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+
+    def add(severity: str, text: str) -> None:
+        out.append({"severity": severity, "text": text})
+
+    sim = config.get("simulation", {})
+    dp = config.get("dp", {})
+    protocol = config.get("protocol", summary.get("protocol"))
+    mechanism = dp.get("mechanism", "none")
+    if sim.get("reproducible_noise"):
+        add("critical", "simulation.reproducible_noise = true: all DP noise, rounding and masks were derived from the "
+            "public seed. Anyone who knows the configuration can regenerate and subtract the noise; the differential "
+            "privacy guarantee is VOID for this run. Use it for research reproducibility only.")
+    if protocol == "plain":
+        add("critical", "protocol = plain: the server received every individual client update in the clear. "
+            "Nothing protects an individual update from the server (or anyone who breaches it).")
+    recomputed = eps.recomputed_epsilon
+    if mechanism == "none" or recomputed is None or math.isinf(recomputed):
+        add("critical", "epsilon is infinite: the released model carries no differential-privacy guarantee"
+            + ("" if mechanism == "none" else f" although dp.mechanism = {mechanism!r}"))
+    nonprivate = [line for line, b in bodies if not b.get("aborted") and isinstance(b.get("dp_event"), dict)
+                  and b["dp_event"].get("type") == "non_private"]
+    if mechanism != "none" and nonprivate:
+        add("critical", f"dp.mechanism = {mechanism!r} but {len(nonprivate)} aggregation(s) released without noise "
+            f"(ledger lines {nonprivate[:5]}): noise was disabled")
+    n_clients = config.get("clients", {}).get("num")
+    delta = eps.delta
+    if delta is not None and isinstance(n_clients, int) and n_clients > 0 and delta >= 1.0 / n_clients:
+        add("high", f"delta = {delta:g} is not small compared with 1/N = 1/{n_clients}: a mechanism could publish one "
+            "client's data outright with probability delta")
+    if recomputed is not None and math.isfinite(recomputed) and recomputed > 10:
+        add("high", f"epsilon = {recomputed:.3g} > 10: a weak guarantee (NIST SP 800-226 calls large epsilons a hazard)")
+    if view.status == "insufficient_data":
+        add("high", "server view not testable: " + view.statement)
+    if protocol == "secagg" and mechanism == "none":
+        add("high", "secure aggregation without DP: the server never sees an individual update, but the exact "
+            "aggregate (and the model) can reveal individual contributions, e.g. by differencing cohorts")
+    if protocol == "secagg":
+        add("medium", "secure aggregation assumes fewer than t colluding clients in any neighbourhood: the server "
+            "together with t clients of a client's neighbourhood can unmask that client's update")
+    if protocol == "ckks":
+        add("medium", "CKKS assumes the key holder does not collude with the server and an honest-but-curious "
+            "server; together they decrypt every individual ciphertext")
+    if summary.get("released_model_assumption"):
+        add("medium", "released-model epsilon: " + str(summary["released_model_assumption"]))
+    for w in summary.get("privacy_warnings") or []:
+        add("medium", str(w))
+    if mechanism != "none" and not dp.get("record_level"):
+        add("info", "record-level (example-level) DP is not enabled; records are protected only through the "
+            "client-level guarantee of the client holding them")
+    add("info", "the empirical tests measure specific attacks on a reduced re-run and the released model: they "
+        "can refute a claim, never prove one")
+    return out
+
+
+def _nist(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck,
+          bodies: list[tuple[int, dict[str, Any]]]) -> dict[str, str]:
+    dp = config.get("dp", {})
+    protocol = config.get("protocol", "?")
+    n = config.get("clients", {}).get("num")
+    per_round = config.get("clients", {}).get("per_round", n)
+    delta = eps.delta
+    unit = summary.get("unit_of_privacy") or "none: no differential privacy was applied"
+    if dp.get("record_level"):
+        unit += "; plus record-level DP-SGD inside each client (example level)"
+    if eps.recomputed_epsilon is None or math.isinf(eps.recomputed_epsilon):
+        eps_text = "epsilon = ∞ (no formal guarantee)"
+    else:
+        eps_text = (
+            f"epsilon = {eps.recomputed_epsilon:.4g} against the server (user level, maximum over clients; claimed "
+            f"{_fmt(eps.claimed_epsilon)}); epsilon = {_fmt(eps.recomputed_released)} for the released model "
+            f"(claimed {_fmt(eps.claimed_released)}, assumes Poisson sampling of cohorts)"
+        )
+    if delta is not None and isinstance(n, int) and n > 0:
+        ratio = (1.0 / n) / delta
+        eps_text += (
+            f"; delta = {delta:g} vs 1/N = 1/{n} = {1.0 / n:.3g}: delta is {ratio:,.0f} times smaller than 1/N"
+            if ratio > 1
+            else f"; delta = {delta:g} is NOT below 1/N = {1.0 / n:.3g}"
+        )
+    versions = _first_dict(bodies, "versions")
+    accountant = (
+        f"{summary.get('accountant') or 'none'} (Rényi DP composed per client, converted with Balle et al. 2020) in "
+        f"secure-fl {versions.get('secure_fl', summary.get('secure_fl_version', '?'))} (privacy.accountants; Opacus "
+        f"{versions.get('opacus', '?')}); independently recomputed by audits.epsilon_check: {eps.status}"
+    )
+    meas = _first_dict(bodies, "measurements")
+    if protocol == "secagg":
+        trust = (
+            "Pairwise-masking secure aggregation (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020). No key holder: "
+            "each client holds its own X25519/Ed25519 keys and self-mask seed; the server holds no secret and sees "
+            f"only masked vectors and the sum. Threshold t = {meas.get('threshold', '?')} within neighbourhoods of "
+            f"{meas.get('neighbors') or 'all'} clients; the server colluding with t clients of a neighbourhood can "
+            "unmask a client. Keys are signed and a consistency round detects a server lying about survivors. "
+            "DP noise is added by clients (distributed discrete Gaussian / Skellam) so the server never sees an "
+            "un-noised sum."
+        )
+    elif protocol == "ckks":
+        trust = (
+            "CKKS homomorphic encryption: a separate key holder holds the secret key and decrypts only the "
+            "aggregate; the server holds the public context only. Server + key holder collusion breaks "
+            "confidentiality; a malicious server is not defended (honest-but-curious assumed)."
+        )
+    else:
+        trust = (
+            "None: the server is trusted with every individual update (plain FedAvg). Any noise is added by the "
+            "server to the sum (central DP), so the server itself is not constrained by DP."
+        )
+    return {
+        "Unit of privacy": unit,
+        "Neighbouring relation": "add or remove one unit (one client's whole contribution per aggregation)",
+        "Epsilon and delta": eps_text,
+        "Accountant and version": accountant,
+        "Trust model (keys, thresholds, collusion)": trust,
+        "Mechanism": (
+            f"{dp.get('mechanism', 'none')}, noise multiplier z = {dp.get('noise_multiplier')}, clip C = "
+            f"{dp.get('clip')} (L2 per client update), {summary.get('rounds', config.get('rounds'))} aggregations "
+            f"of {per_round} of {n} clients"
+        ),
+    }
+
+
+def _parameters(config: dict[str, Any], summary: dict[str, Any], bodies: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    dp = config.get("dp", {})
+    clients = config.get("clients", {})
+    meas = _first_dict(bodies, "measurements")
+    n = clients.get("num")
+    per_round = clients.get("per_round", n)
+    return {
+        "protocol": config.get("protocol"),
+        "aggregation mode": config.get("aggregation", {}).get("mode"),
+        "aggregations (rounds)": config.get("rounds"),
+        "clients": n,
+        "clients per aggregation": per_round,
+        "sampling rate q": (per_round / n) if isinstance(n, int) and isinstance(per_round, int) and n else None,
+        "dataset": config.get("data", {}).get("dataset"),
+        "partition": config.get("data", {}).get("partition"),
+        "model": config.get("model", {}).get("kind"),
+        "parameters d": summary.get("num_parameters"),
+        "local epochs / lr": f"{config.get('train', {}).get('local_epochs')} / {config.get('train', {}).get('lr')}",
+        "DP mechanism": dp.get("mechanism"),
+        "noise multiplier": dp.get("noise_multiplier"),
+        "target epsilon": dp.get("target_epsilon"),
+        "delta": dp.get("delta"),
+        "clip": dp.get("clip"),
+        "field bits": config.get("secagg", {}).get("bits") if config.get("protocol") == "secagg" else None,
+        "secagg threshold / neighbours": f"{meas.get('threshold')} / {meas.get('neighbors')}" if meas else None,
+        "wrap probability": meas.get("wrap_probability"),
+        "sparsity": config.get("sparsity", {}).get("kind"),
+        "dropout": config.get("simulation", {}).get("dropout"),
+        "reproducible noise": config.get("simulation", {}).get("reproducible_noise"),
+        "final accuracy": summary.get("final_accuracy"),
+    }
+
+
+def _empirical(root: Path, summary: dict[str, Any], eps: EpsilonCheck, quick: bool,
+               failures: list[str], extras: dict[str, Any]) -> dict[str, Any]:
+    sizes = EmpiricalSizes.quick() if quick else EmpiricalSizes()
+    section: dict[str, Any] = {"sizes": _clean(vars(sizes)), "drives": "secure_fl runner building blocks (re-run)"}
+    claimed = _num(summary.get("epsilon_released_model"))
+    if claimed is None:
+        claimed = _num(summary.get("epsilon"))
+    delta = _num(summary.get("delta")) or eps.delta
+    try:
+        canary = canary_estimate(root, claimed_epsilon=claimed, delta=delta, sizes=sizes)
+        section["canary"] = canary.to_json()
+        if canary.flagged:
+            failures.append("canary estimate: " + canary.verdict)
+    except (SecureFLError, ValueError, OSError, RuntimeError) as exc:
+        section["canary"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        mia = membership_inference(root, sizes=sizes)
+        section["membership_inference"] = mia.to_json()
+        extras["mia_curves"] = [
+            {"name": a.name, "auc": a.auc, "fpr": a.fpr, "tpr": a.tpr} for a in mia.attacks
+        ]
+    except (SecureFLError, ValueError, OSError, RuntimeError) as exc:
+        section["membership_inference"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        inv = gradient_inversion(root)
+        section["gradient_inversion"] = inv.to_json()
+        extras["inversion_images"] = {
+            "truth": inv.truth,
+            "plain": inv.unprotected,
+            "view": inv.server_view if inv.protocol != "plain" else None,
+            "shape": inv.image_shape,
+            "label": inv.label,
+            "view_title": "attack on the masked upload" if inv.protocol == "secagg" else "attack on what the server saw",
+        }
+    except (SecureFLError, ValueError, OSError, RuntimeError) as exc:
+        section["gradient_inversion"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return section
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def audit_run(
+    run_dir: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    quick: bool = False,
+    empirical: bool = True,
+    write: bool = True,
+) -> AuditResult:
+    """Audit the run directory ``run_dir``; write ``audit.json`` and ``report.html``
+    to ``out_dir`` (default: ``run_dir``). ``quick`` shrinks the empirical tests;
+    ``empirical=False`` skips them (verification only)."""
+    start = time.perf_counter()
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise LedgerError("not a run directory", location=str(root))
+    failures: list[str] = []
+    extras: dict[str, Any] = {}
+    summary = _read_json(root / "summary.json")
+    if summary is None:
+        failures.append("summary.json: missing or not a JSON object")
+        summary = {}
+    try:
+        config = tomllib.loads((root / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    bodies = _read_bodies(root / LEDGER_FILENAME)
+
+    ledger = _ledger_section(root, summary, bodies, failures)
+    eps = check_epsilon(root)
+    if eps.status == "disagree":
+        first = eps.mismatches[0] if eps.mismatches else None
+        failures.append(
+            f"epsilon: {eps.mismatch_count} claim(s) disagree with the independent recomputation"
+            + (f"; first at {first.location}: {first.message}" if first else "")
+        )
+    elif eps.status == "unverifiable":
+        failures.append("epsilon: cannot be recomputed from the ledger (" + "; ".join(eps.notes[:3]) + ")")
+    tcheck: TranscriptCheck = verify_transcript(root, bodies, summary)
+    for p in tcheck.problems:
+        failures.append("transcript: " + p)
+    protocol = str(config.get("protocol", summary.get("protocol", "")))
+    view = check_server_view(protocol, tcheck.transcript)
+    if view.status == "fail":
+        failures.append("server view: " + view.statement)
+
+    metrics = _read_metrics(root / "metrics.jsonl")
+    extras["metrics"] = metrics
+    extras["client_series"] = eps.client_series
+    emp: dict[str, Any]
+    if empirical and config:
+        emp = _empirical(root, summary, eps, quick, failures, extras)
+    else:
+        emp = {"skipped": "empirical tests skipped" + ("" if config else " (config.toml unreadable)")}
+
+    ok = not failures
+    can = emp.get("canary") or {}
+    parts = [
+        f"ledger {'verified (' + str(ledger.get('entries')) + ' entries)' if ledger.get('ok') else 'FAILED'}",
+        f"epsilon {eps.status} (recomputed {_fmt(eps.recomputed_epsilon)}, claimed {_fmt(eps.claimed_epsilon)})",
+        f"transcript {'verified' if tcheck.ok else 'FAILED'}",
+        f"server view {view.status}",
+    ]
+    if "epsilon_estimate" in can:
+        parts.append(f"canary estimate {_fmt(_num(can['epsilon_estimate']))}")
+    verdict = ("AUDIT PASS: " if ok else "AUDIT FAIL: ") + "; ".join(parts)
+    hazards = _hazards(config, summary, eps, view, bodies)
+    doc: dict[str, Any] = {
+        "format": "secure-fl/audit",
+        "format_version": 1,
+        "run_dir": str(root),
+        "audited_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "ok": ok,
+        "verdict": verdict,
+        "failures": failures,
+        "hazards": hazards,
+        "nist": _nist(config, summary, eps, bodies),
+        "parameters": _parameters(config, summary, bodies),
+        "ledger": ledger,
+        "epsilon": eps.to_json(),
+        "transcript": tcheck.to_json(),
+        "server_view": view.to_json(),
+        "empirical": emp,
+    }
+    doc["wall_time_s"] = round(time.perf_counter() - start, 3)
+    doc = _clean(doc)
+    json_path = html_path = None
+    if write:
+        target = Path(out_dir) if out_dir is not None else root
+        target.mkdir(parents=True, exist_ok=True)
+        json_path = target / AUDIT_JSON
+        json_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        html_path = render_report(doc, extras, target / AUDIT_REPORT)
+    details = [*(f"FAIL {f}" for f in failures), *(f"{h['severity'].upper()} {h['text']}" for h in hazards
+                                                    if h["severity"] in ("critical", "high"))]
+    return AuditResult(ok, verdict, failures, doc, json_path, html_path, details)
