@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,flower
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: run test lint typecheck bench venv clean

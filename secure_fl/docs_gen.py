@@ -71,13 +71,15 @@ FALLBACK_DESCRIPTIONS: dict[str, str] = {
     "dp.delta": "The delta of the (epsilon, delta) guarantee; choose well below 1 / number "
     "of clients (docs/choosing-epsilon.md).",
     "dp.adaptive_clip": "Adapt the clip bound to a quantile of update norms (Andrew et al. "
-    "2021; privacy.clipping). Not yet applied by `secure-fl run` in this build.",
+    "2021; privacy.clipping). `secure-fl run` rejects it in this build (the noised clip "
+    "count is not yet carried by the secure protocols).",
     "aggregation.mode": "`sync` rounds, or `async` buffered aggregation (FedBuff).",
     "staleness.fn": "Staleness weight s(tau): `constant` 1, `polynomial` 1/(1+tau)^a, "
     "`hinge` 1 up to b then 1/(a(tau-b)+1).",
     "sparsity.kind": "Public support of each update: `none`, `prune` (global magnitude "
     "pruning, server-held mask), `random_k` (shared-seed random subset per round), "
-    "`memory_budget` (a fixed parameter subset; rejected by `secure-fl run` in this build).",
+    "`memory_budget` (the tensor subset the tightest device can train within `density` "
+    "of full-training memory, chosen by an accuracy-aware probe).",
 }
 
 #: Wording of checks that live in ``@field_validator`` functions, by dotted key.

@@ -96,6 +96,13 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
     ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default).
     """
     rng = rng or Csprng.from_entropy()
+    if config.dp.adaptive_clip:
+        raise ConfigError(
+            "adaptive clipping is not available in runs of this build (privacy.clipping "
+            "implements it, but the noised clip count is not yet carried by the protocols); "
+            "set dp.adaptive_clip = false and choose dp.clip",
+            field="dp.adaptive_clip",
+        )
     dp = config.dp
     if config.protocol == "plain":
         if dp.mechanism == "none":
