@@ -24,9 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto.prg import Csprng
-from privacy.clipping import clip_l2
 from privacy.events import DPEvent, NonPrivateEvent
 from privacy.mechanisms.gaussian import CentralGaussian
+from secure_fl.clip_control import ClipController
 
 __all__ = [
     "AggregateOutcome",
@@ -103,9 +103,10 @@ class Aggregator(Protocol):
 class PlainAggregator:
     """FedAvg in the clear: the server receives every update as float32 bytes.
 
-    With ``clip`` and ``mechanism`` set, the server clips each update and adds central
-    Gaussian noise to the weighted sum (the classic DP-FedAvg baseline of McMahan et al.
-    2018): the *released model* is private, but the server itself saw every update.
+    With a ``clipper`` and ``noise_multiplier`` z > 0, the server clips each update
+    (fixed or adaptive bound, :class:`secure_fl.clip_control.ClipController`) and adds
+    central Gaussian noise ``z C'`` to the weighted sum (the DP-FedAvg baseline of McMahan
+    et al. 2018): the *released model* is private, but the server itself saw every update.
     """
 
     name = "plain"
@@ -114,18 +115,26 @@ class PlainAggregator:
     def __init__(
         self,
         *,
-        clip: float | None = None,
-        mechanism: CentralGaussian | None = None,
+        clipper: ClipController | None = None,
+        noise_multiplier: float = 0.0,
         rng: Csprng | None = None,
     ) -> None:
-        if mechanism is not None and (clip is None or rng is None):
+        if noise_multiplier > 0 and (clipper is None or rng is None):
             raise ValueError("central DP needs a clip bound and a CSPRNG")
-        self.clip = clip
-        self.mechanism = mechanism
+        self.clipper = clipper
+        self.noise_multiplier = noise_multiplier
         self.rng = rng
 
+    def _mechanism(self) -> CentralGaussian | None:
+        if self.clipper is None or self.noise_multiplier <= 0:
+            return None
+        return CentralGaussian(
+            clip=self.clipper.mechanism_clip, noise_multiplier=self.noise_multiplier
+        )
+
     def planned_event(self) -> DPEvent:
-        return self.mechanism.event() if self.mechanism is not None else NonPrivateEvent()
+        mech = self._mechanism()
+        return mech.event() if mech is not None else NonPrivateEvent()
 
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateOutcome:
         cohort = tuple(u.client_id for u in updates)
@@ -139,23 +148,42 @@ class PlainAggregator:
             payload = np.ascontiguousarray(u.delta, dtype=np.float32).tobytes()
             upload[u.client_id] = len(payload)
             transcript.append(
-                MessageRecord(u.client_id, "upload", len(payload), hashlib.sha256(payload).hexdigest())
+                MessageRecord(
+                    u.client_id, "upload", len(payload), hashlib.sha256(payload).hexdigest()
+                )
             )
-            vec = u.delta.astype(np.float64)
-            if self.clip is not None:
-                vec, _ = clip_l2(vec, max_norm=self.clip)
-            contrib = u.weight * vec
+            if self.clipper is not None:
+                contrib = self.clipper.client_vector(u.delta, weight=u.weight)
+            else:
+                contrib = u.weight * u.delta.astype(np.float64)
             total = contrib if total is None else total + contrib
             weight_sum += u.weight
         if total is None or weight_sum <= 0:
             return AggregateOutcome(
-                None, cohort, (), dropped, {}, upload, {}, NonPrivateEvent(), transcript,
+                None,
+                cohort,
+                (),
+                dropped,
+                {},
+                upload,
+                {},
+                NonPrivateEvent(),
+                transcript,
                 aborted="no client update arrived",
             )
         event: DPEvent = NonPrivateEvent()
-        if self.mechanism is not None and self.rng is not None:
-            total = self.mechanism.add_noise(total, rng=self.rng)
-            event = self.mechanism.event()
+        mech = self._mechanism()
+        measurements: dict[str, Any] = {}
+        if mech is not None and self.rng is not None:
+            total = mech.add_noise(total, rng=self.rng)
+            event = mech.event()
+        if self.clipper is not None:
+            measurements["clip"] = self.clipper.clip
+            total, indicator_sum = self.clipper.split(total)
+            if indicator_sum is not None:
+                measurements["unclipped_fraction"] = self.clipper.observe(
+                    indicator_sum, num_clients=len(arrived)
+                )
         return AggregateOutcome(
             mean=total / weight_sum,
             cohort=cohort,
@@ -166,4 +194,5 @@ class PlainAggregator:
             download_bytes={},
             dp_event=event,
             transcript=transcript,
+            measurements=measurements,
         )

@@ -113,7 +113,22 @@ class DPConfig(_Section):
     )
     delta: float = Field(1e-5, gt=0, lt=1)
     clip: float = Field(1.0, gt=0, description="L2 bound on each client's update.")
-    adaptive_clip: bool = False
+    adaptive_clip: bool = Field(
+        False,
+        description="Adapt dp.clip to a quantile of update norms (Andrew et al. 2021): the "
+        "noised count of unclipped updates travels as one extra coordinate of the same "
+        "securely aggregated, noised vector (secure_fl/clip_control.py).",
+    )
+    clip_target_quantile: float = Field(
+        0.5, gt=0, lt=1, description="Adaptive clipping: target fraction of unclipped updates."
+    )
+    clip_learning_rate: float = Field(
+        0.2, gt=0, description="Adaptive clipping: geometric step eta_C of the clip bound."
+    )
+    clip_count_stddev: float | None = Field(
+        None, gt=0, description="Adaptive clipping: noise sigma_b on the clipped count; "
+        "default: clients per aggregation / 20.",
+    )
     record_level: bool = Field(
         False, description="Also train each client with Opacus DP-SGD (example-level DP)."
     )

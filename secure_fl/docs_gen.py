@@ -70,9 +70,6 @@ FALLBACK_DESCRIPTIONS: dict[str, str] = {
     "`discrete_gaussian` / `skellam` (exact integer noise shares; secagg).",
     "dp.delta": "The delta of the (epsilon, delta) guarantee; choose well below 1 / number "
     "of clients (docs/choosing-epsilon.md).",
-    "dp.adaptive_clip": "Adapt the clip bound to a quantile of update norms (Andrew et al. "
-    "2021; privacy.clipping). `secure-fl run` rejects it in this build (the noised clip "
-    "count is not yet carried by the secure protocols).",
     "aggregation.mode": "`sync` rounds, or `async` buffered aggregation (FedBuff).",
     "staleness.fn": "Staleness weight s(tau): `constant` 1, `polynomial` 1/(1+tau)^a, "
     "`hinge` 1 up to b then 1/(a(tau-b)+1).",

@@ -6,6 +6,7 @@ Client side, for each cohort member i (all in the member's own process in a depl
 in-process here):
 
     u_i = w_i * clip_l2(delta_i, C)                          (w_i <= 1: FedAvg x staleness)
+    [adaptive clipping: u_i gets one more coordinate, the scaled clip indicator]
     secagg, no DP:   encode [u_i, w_i] into Z_2^b            (weight secure-summed too)
     secagg, DDG/Sk:  rotate, scale, round, + integer noise share, mod 2^b   (privacy/)
     ckks,   no DP:   encrypt [u_i, w_i]
@@ -33,14 +34,14 @@ from crypto.fixedpoint import decode, encode, max_scale
 from crypto.prg import Csprng
 from crypto.secagg import default_neighbors, simulate_round
 from crypto.secagg.graph import effective_degree
-from privacy.clipping import clip_l2
 from privacy.events import DPEvent, NonPrivateEvent
 from privacy.mechanisms.distributed import DistributedDiscreteGaussian, DistributedSkellam
 from privacy.mechanisms.gaussian import GaussianShare
 from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
+from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig
 
-__all__ = ["CkksAggregator", "SecAggAggregator", "clip_and_weight", "provisioned_survivors"]
+__all__ = ["CkksAggregator", "SecAggAggregator", "provisioned_survivors"]
 
 Vec = npt.NDArray[np.float64]
 
@@ -56,12 +57,6 @@ def provisioned_survivors(config: RunConfig, n: int) -> int:
     """
     wanted = config.dp.provisioned_survivors or math.ceil((1.0 - config.simulation.dropout) * n)
     return max(1, min(n, wanted))
-
-
-def clip_and_weight(update: ClientUpdate, *, clip: float) -> Vec:
-    """``w * clip_l2(delta, C)``: the client's contribution before encoding (norm <= w C)."""
-    clipped, _ = clip_l2(update.delta, max_norm=clip)
-    return update.weight * clipped
 
 
 def _aborted(
@@ -96,37 +91,45 @@ class CkksAggregator:
         self.config = config
         self.dim = dim
         self.rng = rng
-        self.clip = config.dp.clip
         self.params = CkksParams(poly_modulus_degree=config.ckks.poly_modulus_degree)
-        dp = config.dp
-        self.mechanism: GaussianShare | None = None
-        if dp.mechanism == "gaussian":
-            t = provisioned_survivors(config, config.cohort_size)
-            self.mechanism = GaussianShare(
-                clip=self.clip, noise_multiplier=dp.noise_multiplier, threshold=t
-            )
-        #: Encoded values are bounded by max(C, 1): |w u_j| <= C and the weight w <= 1.
-        self.bound = max(self.clip, 1.0)
+        self.clipper = ClipController(config, expected_clients=config.cohort_size)
+        self.dp = config.dp.mechanism == "gaussian"
+        self.threshold = provisioned_survivors(config, config.cohort_size)
+
+    @property
+    def mechanism(self) -> GaussianShare | None:
+        """This aggregation's noise shares (the clip may adapt between aggregations)."""
+        if not self.dp:
+            return None
+        return GaussianShare(
+            clip=self.clipper.mechanism_clip,
+            noise_multiplier=self.config.dp.noise_multiplier,
+            threshold=self.threshold,
+        )
 
     def planned_event(self) -> DPEvent:
-        if self.mechanism is None:
+        mech = self.mechanism
+        if mech is None:
             return NonPrivateEvent()
-        return self.mechanism.event(num_survivors=self.mechanism.threshold)
+        return mech.event(num_survivors=mech.threshold)
 
-    def _encode(self, update: ClientUpdate) -> Vec:
-        u = clip_and_weight(update, clip=self.clip)
-        if self.mechanism is not None:
-            return self.mechanism.client_encode(u, rng=self.rng)
-        return np.concatenate([u, [update.weight]])
+    def _encode(self, update: ClientUpdate, mech: GaussianShare | None) -> Vec:
+        v = self.clipper.client_vector(update.delta, weight=update.weight)
+        if mech is not None:
+            return mech.client_encode(v, rng=self.rng)
+        return np.concatenate([v, [update.weight]])
 
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateOutcome:
         dropped = {"upload": sorted(u.client_id for u in updates if u.drop_stage is not None)}
-        inputs = [self._encode(u) for u in updates]
+        mech = self.mechanism
+        clip_used = self.clipper.clip
+        inputs = [self._encode(u, mech) for u in updates]
         drop = [i for i, u in enumerate(updates) if u.drop_stage is not None]
-        # Noise can push a coordinate past the clip; the encoding bound leaves room for it.
-        bound = self.bound
-        if self.mechanism is not None:
-            bound = self.bound + 8.0 * self.mechanism.local_std
+        # Encoded values are bounded by max(C', 1) (|w u_j| <= C', weight w <= 1); noise
+        # can push a coordinate further, so the encoding bound leaves room for it.
+        bound = max(self.clipper.mechanism_clip, 1.0)
+        if mech is not None:
+            bound += 8.0 * mech.local_std
         try:
             res = simulate_ckks_round(
                 inputs,
@@ -142,15 +145,20 @@ class CkksAggregator:
         survivors = tuple(sorted(ids[i] for i in res.survivors))
         total = np.asarray(res.total, dtype=np.float64)
         event: DPEvent
-        if self.mechanism is not None:
+        measurements: dict[str, Any] = {"aggregate_bytes": res.aggregate_bytes, "clip": clip_used}
+        if mech is not None:
             weight_sum = sum(updates[i].weight for i in res.survivors)  # public staleness weights
-            mean = total / weight_sum
-            event = self.mechanism.event(num_survivors=len(res.survivors))
+            upd, indicator_sum = self.clipper.split(total)
+            mean = upd / weight_sum
+            event = mech.event(num_survivors=len(res.survivors))
+            if indicator_sum is not None:
+                measurements["unclipped_fraction"] = self.clipper.observe(
+                    indicator_sum, num_clients=len(res.survivors)
+                )
         else:
             weight_sum = float(total[-1])
             mean = total[:-1] / weight_sum
             event = NonPrivateEvent()
-        measurements: dict[str, Any] = {"aggregate_bytes": res.aggregate_bytes}
         return AggregateOutcome(
             mean=mean,
             cohort=tuple(ids),
@@ -187,7 +195,10 @@ class SecAggAggregator:
         self.dim = dim
         self.rng = rng
         self.bits = config.secagg.bits
-        self.clip = config.dp.clip
+        n_expected = (
+            config.buffer_size if config.aggregation.mode == "async" else config.cohort_size
+        )
+        self.clipper = ClipController(config, expected_clients=n_expected)
         self._last_mechanism: DistributedDiscreteGaussian | DistributedSkellam | None = None
         #: Called with (client id, masked vector, bits) for every masked upload the server
         #: decodes: the server's own view, recorded (as histograms) for the audit.
@@ -220,7 +231,7 @@ class SecAggAggregator:
         provisioned = provisioned_survivors(self.config, n)
         mech = cls.create(
             dim=dim,
-            clip=self.clip,
+            clip=self.clipper.mechanism_clip,
             bits=self.bits,
             noise_multiplier=dp.noise_multiplier,
             num_clients=n,
@@ -231,7 +242,7 @@ class SecAggAggregator:
 
     def planned_event(self) -> DPEvent:
         mech = self._last_mechanism or self._mechanism(
-            dim=self.dim,
+            dim=self.dim + (1 if self.clipper.adaptive else 0),
             n=self.config.buffer_size
             if self.config.aggregation.mode == "async"
             else self.config.cohort_size,
@@ -246,16 +257,19 @@ class SecAggAggregator:
         n = len(updates)
         if n < 2:
             return _aborted(updates, "secure aggregation needs at least 2 clients", {})
-        dim = int(updates[0].delta.size)
+        dim = int(updates[0].delta.size) + (1 if self.clipper.adaptive else 0)
         neighbors, t = self._graph(n)
         mech = self._mechanism(dim=dim, n=n)
+        clip_used = self.clipper.clip
         round_seed = self.rng.random_bytes(32)  # public: announced in the cohort set-up
         scale = 0.0
         if mech is None:
-            scale = max_scale(num_summands=n, max_abs=max(self.clip, 1.0), bits=self.bits)
+            scale = max_scale(num_summands=n, max_abs=max(self.clipper.clip, 1.0), bits=self.bits)
             inputs = [
                 encode(
-                    np.concatenate([clip_and_weight(u, clip=self.clip), [u.weight]]),
+                    np.concatenate(
+                        [self.clipper.client_vector(u.delta, weight=u.weight), [u.weight]]
+                    ),
                     scale=scale,
                     bits=self.bits,
                     rng=self.rng,
@@ -265,7 +279,9 @@ class SecAggAggregator:
         else:
             inputs = [
                 mech.client_encode(
-                    clip_and_weight(u, clip=self.clip), round_seed=round_seed, rng=self.rng
+                    self.clipper.client_vector(u.delta, weight=u.weight),
+                    round_seed=round_seed,
+                    rng=self.rng,
                 )
                 for u in updates
             ]
@@ -298,16 +314,20 @@ class SecAggAggregator:
             }
             return _aborted(updates, f"{type(err).__name__}: {err}", dropped)
         survivors = [ids[i] for i in res.survivors]
+        unclipped: float | None = None
         event: DPEvent
         if mech is None:
             total = decode(res.total, scale=scale, bits=self.bits)
             mean = total[:-1] / total[-1]
             event = NonPrivateEvent()
         else:
-            total = mech.server_decode(res.total, round_seed=round_seed)
+            decoded = mech.server_decode(res.total, round_seed=round_seed)
             weight_sum = sum(updates[i].weight for i in res.survivors)  # public staleness weights
-            mean = total / weight_sum
+            upd, indicator_sum = self.clipper.split(decoded)
+            mean = upd / weight_sum
             event = mech.event(num_survivors=len(res.survivors))
+            if indicator_sum is not None:
+                unclipped = self.clipper.observe(indicator_sum, num_clients=len(res.survivors))
         return AggregateOutcome(
             mean=mean,
             cohort=tuple(ids),
@@ -328,6 +348,8 @@ class SecAggAggregator:
                 "bits": self.bits,
                 "wrap_probability": mech.wrap_probability if mech is not None else 0.0,
                 "round_seed": round_seed.hex(),
+                "clip": clip_used,
+                "unclipped_fraction": unclipped,
                 "max_abs_corr_masked_vs_true": max(correlations, default=0.0),
             },
         )

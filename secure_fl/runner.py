@@ -43,10 +43,10 @@ from audits.ledger import (
 from audits.transcript import TranscriptWriter
 from crypto.prg import Csprng
 from privacy.events import NonPrivateEvent
-from privacy.mechanisms.gaussian import CentralGaussian
 from secure_fl import __version__
 from secure_fl.accounting import RunPrivacy, calibrate_config
 from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
+from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.data import FederatedData, load_federated_data
 from secure_fl.devices import draw_profiles
@@ -96,13 +96,7 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
     ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default).
     """
     rng = rng or Csprng.from_entropy()
-    if config.dp.adaptive_clip:
-        raise ConfigError(
-            "adaptive clipping is not available in runs of this build (privacy.clipping "
-            "implements it, but the noised clip count is not yet carried by the protocols); "
-            "set dp.adaptive_clip = false and choose dp.clip",
-            field="dp.adaptive_clip",
-        )
+
     dp = config.dp
     if config.protocol == "plain":
         if dp.mechanism == "none":
@@ -112,8 +106,8 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
                 f"{dp.mechanism!r} is a distributed integer mechanism and needs protocol = 'secagg'",
                 field="dp.mechanism",
             )
-        mech = CentralGaussian(clip=dp.clip, noise_multiplier=dp.noise_multiplier)
-        return PlainAggregator(clip=dp.clip, mechanism=mech, rng=rng)
+        clipper = ClipController(config, expected_clients=config.cohort_size)
+        return PlainAggregator(clipper=clipper, noise_multiplier=dp.noise_multiplier, rng=rng)
     if config.protocol == "ckks":
         if config.dp.mechanism not in ("none", "gaussian"):
             raise ConfigError(
@@ -294,7 +288,7 @@ def _ledger_body(
         "support": support.description,
         "dp_event": encode_event(outcome.dp_event),
         "dp_mechanism": config.dp.mechanism,
-        "clip": config.dp.clip if config.protocol != "plain" or privacy.enabled else None,
+        "clip": outcome.measurements.get("clip"),
         "field_bits": config.secagg.bits if config.protocol == "secagg" else None,
         "measurements": {
             k: v for k, v in outcome.measurements.items() if isinstance(v, int | str | float | None)
@@ -501,6 +495,8 @@ def run(
             "rejected_stale": {str(k): v for k, v in plan.rejected.items()},
             "staleness_histogram": hist,
             "aborted": outcome.aborted,
+            "clip": outcome.measurements.get("clip"),
+            "unclipped_fraction": outcome.measurements.get("unclipped_fraction"),
             "support": support.description,
             "client_trained_parameters": support.size,
             "client_memory_bytes": budget.memory_bytes if budget is not None else full_memory,
