@@ -80,6 +80,11 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     kind: Literal["logreg", "mlp", "cnn"] = "mlp"
     hidden: tuple[int, ...] = Field((64,), description="Hidden layer widths of the MLP.")
+    batch_norm: bool = Field(
+        False,
+        description="Add batch-norm layers (MLP and CNN). They stay local to each client "
+        "(FedBN, Li et al. 2021): never aggregated, used for personalization.",
+    )
 
     @field_validator("hidden")
     @classmethod

@@ -31,7 +31,9 @@ class _Flatten(nn.Module):
 class SmallCNN(nn.Module):
     """Two 3x3 conv layers (8 and 16 channels) with max-pooling, then a linear head."""
 
-    def __init__(self, feature_shape: tuple[int, ...], num_classes: int) -> None:
+    def __init__(
+        self, feature_shape: tuple[int, ...], num_classes: int, *, batch_norm: bool = False
+    ) -> None:
         super().__init__()
         if len(feature_shape) != 3:
             raise ConfigError(
@@ -41,14 +43,11 @@ class SmallCNN(nn.Module):
         c, h, w = feature_shape
         self.shape = (c, h, w)
         pool = 2 if min(h, w) >= 8 else 1
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(pool),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(pool),
-        )
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            norm: list[nn.Module] = [nn.BatchNorm2d(cout)] if batch_norm else []
+            return [nn.Conv2d(cin, cout, 3, padding=1), *norm, nn.ReLU(), nn.MaxPool2d(pool)]
+
+        self.features = nn.Sequential(*block(c, 8), *block(8, 16))
         out = 16 * (h // pool // pool) * (w // pool // pool)
         self.head = nn.Linear(out, num_classes)
 
@@ -67,11 +66,12 @@ def build_model(config: ModelConfig, feature_shape: tuple[int, ...], num_classes
         layers: list[nn.Module] = [_Flatten()]
         width = d
         for h in config.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            norm: list[nn.Module] = [nn.BatchNorm1d(h)] if config.batch_norm else []
+            layers += [nn.Linear(width, h), *norm, nn.ReLU()]
             width = h
         layers.append(nn.Linear(width, num_classes))
         return nn.Sequential(*layers)
-    return SmallCNN(feature_shape, num_classes)
+    return SmallCNN(feature_shape, num_classes, batch_norm=config.batch_norm)
 
 
 def _params(model: nn.Module) -> list[nn.Parameter]:

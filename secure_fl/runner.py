@@ -59,13 +59,14 @@ from secure_fl.memory_budget import (
     tensor_layout,
 )
 from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set_flat
+from secure_fl.personalization import LocalLayers
 from secure_fl.progress import Progress
 from secure_fl.protocols import CkksAggregator, SecAggAggregator
 from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.staleness import staleness_weight
-from secure_fl.training import evaluate, train_local, train_local_dp
+from secure_fl.training import Evaluation, evaluate, train_local, train_local_dp
 
 __all__ = ["RunResult", "make_aggregator", "run"]
 
@@ -366,6 +367,7 @@ def run(
         rng=np.random.default_rng([config.seed, 0x5EED]),
     )
     max_train = max(c.num_train for c in data.clients) or 1
+    local = LocalLayers(model)
     pruner = _make_pruner(config, model, dim)
     layout = tensor_layout(model, data.feature_shape)
     full_memory = subset_memory(
@@ -404,6 +406,7 @@ def run(
     def train(cid: int, version: int) -> TrainResult:
         client = data.clients[cid]
         set_flat(model, state["weights"])
+        local.load(model, cid)
         seed = int(
             np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]
         )
@@ -425,6 +428,7 @@ def run(
             steps = train_local(
                 model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen
             )
+        local.save(model, cid)
         delta = get_flat(model) - state["weights"]
         # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
         # Under DP every client weighs 1 (times its public staleness weight), so the
@@ -437,7 +441,7 @@ def run(
         version = sim.version + 1
         support = (
             budget.support if budget is not None else _support_for(config, version, dim, pruner)
-        )
+        ).without(local.mask)
         admitted, refused = privacy.admit([u.client_id for u in plan.updates], version=version)
         updates = [
             replace(u, delta=support.gather(u.delta))
@@ -469,11 +473,24 @@ def run(
                 new = new * pruner.update(new, version)
             state["weights"] = new.astype(np.float32)
         set_flat(model, state["weights"])
-        test = evaluate(model, data.x_test, data.y_test)
         members = [u.client_id for u in plan.updates]
-        personal = [
-            evaluate(model, data.clients[c].x_test, data.clients[c].y_test) for c in members
-        ]
+        personal = []
+        global_evals = []
+        for c in members:
+            local.load(model, c)  # no-op without local layers
+            personal.append(evaluate(model, data.clients[c].x_test, data.clients[c].y_test))
+            if local.enabled:
+                global_evals.append(evaluate(model, data.x_test, data.y_test))
+        if local.enabled:
+            # FedBN: there is no global batch norm; the global test accuracy is the mean
+            # over cohort clients of the shared model with each client's own layers.
+            test = Evaluation(
+                float(np.mean([e.accuracy for e in global_evals])),
+                float(np.mean([e.loss for e in global_evals])),
+                int(data.y_test.size),
+            )
+        else:
+            test = evaluate(model, data.x_test, data.y_test)
         personal_acc = [p.accuracy for p in personal if p.num_samples]
         up_total = sum(outcome.upload_bytes.values())
         hist: dict[str, int] = {}

@@ -53,6 +53,13 @@ class Support:
         """The dense vector over the support."""
         return np.asarray(vector, dtype=np.float32)[self.indices]
 
+    def without(self, local: npt.NDArray[np.bool_]) -> Support:
+        """This support minus the positions marked ``local`` (client-local layers)."""
+        if not local.any():
+            return self
+        keep = self.indices[~local[self.indices]]
+        return Support(keep, self.dim, {**self.description, "local_excluded": int(local.sum())})
+
     def scatter(self, values: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """A full-length vector that is ``values`` on the support and zero elsewhere."""
         out = np.zeros(self.dim, dtype=np.float64)

@@ -57,11 +57,14 @@ def train_local(
     )
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     steps = 0
     for _ in range(config.local_epochs):
         perm = torch.randperm(yt.shape[0], generator=gen)
         for start in range(0, yt.shape[0], config.batch_size):
             idx = perm[start : start + config.batch_size]
+            if has_bn and idx.numel() < 2:
+                continue  # batch norm cannot normalise a single example
             opt.zero_grad(set_to_none=True)
             loss_fn(model(xt[idx]), yt[idx]).backward()
             opt.step()

@@ -64,3 +64,24 @@ def test_memory_budget_trains_and_sends_only_the_chosen_subset() -> None:
     assert res.metrics[-1]["client_trained_parameters"] == trained < res.summary["num_parameters"]
     # Only the subset is sent (float32 in plain): 4 bytes per trained parameter.
     assert res.metrics[-1]["upload_bytes_per_client"] == 4 * trained
+
+
+def test_batch_norm_layers_stay_local_to_each_client() -> None:
+    res = _run("model.batch_norm=true", "rounds=3", "data.partition=dirichlet", "data.alpha=0.3")
+    from secure_fl.models import build_model
+    from secure_fl.personalization import LocalLayers
+
+    model = res.model
+    local = LocalLayers(model)
+    assert local.enabled and local.mask.sum() == 2 * 64  # BatchNorm1d(64): weight and bias
+    fresh = build_model(load_config(PLAIN, ["model.batch_norm=true"]).model, (1, 8, 8), 10)
+    init = LocalLayers(fresh)
+    # The server's copy of the local layers never moves: it was never aggregated...
+    np.testing.assert_array_equal(res.weights[local.mask], np.concatenate(
+        [p.detach().numpy().ravel() for n, p in fresh.named_parameters() if n.startswith(tuple(
+            f"{m}." for m in init.module_names))]))
+    # ...and nothing about them was sent: the support excludes them.
+    last = res.metrics[-1]
+    assert last["client_trained_parameters"] == res.summary["num_parameters"] - 128
+    assert last["upload_bytes_per_client"] == 4 * (res.summary["num_parameters"] - 128)
+    assert last["personalized_accuracy"] is not None
