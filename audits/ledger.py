@@ -94,6 +94,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audits.errors import KeyFileError, LedgerError, LedgerVerificationError, LedgerWriteError
+from audits.strict_json import loads_strict
 
 __all__ = [
     "COUNTERSIGNATURE_LABEL",
@@ -603,29 +604,12 @@ class _Line:
     status: str = "ok"  # ok | bad_hash | damaged | duplicate | displaced
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _parse_entry(raw: bytes) -> LedgerEntry | str:
     """The entry on one line, or a message saying why it is malformed."""
     if not raw.strip():
         return "empty line"
     try:
-        obj = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-        )
+        obj = loads_strict(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return f"not a JSON object: {exc}"
     if not isinstance(obj, dict):

@@ -46,7 +46,6 @@ file's exact bytes, for the ledger / ``summary.json`` to anchor.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -60,6 +59,7 @@ import numpy.typing as npt
 
 from audits.errors import LedgerWriteError, TranscriptError
 from audits.ledger import canonical_json
+from audits.strict_json import loads_strict
 
 __all__ = [
     "FORMAT",
@@ -420,19 +420,6 @@ def _histogram(value: object, where: str) -> tuple[int, ...]:
     return tuple(_check_nonneg_int(c, f"{where}[{i}]") for i, c in enumerate(value))
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 _TOP_KEYS = frozenset({"format", "format_version", "protocol", "records", "aggregations"})
 _RECORD_KEYS = frozenset({"version", "sender", "stage", "size", "sha256"})
 _AGG_KEYS = frozenset(
@@ -534,11 +521,7 @@ def load_transcript(path: str | os.PathLike[str]) -> Transcript:
     except OSError as exc:
         raise TranscriptError(f"cannot read transcript: {exc}", location=str(path)) from exc
     try:
-        doc = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-        )
+        doc = loads_strict(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TranscriptError(f"not valid JSON: {exc}", location=str(path)) from exc
     return _parse(doc)
