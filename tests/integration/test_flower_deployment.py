@@ -27,6 +27,7 @@ from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
 from audits.ledger import load_public_key, verify_ledger  # noqa: E402
+from audits.server_view import verify_transcript  # noqa: E402
 from crypto.secagg import RoundConfig, simulate_round  # noqa: E402
 from secure_fl.certs import create_pilot_certs  # noqa: E402
 from secure_fl.transport.flower import client_app, server_app  # noqa: E402
@@ -207,6 +208,11 @@ def _verify_run(out: Path, *, rounds: int, min_survivors: int) -> dict[str, Any]
         assert len(rec["sha256"]) == 64
     assert {r["stage"] for r in tr["records"]} >= {"advertise", "share_keys", "masked_input", "unmask"}
     assert len(text) < 200_000  # no dense vectors in it
+    # What `secure-fl audit` checks: the signed ledger vouches for the transcript record
+    # by record (a Flower run once hashed site names where the transcript holds indices).
+    bodies = [(n, json.loads(line)["body"]) for n, line in enumerate((out / "ledger.jsonl").read_text().splitlines(), 1)]
+    check = verify_transcript(out, bodies, summary)
+    assert check.ok, check.problems
     return summary
 
 
@@ -227,6 +233,112 @@ def test_in_memory_deployment_two_rounds_with_ddg(tmp_path: Path) -> None:
     for k in range(3):  # every site charged itself (worst case) in its own budget ledger
         lines = (tmp_path / "keys" / f"s{k}" / "budget.jsonl").read_text().splitlines()
         assert len(lines) == 2
+
+
+def _copy_example(dst: Path) -> Path:
+    """The shipped pilot app as `flwr run` bundles it (TOML, Python), plus its site data."""
+    import importlib.util
+    import shutil
+
+    shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("data", "keys", "__pycache__"))
+    spec = importlib.util.spec_from_file_location("make_site_data", dst / "make_site_data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_sites(dst / "data")
+    return dst
+
+
+def test_shipped_pilot_example_completes_with_its_own_sites_and_budgets(tmp_path: Path) -> None:
+    """Regression: docs/deployment.md followed literally aborted every aggregation because
+    the shipped pilot.toml's worst case (epsilon 13.8 for one aggregation) exceeded the
+    shipped sites' budget_cap (10), and the sites' refusals never reached the log. Run the
+    shipped app configuration with the shipped site files, twice on the same keys (a lead
+    re-runs the pilot): every aggregation must complete with all three sites."""
+    import tomllib
+
+    app_dir = _copy_example(tmp_path / "flower_pilot")
+    rc = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
+    nodes = [11, 22, 33]
+    for attempt in ("first", "second"):
+        grid = FakeGrid({n: client_app.app for n in nodes})
+        for n, name in zip(nodes, "abc", strict=True):
+            grid.contexts[n].node_config["site-config"] = str(app_dir / "sites" / f"site_{name}.toml")
+        out = tmp_path / f"run-{attempt}"
+        settings = server_app.DeploymentSettings.from_run_config(
+            {**rc, "out-dir": str(out), "connect-timeout": 5.0}, base_dir=app_dir
+        )
+        lines: list[str] = []
+        server_app.run_deployment(grid, settings, log=lines.append)
+        text = "\n".join(lines)
+        assert "refused" not in text and "left out" not in text and "ABORTED" not in text, text
+        assert "secure-fl: done: 2 of 2 aggregations completed" in text, text
+        summary = _verify_run(out, rounds=2, min_survivors=3)
+        assert summary["aggregations_completed"] == 2
+        for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
+            assert m["excluded"] == {} and m["aborted"] is None
+            assert sorted(m["survivors"]) == ["site-a", "site-b", "site-c"]
+
+
+def test_site_refusals_and_failures_reach_the_log_metrics_and_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site that refuses (budget cap) or fails (any exception in its ClientApp) at set-up
+    is named with its reason in the server log, metrics.jsonl and the ledger; when no site
+    is left, the abort says why instead of a bare "no live clients remain"."""
+    site_files = _make_sites(tmp_path, count=5)
+    text = site_files[0].read_text(encoding="utf-8")
+    site_files[0].write_text(text.replace("budget_cap = 50.0", "budget_cap = 0.5"), encoding="utf-8")
+    real_setup = client_app.handle_setup
+
+    def flaky_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
+        if site.name == "site-4":
+            raise RuntimeError("disk on fire")
+        return real_setup(env, site, state)
+
+    monkeypatch.setattr(client_app, "handle_setup", flaky_setup)
+    nodes = [11, 22, 33, 44, 55]
+
+    def deploy(out: Path, files: list[Path]) -> list[str]:
+        grid = FakeGrid({n: client_app.app for n in nodes[: len(files)]})
+        for n, path in zip(nodes, files, strict=False):
+            grid.contexts[n].node_config["site-config"] = str(path)
+        settings = server_app.DeploymentSettings(
+            config_path=str(_pilot_config(tmp_path, 1)), out_dir=out, min_nodes=len(files),
+            overrides=(f"secagg.threshold={len(files) // 2 + 1}",),
+            connect_timeout=5, train_timeout=30, stage_timeout=5, poll_interval=0.01,
+        )
+        lines: list[str] = []
+        server_app.run_deployment(grid, settings, log=lines.append)
+        return lines
+
+    # site-0 refuses (cap), site-4 fails; sites 1-3 (threshold 3 of 5) complete the round
+    lines = deploy(tmp_path / "run", site_files)
+    text = "\n".join(lines)
+    assert "site-0 refused at set-up: privacy budget cap 0.5 would be exceeded" in text, text
+    assert "site-4 refused at set-up: RuntimeError: disk on fire" in text, text
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ledger = [json.loads(line)["body"] for line in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    for record in (metrics[0], ledger[0]):
+        assert record["aborted"] is None
+        assert sorted(record["survivors"]) == ["site-1", "site-2", "site-3"]
+        assert set(record["excluded"]) == {"site-0", "site-4"}
+        assert "privacy budget cap 0.5" in record["excluded"]["site-0"]
+        assert "RuntimeError: disk on fire" in record["excluded"]["site-4"]
+        assert set(record["budget_refusals"]) == {"site-0"}
+
+    # nobody can join: the abort carries every site's reason
+    for path in site_files[1:3]:
+        path.write_text(path.read_text(encoding="utf-8").replace("budget_cap = 50.0", "budget_cap = 0.5"),
+                        encoding="utf-8")
+    lines = deploy(tmp_path / "run-none", site_files[:3])
+    text = "\n".join(lines)
+    assert "ABORTED" in text and "left out: site-0: refused at set-up: privacy budget cap" in text, text
+    assert "only 0 of 1 aggregations completed" in text, text
+    metrics = [json.loads(line) for line in (tmp_path / "run-none" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["survivors"] == []
+    assert set(metrics[0]["excluded"]) == {"site-0", "site-1", "site-2"}
+    assert all("privacy budget cap" in why for why in metrics[0]["excluded"].values())
 
 
 # -- real processes: SuperLink + 3 SuperNodes over TLS on loopback -----------------------------
@@ -381,3 +493,4 @@ def test_site_killed_mid_round_still_completes(killed_run: Path) -> None:
     assert len(second["cohort"]) == 3
     assert sorted(second["survivors"]) == ["site-0", "site-1"]  # 2 >= threshold 2
     assert second["measurements"]["threshold"] == 2
+    assert set(second["excluded"]) == {"site-2"} and second["excluded"]["site-2"]  # with its reason

@@ -35,6 +35,7 @@ import os
 import secrets
 import tomllib
 import uuid
+from logging import WARNING
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,8 @@ SETUP = "train.secure_fl_setup"
 SECAGG = "query.secure_fl_secagg"
 STATE_KEY = "secure_fl.secagg"
 SITE_CONFIG_KEY = "site-config"
+MAX_REASON = 1000
+"""Characters of a refusal reason sent to the server (the full error stays in the site's log)."""
 
 
 # -- shared with the server: parameters both sides derive from the public set-up ------------
@@ -307,7 +310,7 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     budget = SiteBudget(site, delta=run_cfg.dp.delta)
     why = budget.refusal(budget_event)
     if why is not None:
-        return Envelope(fields={"refused": why, "site": site.name})
+        return Envelope(fields={"refused": why, "refusal": "budget", "site": site.name})
 
     data = load_site_data(site)
     shape = tuple(int(v) for v in env.get("feature_shape", list))
@@ -389,14 +392,33 @@ def _site(context: Context) -> SiteConfig:
 
 
 def _serve(msg: Message, context: Context, handler: Any) -> Message:
-    """Run ``handler``; a refusal (any secure-fl error) becomes a reply the server logs."""
+    """Run ``handler``; a refusal or a failure becomes a reply that names the reason.
+
+    The server logs the reason and records it in the run's metrics and ledger
+    (``excluded``); the site logs it too (the SuperNode's own log). Never silent: a site
+    that cannot take part says why.
+    """
+    from flwr.common.logger import log
+
+    kind = msg.metadata.message_type
+    site_name = "?"
     try:
         site = _site(context)
+        site_name = site.name
         reply = handler(unpack(msg.content), site, context.state)
-    except (SecureFLError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, never swallowed
         drop_state(context.state, STATE_KEY)
-        kind = "protocol" if isinstance(exc, ProtocolError) else type(exc).__name__
-        reply = Envelope(fields={"refused": f"{kind}: {exc}", "error_id": uuid.uuid4().hex})
+        label = "protocol" if isinstance(exc, ProtocolError) else type(exc).__name__
+        error_id = uuid.uuid4().hex
+        expected = isinstance(exc, SecureFLError | ValueError | OSError)
+        log(WARNING, "secure-fl site %s: %s failed (error id %s): %s: %s", site_name, kind, error_id, label, exc,
+            exc_info=None if expected else exc)
+        reason = f"{label}: {exc}"
+        reply = Envelope(fields={"refused": reason[:MAX_REASON], "refusal": "error", "error_id": error_id})
+    else:
+        why = reply.fields.get("refused")
+        if why is not None:
+            log(WARNING, "secure-fl site %s: %s refused: %s", site_name, kind, why)
     return Message(pack(frames=reply.frames, fields=reply.fields, arrays=reply.arrays), reply_to=msg)
 
 

@@ -189,6 +189,34 @@ class SecureSumResult:
     download_bytes: dict[int, int]
     first_replies: dict[int, Envelope] = field(default_factory=dict)
     aborted: str | None = None
+    refused_at: dict[int, str] = field(default_factory=dict)
+    budget_refused: frozenset[int] = frozenset()
+
+    def left_out(self, n: int) -> dict[int, str]:
+        """Why each of the ``n`` cohort members whose input is not in the sum was left out.
+
+        In order of precedence: the site's own refusal or failure (budget cap,
+        ``require_dp``, untrusted peer, unreadable data, a ClientApp error: its reason as
+        the site sent it), an exclusion by the server (malformed or forged frames), the
+        first stage it did not answer in time, or the round's abort.
+        """
+        out: dict[int, str] = {}
+        for i in range(n):
+            if i in self.survivors:
+                continue
+            if i in self.refused:
+                out[i] = f"refused at {self.refused_at.get(i, 'set-up')}: {self.refused[i]}"
+            elif i in self.excluded:
+                out[i] = f"excluded by the server: {self.excluded[i]}"
+            else:
+                stages = [stage for stage, idx in self.dropped.items() if i in idx]
+                if stages:
+                    out[i] = f"no answer to {stages[0]} in time"
+                elif self.aborted:
+                    out[i] = "answered in time; the round was aborted"
+                else:
+                    out[i] = "dropped by the protocol"
+        return out
 
 
 def secure_sum(
@@ -203,6 +231,7 @@ def secure_sum(
     poll_interval: float = 0.25,
     on_stage: Callable[[Stage], None] | None = None,
     observe: Callable[[int, ProtocolMessage], None] | None = None,
+    on_refusal: Callable[[int, str, str], None] | None = None,
 ) -> SecureSumResult:
     """Run one :class:`SecAggServer` round over Flower with the sites ``cohort``.
 
@@ -212,6 +241,11 @@ def secure_sum(
     transport is authenticated by Flower (TLS to the SuperLink, node ids), so the
     server attributes a frame to the node it came from; the protocol's Ed25519
     signatures bind keys to the sites' identities on top of that.
+
+    A site that refuses (its reply carries ``refused``: budget cap, ``require_dp``,
+    untrusted peer) or whose ClientApp fails is recorded with its reason and the stage
+    (``refused``, ``refused_at``; ``on_refusal(i, stage, reason)`` is called at once);
+    :meth:`SecureSumResult.left_out` names the reason of every member not in the sum.
     """
     index_of = {node: i for i, node in enumerate(cohort)}
     server = SecAggServer(config)
@@ -219,6 +253,8 @@ def secure_sum(
     down = dict.fromkeys(range(len(cohort)), 0)
     transcript: list[tuple[int, str, int, str]] = []
     refused: dict[int, str] = {}
+    refused_at: dict[int, str] = {}
+    budget_refused: set[int] = set()
     silent: dict[str, list[int]] = {}
     first_replies: dict[int, Envelope] = {}
 
@@ -267,18 +303,27 @@ def secure_sum(
             timeout = first_timeout if first else stage_timeout
             replies = exchange(grid, messages, timeout=timeout, poll_interval=poll_interval)
             outbox = []
+            where = "set-up" if first else stage.value
             for node, reply in replies.items():
                 i = index_of[node]
                 try:
                     env = _reply_envelope(reply)
                 except RemoteProtocolError as exc:
-                    refused[i] = str(exc)
+                    refused.setdefault(i, str(exc))
+                    refused_at.setdefault(i, where)
+                    if on_refusal is not None:
+                        on_refusal(i, where, str(exc))
                     continue
                 if first:
                     first_replies[i] = env
-                why = env.fields.get("refused")
-                if isinstance(why, str):
-                    refused[i] = why
+                if "refused" in env.fields:
+                    why = str(env.fields["refused"])
+                    refused.setdefault(i, why)
+                    refused_at.setdefault(i, where)
+                    if env.fields.get("refusal") == "budget":
+                        budget_refused.add(i)
+                    if on_refusal is not None:
+                        on_refusal(i, where, why)
                 for frame in env.frames:
                     outbox.extend(to_server(i, frame))
             for i in frames:
@@ -294,16 +339,16 @@ def secure_sum(
     except ProtocolError as exc:
         return SecureSumResult(
             None, (), dict(server.excluded), silent, refused, transcript, up, down, first_replies,
-            aborted=f"{type(exc).__name__}: {exc}",
+            aborted=f"{type(exc).__name__}: {exc}", refused_at=refused_at, budget_refused=frozenset(budget_refused),
         )
     if server.stage is not Stage.DONE:
         return SecureSumResult(
             None, (), dict(server.excluded), silent, refused, transcript, up, down, first_replies,
-            aborted="round aborted",
+            aborted="round aborted", refused_at=refused_at, budget_refused=frozenset(budget_refused),
         )
     return SecureSumResult(
         server.total, tuple(server.survivors), dict(server.excluded), silent, refused, transcript,
-        up, down, first_replies,
+        up, down, first_replies, refused_at=refused_at, budget_refused=frozenset(budget_refused),
     )
 
 
@@ -505,7 +550,17 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                 if isinstance(msg, MaskedInput):  # histogram of the masked vector only
                     transcript.observe_masked_upload(version=version, sender=i, masked=msg.vector, bits=msg.bits)
 
-            log(f"secure-fl: aggregation {version}: {n} sites, threshold {t}")
+            names = [s.name for s in cohort_sites]
+            worst = ""
+            if mech is not None:  # what each site checks against its own cap before joining
+                probe = ClientBudgets(delta=config.dp.delta)
+                probe.charge("site", mech.event(num_survivors=min(t, n)))
+                worst = f", each site charged up to epsilon {probe.epsilon('site'):.4g} (delta {config.dp.delta:g})"
+            log(f"secure-fl: aggregation {version}: {n} sites, threshold {t}{worst}")
+
+            def on_refusal(i: int, where: str, why: str, version: int = version, names: list[str] = names) -> None:
+                log(f"secure-fl: aggregation {version}: {names[i]} refused at {where}: {why}")
+
             res = secure_sum(
                 grid,
                 cohort=[s.node for s in cohort_sites],
@@ -517,10 +572,19 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                 poll_interval=settings.poll_interval,
                 on_stage=on_stage,
                 observe=observe,
+                on_refusal=on_refusal,
             )
             flush_metrics(res.first_replies.values())
-            names = [s.name for s in cohort_sites]
             survivors = [names[i] for i in res.survivors]
+            left_out = {names[i]: why for i, why in sorted(res.left_out(n).items())}
+            for i, why in sorted(res.left_out(n).items()):
+                if i not in res.refused:  # refusals were logged as they arrived
+                    log(f"secure-fl: aggregation {version}: {names[i]} left out: {why}")
+            budget_refusals = {names[i]: res.refused[i] for i in sorted(res.budget_refused)}
+            dropped = {k: sorted(names[i] for i in v) for k, v in res.dropped.items()}
+            aborted = res.aborted
+            if aborted is not None and left_out:
+                aborted += "; left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
             event: DPEvent = NonPrivateEvent()
             mean = None
             if res.total is not None:
@@ -538,7 +602,9 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                             budgets.charge(s, event)
                         except SecureFLError as exc:
                             log(f"secure-fl: {exc}")
-            records = [[names[i], stage, size, digest] for i, stage, size, digest in res.transcript]
+            # The audit's recipe (audits.server_view): the records exactly as transcript.json
+            # holds them, sender = protocol index (the ledger's ``cohort`` names index i).
+            records = [[i, stage, size, digest] for i, stage, size, digest in res.transcript]
             for i, stage, size, digest in res.transcript:
                 transcript.add_message(version=version, sender=i, stage=stage, size=size, sha256=digest)
             enabled = mech is not None
@@ -550,9 +616,9 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                 "mode": "sync",
                 "cohort": names,
                 "survivors": survivors,
-                "dropped": {k: sorted(names[i] for i in v) for k, v in res.dropped.items()},
-                "excluded": {names[i]: r for i, r in res.excluded.items()},
-                "budget_refusals": {names[i]: r for i, r in res.refused.items()},
+                "dropped": dropped,
+                "excluded": left_out,
+                "budget_refusals": budget_refusals,
                 "staleness": dict.fromkeys(names, 0),
                 "staleness_weights": dict.fromkeys(names, 1.0),
                 "support": "dense",
@@ -573,13 +639,13 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                 "delta": config.dp.delta if enabled else None,
                 "transcript_records_sha256": hashlib.sha256(json.dumps(records).encode()).hexdigest(),
                 "messages": len(records),
-                "aborted": res.aborted,
+                "aborted": aborted,
                 "versions": {"secure_fl": __version__},
             }
             ledger.append(body)
             transcript.write(out / "transcript.json")
-            note(event="aggregated", version=version, survivors=survivors, aborted=res.aborted)
-            log(f"secure-fl: aggregation {version}: survivors {survivors}" + (f" ABORTED {res.aborted}" if res.aborted else ""))
+            note(event="aggregated", version=version, survivors=survivors, excluded=left_out, aborted=aborted)
+            log(f"secure-fl: aggregation {version}: survivors {survivors}" + (f" ABORTED {aborted}" if aborted else ""))
             up = sum(res.upload_bytes.values())
             pending_eval = {
                 "version": version,
@@ -590,7 +656,10 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                 "epsilon": _finite(budgets.max_epsilon()) if enabled else None,
                 "cohort": names,
                 "survivors": survivors,
-                "aborted": res.aborted,
+                "excluded": left_out,
+                "budget_refusals": budget_refusals,
+                "dropped": dropped,
+                "aborted": aborted,
                 "upload_bytes": up,
                 "upload_bytes_per_client": up / max(1, n),
                 "download_bytes": sum(res.download_bytes.values()) + weights.nbytes * n,
@@ -634,7 +703,11 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
         "ledger_public_key": PUBLIC_KEY_FILENAME,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    log(f"secure-fl: done: {out}")
+    done = summary["aggregations_completed"]
+    if done < config.rounds:
+        log(f"secure-fl: WARNING: only {done} of {config.rounds} aggregations completed; "
+            "the reasons are in the log above and under 'excluded' in metrics.jsonl and the ledger")
+    log(f"secure-fl: done: {done} of {config.rounds} aggregations completed: {out}")
     return summary
 
 
