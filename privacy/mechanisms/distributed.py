@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import functools
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Self
@@ -164,7 +165,7 @@ def _variance_rational(value: float) -> Fraction:
 
 
 @dataclass(frozen=True)
-class _DistributedMechanism:
+class _DistributedMechanism(ABC):
     """Shared pipeline of :class:`DistributedDiscreteGaussian` and :class:`DistributedSkellam`."""
 
     dim: int
@@ -256,16 +257,18 @@ class _DistributedMechanism:
             gamma = lo
         return cls(dim, clip, bits, noise_multiplier, num_clients, t, gamma, beta)
 
-    # -- noise-specific hooks (overridden) ---------------------------------------------
+    # -- noise-specific hooks (each mechanism defines them) ------------------------------
+    @abstractmethod
     def _local_variance(self, gamma: float) -> Fraction:
-        raise NotImplementedError
+        """Exact variance of one client's integer noise share at scale ``gamma``."""
 
+    @abstractmethod
     def _noise_log_mgf(self, t: float, gamma: float) -> float:
         """``log E exp(t N_j)`` for the noise of ``num_clients`` shares."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _sample_noise(self, size: int, rng: Csprng) -> IntArray:
-        raise NotImplementedError
+        """``size`` exact integer noise samples of one share, from the CSPRNG."""
 
     def _noise_cap_gamma(self) -> float:
         if self.noise_multiplier == 0:
