@@ -13,12 +13,20 @@ import copy
 import math
 import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Protocol, Self, runtime_checkable
 
 from privacy.errors import AccountingError, PrivacyError
-from privacy.events import DPEvent
+from privacy.events import ComposedEvent, DPEvent, SelfComposedEvent
 
-__all__ = ["Accountant", "BaseAccountant", "check_delta", "is_count", "is_real"]
+__all__ = [
+    "Accountant",
+    "BaseAccountant",
+    "check_composition",
+    "check_delta",
+    "is_count",
+    "is_real",
+]
 
 
 @runtime_checkable
@@ -107,3 +115,26 @@ class BaseAccountant(ABC):
     def copy(self) -> Self:
         """An independent deep copy: composing into it leaves this accountant unchanged."""
         return copy.deepcopy(self)
+
+
+def check_composition(
+    event: SelfComposedEvent | ComposedEvent,
+    path: str,
+    check: Callable[[object, str], str | None],
+) -> str | None:
+    """Validate the structure of a composition and every part of it with ``check``.
+
+    Shared by all accountants: they differ in the leaf events they support, not in how
+    compositions nest. Returns the first reason a part is unsupported, or ``None``.
+    """
+    if isinstance(event, SelfComposedEvent):
+        if not is_count(event.count):
+            return f"{path}.count: must be an integer >= 0, got {event.count!r}"
+        return check(event.event, f"{path}.event ({type(event.event).__name__})")
+    if not isinstance(event.events, tuple | list):
+        return f"{path}.events: must be a tuple of events"
+    for i, sub in enumerate(event.events):
+        reason = check(sub, f"{path}.events[{i}] ({type(sub).__name__})")
+        if reason is not None:
+            return reason
+    return None

@@ -22,7 +22,12 @@ import warnings
 import numpy as np
 from opacus.accountants import PRVAccountant as _OpacusPRV
 
-from privacy.accountants.base import BaseAccountant, check_delta, is_count, is_real
+from privacy.accountants.base import (
+    BaseAccountant,
+    check_composition,
+    check_delta,
+    is_real,
+)
 from privacy.errors import AccountingError
 from privacy.events import (
     ComposedEvent,
@@ -68,18 +73,8 @@ def _check_prv_event(event: object, path: str) -> str | None:
             f"{inner_path}: the PRV accountant supports Poisson sampling of a single "
             "Gaussian step only"
         )
-    if isinstance(event, SelfComposedEvent):
-        if not is_count(event.count):
-            return f"{path}.count: must be an integer >= 0, got {event.count!r}"
-        return _check_prv_event(event.event, f"{path}.event ({type(event.event).__name__})")
-    if isinstance(event, ComposedEvent):
-        if not isinstance(event.events, tuple | list):
-            return f"{path}.events: must be a tuple of events"
-        for i, sub in enumerate(event.events):
-            reason = _check_prv_event(sub, f"{path}.events[{i}] ({type(sub).__name__})")
-            if reason is not None:
-                return reason
-        return None
+    if isinstance(event, SelfComposedEvent | ComposedEvent):
+        return check_composition(event, path, _check_prv_event)
     return f"{path}: unknown event type {type(event).__name__}"
 
 

@@ -31,7 +31,13 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from privacy.accountants.base import BaseAccountant, check_delta, is_count, is_real
+from privacy.accountants.base import (
+    BaseAccountant,
+    check_composition,
+    check_delta,
+    is_count,
+    is_real,
+)
 from privacy.analysis.discrete import ddg_rdp, skellam_rdp
 from privacy.analysis.rdp import (
     DEFAULT_ORDERS,
@@ -103,18 +109,8 @@ def check_rdp_event(event: object, path: str) -> str | None:
         if not is_real(q) or not 0.0 <= q <= 1.0:
             return f"{path}.sample_rate: must be in [0, 1], got {q!r}"
         return check_rdp_event(event.event, f"{path}.event ({type(event.event).__name__})")
-    if isinstance(event, SelfComposedEvent):
-        if not is_count(event.count):
-            return f"{path}.count: must be an integer >= 0, got {event.count!r}"
-        return check_rdp_event(event.event, f"{path}.event ({type(event.event).__name__})")
-    if isinstance(event, ComposedEvent):
-        if not isinstance(event.events, tuple | list):
-            return f"{path}.events: must be a tuple of events"
-        for i, sub in enumerate(event.events):
-            reason = check_rdp_event(sub, f"{path}.events[{i}] ({type(sub).__name__})")
-            if reason is not None:
-                return reason
-        return None
+    if isinstance(event, SelfComposedEvent | ComposedEvent):
+        return check_composition(event, path, check_rdp_event)
     return f"{path}: unknown event type {type(event).__name__}"
 
 
