@@ -216,6 +216,17 @@ class SimulationConfig(_Section):
     )
 
 
+class ThreatConfig(_Section):
+    max_colluders: int = Field(
+        1,
+        ge=0,
+        description="c: clients assumed to collude with the server. SecAgg+ sizes its "
+        "threshold and neighbourhoods so the server plus c clients of any neighbourhood "
+        "learn nothing beyond the sum, and distributed DP provisions noise so that the "
+        "honest shares alone (survivors minus c) reach the target epsilon.",
+    )
+
+
 class RunConfig(_Section):
     """The whole run configuration. Every field is documented in docs/configuration.md."""
 
@@ -234,6 +245,7 @@ class RunConfig(_Section):
     staleness: StalenessConfig = StalenessConfig()
     sparsity: SparsityConfig = SparsityConfig()
     simulation: SimulationConfig = SimulationConfig()
+    threat: ThreatConfig = ThreatConfig()
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
