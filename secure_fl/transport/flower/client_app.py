@@ -66,6 +66,8 @@ from secure_fl.errors import (
     RemoteProtocolError,
     SecureFLError,
 )
+from secure_fl.hello import sign_hello
+from secure_fl.roster import load_roster
 from secure_fl.transport.flower.codec import (
     Envelope,
     FieldValue,
@@ -78,6 +80,7 @@ from secure_fl.transport.flower.codec import (
 from secure_fl.transport.flower.site import (
     SiteBudget,
     SiteConfig,
+    check_site_setup,
     load_identity_key,
     load_site_config,
     load_site_data,
@@ -245,31 +248,22 @@ def _step(state: Any, site: SiteConfig, frames: tuple[bytes, ...]) -> list[bytes
 
 # -- handlers (Flower-free signatures: envelope in, envelope out) -----------------------------------
 def handle_hello(env: Envelope, site: SiteConfig) -> Envelope:
-    """Public site metadata for the cohort set-up."""
+    """Public site metadata for the cohort set-up, with a proof of possession of the
+    identity key over the server's fresh challenge (:mod:`secure_fl.hello`). A site
+    without a valid roster refuses to start (fail closed)."""
+    load_roster(site.roster)
     data = load_site_data(site)
     key = load_identity_key(site)
     return Envelope(
         fields={
             "site": site.name,
             "identity_key": key.public_key().public_bytes_raw(),
+            "signature": sign_hello(key, env.get("challenge", bytes), name=site.name),
             "feature_shape": list(data.feature_shape),
             "num_classes": data.num_classes,
             "num_train": int(data.y_train.shape[0]),
         }
     )
-
-
-def _check_setup(env: Envelope, site: SiteConfig, config: RoundConfig, index: int) -> None:
-    own = load_identity_key(site).public_key().public_bytes_raw()
-    if not 0 <= index < config.n or config.identity_keys[index] != own:
-        raise RemoteProtocolError(f"site {site.name}: the cohort set-up does not list this site's key at {index}")
-    if site.trusted_peers is not None:
-        pinned = set(site.trusted_peers) | {own}
-        unknown = [i for i, k in enumerate(config.identity_keys) if k not in pinned]
-        if unknown:
-            raise RemoteProtocolError(
-                f"site {site.name}: cohort members {unknown} are not among this site's trusted peers"
-            )
 
 
 def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
@@ -282,18 +276,21 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     drop_state(state, STATE_KEY)  # a new round supersedes any unfinished one
     config = round_config_from(env)
     index = env.get("index", int)
-    _check_setup(env, site, config, index)
     try:
         run_cfg = build_config(tomllib.loads(env.get("config_toml", str)))
     except tomllib.TOMLDecodeError as exc:
         raise RemoteProtocolError(f"unreadable run configuration: {exc}") from exc
+    provisioned = env.get("provisioned", int)
+    checked = check_site_setup(
+        site, identity_keys=config.identity_keys, index=index, threshold=config.threshold,
+        provisioned=provisioned, run_max_colluders=run_cfg.threat.max_colluders,
+    )
     if run_cfg.protocol != "secagg" or run_cfg.secagg.bits != config.bits:
         raise RemoteProtocolError("the run configuration does not match the cohort set-up")
     weights = env.arrays.get("weights")
     if weights is None or weights.ndim != 1:
         raise RemoteProtocolError("the set-up carries no global model")
     dim = int(weights.size)
-    provisioned = env.get("provisioned", int)
     mech = mechanism_for(run_cfg, dim=dim, num_clients=config.n, provisioned=provisioned)
     weight = float(env.get("weight", float))
     if not 0 < weight <= 1:
@@ -301,8 +298,9 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     if mech is not None:
         if abs(mech.gamma - env.get("gamma", float)) > 1e-12 * mech.gamma or mech.padded_dim != config.length:
             raise RemoteProtocolError("the server's DP parameters differ from the ones this site derives")
-        # Worst case that can still complete: only `threshold` noise shares in the sum.
-        budget_event: DPEvent = mech.event(num_survivors=min(config.threshold, config.n))
+        # Worst case that can still complete: `threshold` survivors, `max_colluders` of
+        # them adding no noise (secure_fl.roster.check_setup).
+        budget_event: DPEvent = mech.event(num_survivors=min(checked.counted_shares, config.n))
     else:
         budget_event = NonPrivateEvent()
         if config.length != dim + 1:
@@ -314,6 +312,8 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
 
     data = load_site_data(site)
     shape = tuple(int(v) for v in env.get("feature_shape", list))
+    if data.num_classes > env.get("num_classes", int) or shape != data.feature_shape:
+        raise RemoteProtocolError("the set-up's feature shape or num_classes does not fit this site's data")
     torch.manual_seed(secrets.randbits(62))
     model = build_model(run_cfg.model, shape, env.get("num_classes", int))
     set_flat(model, weights.astype(np.float32))
