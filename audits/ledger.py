@@ -139,6 +139,7 @@ ProblemKind = Literal[
     "reordered",
     "duplicate",
     "truncated",
+    "unwitnessed",
 ]
 
 _HEX = frozenset("0123456789abcdef")
@@ -590,6 +591,10 @@ class LedgerReport:
     head: str | None
     problems: tuple[LedgerProblem, ...]
     lines: int = 0
+    #: With ``require_witnesses``: entries whose every survivor countersigned validly,
+    #: and the number of valid countersignatures verified.
+    witnessed: int = 0
+    countersignatures: int = 0
 
     @property
     def first_problem(self) -> LedgerProblem | None:
@@ -695,6 +700,7 @@ def verify_ledger(
     client_public_keys: Mapping[int, Ed25519PublicKey | bytes]
     | Mapping[str, Ed25519PublicKey | bytes]
     | None = None,
+    require_witnesses: bool = False,
 ) -> LedgerReport:
     """Verify ``ledger.jsonl`` at ``path`` under the server's ``public_key``.
 
@@ -723,6 +729,13 @@ def verify_ledger(
     6. Anchors: ``expected_entries`` (entry count) and ``expected_head`` (hash of the
        last entry), e.g. from ``summary.json``: a shorter chain or an unknown head
        -> ``truncated``; extra entries after the anchor -> ``broken_chain``.
+    7. Witnesses (``require_witnesses``, with ``client_public_keys`` = the roster's
+       keys, passed in as data): every entry that records a release (a non-empty
+       ``body.survivors`` and no ``body.aborted``) must carry a valid countersignature
+       of each survivor -> otherwise ``unwitnessed``, naming the entry and the
+       survivors whose signature is missing or invalid. A ledger the server rewrote and
+       re-signed with its own key fails here: the clients' signatures are over the
+       original entry hashes, which the rewrite changed.
     """
     pub = _as_public_key(public_key)
     _check_anchors(expected_entries, expected_head)
@@ -740,6 +753,7 @@ def verify_ledger(
         expected_entries,
         expected_head,
         client_keys if client_public_keys is not None else None,
+        require_witnesses,
     )
 
 
@@ -750,8 +764,13 @@ def _verify_data(
     expected_entries: int | None,
     expected_head: str | None,
     client_keys: dict[str, Ed25519PublicKey] | None,
+    require_witnesses: bool = False,
 ) -> LedgerReport:
+    if require_witnesses and client_keys is None:
+        raise LedgerError("require_witnesses needs the roster's client_public_keys", location="client_public_keys")
     problems: list[LedgerProblem] = []
+    witnessed = 0
+    valid_countersignatures = 0
     raw_lines = data.split(b"\n")
     terminated = data.endswith(b"\n") or not data
     if terminated:
@@ -795,26 +814,34 @@ def _verify_data(
             )
             continue
         if client_keys is not None:
+            valid: set[str] = set()
+            bad: list[LedgerProblem] = []
             for cid, sig in sorted(parsed.countersignatures.items()):
                 ckey = client_keys.get(cid)
                 if ckey is None:
-                    problems.append(
-                        LedgerProblem(
-                            number,
-                            parsed.index,
-                            "bad_signature",
-                            f"countersignature from unknown client {cid}",
-                        )
+                    why = f"countersignature from unknown client {cid}"
+                elif verify_countersignature(parsed.entry_hash, sig, ckey):
+                    valid.add(cid)
+                    continue
+                else:
+                    why = f"countersignature of client {cid} does not verify"
+                bad.append(LedgerProblem(number, parsed.index, "bad_signature", why))
+            valid_countersignatures += len(valid)
+            absent = _unwitnessed(parsed.body, valid) if require_witnesses else []
+            if absent is None:
+                witnessed += 1
+            elif absent:  # first, so the report names the entry before its details
+                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+                problems.append(
+                    LedgerProblem(
+                        number,
+                        parsed.index,
+                        "unwitnessed",
+                        f"entry {parsed.index} lacks valid countersignatures of survivors {shown} "
+                        "(rewritten by the server, or a countersignature removed)",
                     )
-                elif not verify_countersignature(parsed.entry_hash, sig, ckey):
-                    problems.append(
-                        LedgerProblem(
-                            number,
-                            parsed.index,
-                            "bad_signature",
-                            f"countersignature of client {cid} does not verify",
-                        )
-                    )
+                )
+            problems.extend(bad)
         if parsed.entry_hash in seen_hashes:
             line.status = "duplicate"
             problems.append(
@@ -978,7 +1005,19 @@ def _verify_data(
             )
 
     problems.sort(key=lambda p: p.line)
-    return LedgerReport(path, not problems, accepted, final_head, tuple(problems), len(lines))
+    return LedgerReport(
+        path, not problems, accepted, final_head, tuple(problems), len(lines), witnessed, valid_countersignatures
+    )
+
+
+def _unwitnessed(body: Mapping[str, Any], valid: set[str]) -> list[str] | None:
+    """Survivors of a released aggregation without a valid countersignature (``[]``:
+    nothing released, nothing to witness; ``None``: every survivor countersigned)."""
+    survivors = body.get("survivors")
+    if body.get("aborted") or not isinstance(survivors, list) or not survivors:
+        return []
+    missing = [str(s) for s in survivors if str(s) not in valid]
+    return missing or None
 
 
 def _raise_if_bad(report: LedgerReport) -> None:
