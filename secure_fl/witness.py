@@ -25,7 +25,7 @@ the audit's independent recomputation, not by the client).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,12 @@ from secure_fl.roster import build_roster
 
 __all__ = [
     "RUN_ROSTER_FILENAME",
+    "WITNESS_STATE_KEY",
     "Witness",
     "WitnessRequest",
     "check_entry",
+    "remember_round",
+    "site_countersign",
     "witness_and_commit",
     "write_run_roster",
 ]
@@ -163,3 +166,39 @@ def write_run_roster(path: Path, identities: ClientIdentities) -> Path:
     target = path / RUN_ROSTER_FILENAME
     target.write_text(text, encoding="utf-8")
     return target
+
+
+# -- the Flower site's countersigning step (state kept in the SuperNode's Context.state) ------
+WITNESS_STATE_KEY = "secure_fl.witness"
+
+
+def remember_round(state: MutableMapping[str, Any], *, version: int, session_id: bytes,
+                   put: Callable[..., None], get: Callable[..., Any]) -> None:
+    """At set-up: remember which aggregation (version, session) this site is in, so it
+    later countersigns only an entry about that aggregation."""
+    values = dict(get(state, WITNESS_STATE_KEY) or {"last_index": -1})
+    values.update(version=version, session_id=session_id.hex())
+    put(state, WITNESS_STATE_KEY, values)
+
+
+def site_countersign(
+    state: MutableMapping[str, Any],
+    request: WitnessRequest,
+    key: Ed25519PrivateKey,
+    *,
+    member: str,
+    put: Callable[..., None],
+    get: Callable[..., Any],
+) -> bytes:
+    """A site's countersignature of ``request``: only for the aggregation it remembered at
+    set-up (version and session id), only moving the chain forward."""
+    values = get(state, WITNESS_STATE_KEY)
+    if not values or "version" not in values:
+        raise RemoteProtocolError("asked to countersign, but this site took part in no aggregation")
+    witness = Witness(key, member=member)
+    last = int(values.get("last_index", -1))
+    if last >= 0:
+        witness.last = (last, "")
+    signature = witness.countersign(request, version=int(values["version"]), session_id=str(values["session_id"]))
+    put(state, WITNESS_STATE_KEY, {"last_index": request.index})  # one signature per aggregation
+    return signature

@@ -198,13 +198,18 @@ def _no_dp() -> Any:
     return NonPrivateEvent()
 
 
-def _verify_run(out: Path, *, rounds: int, min_survivors: int) -> dict[str, Any]:
+def _verify_run(out: Path, *, rounds: int, min_survivors: int, roster: Path | None = None) -> dict[str, Any]:
+    from audits.audit import load_roster_keys
+
     summary = json.loads((out / "summary.json").read_text())
+    # every survivor countersigned every entry, verified against the sites' roster (issue 14)
     report = verify_ledger(
         out / "ledger.jsonl", load_public_key(out / summary["ledger_public_key"]),
         expected_entries=summary["ledger_entries"], expected_head=summary["ledger_head"],
+        client_public_keys=load_roster_keys(roster or out.parent / "roster.toml"), require_witnesses=True,
     )
     assert report.ok, report.first_problem
+    assert report.witnessed == rounds
     entries = [json.loads(line)["body"] for line in (out / "ledger.jsonl").read_text().splitlines()]
     assert len(entries) == rounds
     for e in entries:
@@ -290,7 +295,7 @@ def test_shipped_pilot_example_completes_with_its_own_sites_and_budgets(tmp_path
         text = "\n".join(lines)
         assert "refused" not in text and "left out" not in text and "ABORTED" not in text, text
         assert "secure-fl: done: 2 of 2 aggregations completed" in text, text
-        summary = _verify_run(out, rounds=2, min_survivors=3)
+        summary = _verify_run(out, rounds=2, min_survivors=3, roster=app_dir / "roster.toml")
         assert summary["aggregations_completed"] == 2
         for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
             assert m["excluded"] == {} and m["aborted"] is None

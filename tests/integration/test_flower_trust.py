@@ -111,3 +111,35 @@ def test_bad_nodes_at_hello_are_excluded_and_the_run_continues(tmp_path: Path) -
     assert summary["aggregations_completed"] == 1
     body = json.loads((tmp_path / "run" / "ledger.jsonl").read_text().splitlines()[0])["body"]
     assert sorted(body["survivors"]) == ["site-0", "site-1", "site-2"]
+
+
+def test_site_countersigns_only_the_aggregation_it_survived(tmp_path: Path) -> None:
+    """After a real in-memory run, the server asks a site to countersign a doctored
+    entry (another version, or a body that drops the site): the site refuses."""
+    from flwr.app import RecordDict
+
+    from audits.ledger import canonical_json
+    from secure_fl.witness import remember_round
+
+    files = _make_sites(tmp_path)
+    site = load_site_config(files[0])
+    state = RecordDict()
+    from secure_fl.transport.flower.codec import get_state, put_state
+
+    remember_round(state, version=3, session_id=b"s" * 32, put=put_state, get=get_state)
+    body = {"version": 3, "cohort": ["site-0", "site-1"], "survivors": ["site-0", "site-1"],
+            "measurements": {"session_id": (b"s" * 32).hex()}}
+
+    def ask(b: dict[str, Any], index: int = 2) -> Envelope:
+        env = Envelope(fields={"index": index, "prev_hash": "0" * 64, "body": canonical_json(b).decode()})
+        return client_app.handle_witness(env, site, state)
+
+    with pytest.raises(RemoteProtocolError, match="records version 4"):
+        ask({**body, "version": 4})
+    with pytest.raises(RemoteProtocolError, match="does not list site-0"):
+        ask({**body, "survivors": ["site-1"]})
+    with pytest.raises(RemoteProtocolError, match="another session id"):
+        ask({**body, "measurements": {"session_id": "00"}})
+    assert len(ask(body).fields["countersignature"]) == 64
+    with pytest.raises(RemoteProtocolError):  # one signature per aggregation, never a second history
+        ask(body)

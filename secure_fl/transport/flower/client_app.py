@@ -20,6 +20,10 @@ ClientApp process for each message, so everything between messages lives in
     and answers ``AdvertiseKeys``.
 ``query.secure_fl_secagg``
     Later protocol frames, fed to the same client; the replies go back as frames.
+``query.secure_fl_witness``
+    The ledger entry of the aggregation the site survived: the site checks it (version,
+    session, its own name among the survivors), recomputes its hash and countersigns it
+    with its identity key (:mod:`secure_fl.witness`).
 
 Between messages the client is *replayed*: the state keeps the round's secret inputs
 (the encoded noisy vector, a private 32-byte RNG seed) and the server frames received so
@@ -85,21 +89,25 @@ from secure_fl.transport.flower.site import (
     load_site_config,
     load_site_data,
 )
+from secure_fl.witness import WitnessRequest, remember_round, site_countersign
 
 __all__ = [
     "HELLO",
     "SECAGG",
     "SETUP",
+    "WITNESS",
     "app",
     "handle_evaluate",
     "handle_hello",
     "handle_secagg",
     "handle_setup",
+    "handle_witness",
     "mechanism_for",
     "start_round",
 ]
 
 HELLO = "query.secure_fl_hello"
+WITNESS = "query.secure_fl_witness"
 SETUP = "train.secure_fl_setup"
 SECAGG = "query.secure_fl_secagg"
 STATE_KEY = "secure_fl.secagg"
@@ -310,6 +318,7 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     if why is not None:
         return Envelope(fields={"refused": why, "refusal": "budget", "site": site.name})
 
+    remember_round(state, version=config.round_number, session_id=config.session_id, put=put_state, get=get_state)
     data = load_site_data(site)
     shape = tuple(int(v) for v in env.get("feature_shape", list))
     if data.num_classes > env.get("num_classes", int) or shape != data.feature_shape:
@@ -375,6 +384,15 @@ def handle_evaluate(env: Envelope, site: SiteConfig) -> Envelope:
     )
 
 
+def handle_witness(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
+    """Countersign the ledger entry of the aggregation this site took part in (:mod:`secure_fl.witness`)."""
+    import json
+
+    request = WitnessRequest(env.get("index", int), env.get("prev_hash", str), json.loads(env.get("body", str)))
+    sig = site_countersign(state, request, load_identity_key(site), member=site.name, put=put_state, get=get_state)
+    return Envelope(fields={"site": site.name, "countersignature": sig})
+
+
 def handle_secagg(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     """Feed later protocol frames to this site's SecAgg client."""
     return Envelope(frames=tuple(_step(state, site, env.frames)))
@@ -438,6 +456,11 @@ def _setup(msg: Message, context: Context) -> Message:
 @app.evaluate("secure_fl_eval")
 def _evaluate(msg: Message, context: Context) -> Message:
     return _serve(msg, context, lambda env, site, _state: handle_evaluate(env, site))
+
+
+@app.query("secure_fl_witness")
+def _witness(msg: Message, context: Context) -> Message:
+    return _serve(msg, context, handle_witness)
 
 
 @app.query("secure_fl_secagg")

@@ -18,7 +18,8 @@ Each aggregation (server model version ``v``) of a deployment:
 4. **unmasking**: the server learns only the sum mod 2^b of the survivors' vectors,
    decodes it, divides by the public sum of weights, applies the server optimizer.
 5. **records**: a signed, hash-chained ledger entry (cohort, survivors, DP event,
-   digests), the transcript (SHA-256 and size of every frame received, top-bit
+   digests) that every survivor countersigns (``query.secure_fl_witness``,
+   :mod:`secure_fl.witness`), the transcript (SHA-256 and size of every frame received, top-bit
    histograms of the masked uploads; never a vector), one ``metrics.jsonl`` line.
 
 Run configuration (``[tool.flwr.app.config]`` or ``flwr run --run-config``):
@@ -51,9 +52,12 @@ from audits.events_codec import encode_event
 from audits.ledger import (
     LEDGER_FILENAME,
     PUBLIC_KEY_FILENAME,
+    LedgerEntry,
     LedgerWriter,
+    canonical_json,
     generate_server_key,
     save_public_key,
+    verify_countersignature,
 )
 from audits.transcript import TranscriptWriter
 from crypto.fixedpoint import decode as fixed_decode
@@ -84,6 +88,7 @@ from secure_fl.transport.flower.client_app import (
     HELLO,
     SECAGG,
     SETUP,
+    WITNESS,
     mechanism_for,
     round_config_fields,
 )
@@ -424,6 +429,40 @@ def _hello(grid: Grid, settings: DeploymentSettings, log: Callable[[str], None])
     return sites
 
 
+def _countersignatures(
+    grid: Grid, entry: LedgerEntry, survivors: Sequence[_Site], settings: DeploymentSettings,
+    log: Callable[[str], None],
+) -> dict[str, bytes]:
+    """Ask every survivor to countersign ``entry`` (:mod:`secure_fl.witness`); keep the
+    signatures that verify under the identity key the site proved at hello."""
+    if not survivors:
+        return {}
+    fields: dict[str, FieldValue] = {
+        "index": entry.index, "prev_hash": entry.prev_hash, "body": canonical_json(entry.body).decode("utf-8"),
+    }
+    msgs = [
+        Message(pack(fields=fields), s.node, WITNESS, group_id=f"witness/{entry.index}", ttl=settings.stage_timeout + 60)
+        for s in survivors
+    ]
+    replies = exchange(grid, msgs, timeout=settings.stage_timeout, poll_interval=settings.poll_interval)
+    out: dict[str, bytes] = {}
+    for s in survivors:
+        reply = replies.get(s.node)
+        why = "no answer in time"
+        if reply is not None:
+            try:
+                env = _reply_envelope(reply)
+                sig = env.fields.get("countersignature")
+                if isinstance(sig, bytes) and verify_countersignature(entry.entry_hash, sig, s.identity_key):
+                    out[s.name] = sig
+                    continue
+                why = str(env.fields.get("refused") or "invalid countersignature")
+            except RemoteProtocolError as exc:
+                why = str(exc)
+        log(f"secure-fl: ledger entry {entry.index}: {s.name} did not countersign: {why} (the entry stays unwitnessed)")
+    return out
+
+
 def _check_config(config: RunConfig) -> None:
     if config.protocol != "secagg":
         raise ConfigError("the Flower transport runs protocol = 'secagg' (CKKS: not yet)", field="protocol")
@@ -657,7 +696,9 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                 "aborted": aborted,
                 "versions": {"secure_fl": __version__},
             }
-            ledger.append(body)
+            entry = ledger.prepare(body)
+            released = [cohort_sites[i] for i in res.survivors] if res.total is not None else []
+            ledger.commit(entry, countersignatures=_countersignatures(grid, entry, released, settings, log))
             transcript.write(out / "transcript.json")
             note(event="aggregated", version=version, survivors=survivors, excluded=left_out, aborted=aborted)
             log(f"secure-fl: aggregation {version}: survivors {survivors}" + (f" ABORTED {aborted}" if aborted else ""))
