@@ -53,7 +53,9 @@ an edit, an inserted entry that is unsigned or signed with another key, an alter
 signature, a ledger re-signed with a different key (``bad_signature``), a deleted entry
 (``index_gap``), moved entries (``reordered``), a copied entry (``duplicate``), a
 garbled line (``malformed``), a torn last line (``truncated``), two different signed
-entries for one index, or a chain that does not link (``broken_chain``).
+entries for one index, a chain that does not link (``broken_chain``), and, against the
+roster's keys, a released entry missing a survivor's valid countersignature
+(``unwitnessed``).
 
 *Not detected* without extra information:
 
@@ -61,14 +63,19 @@ entries for one index, or a chain that does not link (``broken_chain``).
   shorter prefix of a valid chain is itself valid. Pass ``expected_entries`` and/or
   ``expected_head`` (e.g. from ``summary.json``, or better from somewhere the server
   cannot rewrite) to detect it.
-* A server that holds its own signing key can rewrite the *whole* ledger consistently:
-  every entry re-hashed and re-signed with the same key verifies. The signature only
-  proves "the key holder wrote this", not "this is what happened". What binds the
-  server is anchoring the head hash outside its control: clients countersign each
-  entry's hash (a countersignature on entry k commits to entries 0..k through the
-  chain), or the head is published / sent to the auditor as the run progresses.
-* Stripping countersignatures: they are outside the hash, so removing one is not
-  detected; adding or altering one is (it will not verify under the client's key).
+* Without the clients' keys: a server that holds its own signing key can rewrite the
+  *whole* ledger consistently: every entry re-hashed and re-signed with the same key
+  verifies. The signature only proves "the key holder wrote this", not "this is what
+  happened". What binds the server is the clients' countersignatures: each survivor
+  countersigns its entry's hash (a countersignature on entry k commits to entries 0..k
+  through the chain). With ``client_public_keys`` (the roster's keys, passed in as data)
+  and ``require_witnesses=True``, an entry that records a release without a valid
+  countersignature of every survivor is reported ``unwitnessed``: a rewritten,
+  re-signed ledger and a stripped countersignature are both detected. Entries that
+  record no release (aborted) remain vouched for by the server alone.
+* Stripping countersignatures *without* ``require_witnesses``: they are outside the
+  hash, so removing one is not detected; adding or altering one is (it will not verify
+  under the client's key).
 * Whether the body is *true* (e.g. that the noise recorded was the noise added): that is
   for the other audits (epsilon recomputation, transcript statistics).
 

@@ -608,7 +608,7 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
             worst = ""
             if mech is not None:  # what each site checks against its own cap before joining
                 probe = ClientBudgets(delta=config.dp.delta)
-                probe.charge("site", mech.event(num_survivors=min(t, n)))
+                probe.charge("site", mech.event(num_survivors=max(1, t - config.threat.max_colluders)))
                 worst = f", each site charged up to epsilon {probe.epsilon('site'):.4g} (delta {config.dp.delta:g})"
             log(f"secure-fl: aggregation {version}: {n} sites, threshold {t}{worst}")
 
