@@ -12,8 +12,9 @@ ClientApp process for each message, so everything between messages lives in
     The signed-key cohort set-up (:class:`~crypto.secagg.messages.RoundConfig` fields,
     this site's index, public round seed, public staleness weight, resolved run
     configuration), the global model and the ``RoundStart`` frame. The site checks the
-    set-up (its own key at its index; pinned peers; the DP parameters it can re-derive;
-    its budget cap against the worst case that can complete), evaluates the incoming
+    set-up (against its roster: its own key at its index, every member, n, t, the noise
+    provisioning; the DP parameters it can re-derive; its budget cap against the worst
+    case that can complete), evaluates the incoming
     model on its local test split, trains, forms ``u = w * clip_l2(delta, C)``, encodes it
     with the distributed discrete Gaussian / Skellam mechanism (or fixed point with a
     secret weight coordinate without DP), starts a :class:`~crypto.secagg.SecAggClient`

@@ -213,7 +213,7 @@ class SecureSumResult:
         """Why each of the ``n`` cohort members whose input is not in the sum was left out.
 
         In order of precedence: the site's own refusal or failure (budget cap,
-        ``require_dp``, untrusted peer, unreadable data, a ClientApp error: its reason as
+        ``require_dp``, a cohort its roster does not allow, unreadable data, a ClientApp error: its reason as
         the site sent it), an exclusion by the server (malformed or forged frames), the
         first stage it did not answer in time, or the round's abort.
         """
@@ -260,7 +260,7 @@ def secure_sum(
     signatures bind keys to the sites' identities on top of that.
 
     A site that refuses (its reply carries ``refused``: budget cap, ``require_dp``,
-    untrusted peer) or whose ClientApp fails is recorded with its reason and the stage
+    a cohort its roster does not allow) or whose ClientApp fails is recorded with its reason and the stage
     (``refused``, ``refused_at``; ``on_refusal(i, stage, reason)`` is called at once);
     :meth:`SecureSumResult.left_out` names the reason of every member not in the sum.
     """
