@@ -495,7 +495,7 @@ def killed_run(pilot: Pilot) -> Path:
     a fresh process, whose imports dominate.)"""
     out = pilot.root / "run"
     proc = pilot.run(out, rounds=2, stage_timeout=30.0, timeout=300)
-    _wait_for(out / "progress.jsonl", '"version": 2, "stage": "share_keys"', 200)
+    _wait_for(out / "progress.jsonl", '"version": 2, "stage": "share_keys"', 360)  # + countersigning
     _kill_tree(pilot.procs["site2"])
     _finish(proc, out, 150)
     return out
