@@ -11,9 +11,11 @@ the JSON codec of DP events.
   (CLI: :func:`audits.cli.audit_main`), writing ``audit.json`` and ``report.html``.
 * :mod:`audits.epsilon_check` -- independent recomputation of epsilon from the ledger.
 * :mod:`audits.server_view` -- transcript verification and the server-view audit.
-* :mod:`audits.empirical` -- one-shot canary estimate, membership inference, gradient
-  inversion (these drive the secure-fl runner, imported lazily: ``audits`` never
-  imports ``secure_fl`` at import time).
+* :mod:`audits.empirical` -- one-shot canary estimate (failing a run only on a one-sided
+  lower confidence bound), membership inference, gradient inversion; they re-run the
+  job through a :class:`audits.replay.JobReplay` their caller supplies (``audits``
+  never imports ``secure_fl``).
+* :mod:`audits.replay` -- what the empirical tests need from the software that made a run.
 * :mod:`audits.report` -- the self-contained HTML report.
 """
 
