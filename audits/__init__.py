@@ -21,13 +21,23 @@ the JSON codec of DP events.
 
 from __future__ import annotations
 
-from audits.audit import AUDIT_JSON, AUDIT_REPORT, AuditResult, audit_run
+from audits.audit import (
+    AUDIT_JSON,
+    AUDIT_REPORT,
+    AuditResult,
+    NotARunError,
+    audit_run,
+    canary_check,
+)
 from audits.empirical import (
+    CANARY_CONFIDENCE,
+    CanaryBound,
     CanaryResult,
     EmpiricalSizes,
     InversionResult,
     MiaResult,
     canary_estimate,
+    canary_lower_bound,
     epsilon_two_gaussians,
     gradient_inversion,
     membership_inference,
@@ -61,6 +71,7 @@ from audits.ledger import (
     verify_countersignature,
     verify_ledger,
 )
+from audits.replay import CanaryRerun, JobFacts, JobReplay, Records, ReplayFactory
 from audits.server_view import (
     ServerViewResult,
     TranscriptCheck,
@@ -80,8 +91,18 @@ from audits.transcript import (
 __all__ = [
     "AUDIT_JSON",
     "AUDIT_REPORT",
+    "CANARY_CONFIDENCE",
     "AuditResult",
+    "CanaryBound",
+    "CanaryRerun",
     "CanaryResult",
+    "JobFacts",
+    "JobReplay",
+    "NotARunError",
+    "Records",
+    "ReplayFactory",
+    "canary_check",
+    "canary_lower_bound",
     "EmpiricalSizes",
     "EpsilonCheck",
     "InversionResult",

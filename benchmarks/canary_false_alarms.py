@@ -123,10 +123,10 @@ def main() -> None:
         "broken_audits": broken_total, "broken_failed": broken_failed,
     }
     print()
-    print(f"{'run':<62} {'audits':>6} {'failed':>6} {'est>limit':>9} {'estimates':>13} {'s/audit':>7}")
+    print(f"{'run':<72} {'audits':>6} {'failed':>6} {'est>limit':>9} {'estimates':>13} {'s/audit':>7}")
     for kind in ("honest", "broken"):
         for name, r in results[kind].items():
-            print(f"{name:<62} {r['audits']:>6} {r['failed']:>6} {r['point_estimate_above_limit']:>9} "
+            print(f"{name:<72} {r['audits']:>6} {r['failed']:>6} {r['point_estimate_above_limit']:>9} "
                   f"{r['estimate_min']:>6.2f}-{r['estimate_max']:<6.2f} {r['seconds_per_audit']:>7.1f}")
     print(f"\nhonest: {honest_failed} of {honest_total} audits failed ({honest_failed / honest_total:.1%}); "
           f"broken: {broken_failed} of {broken_total} failed ({broken_failed / broken_total:.0%}); "
