@@ -1,4 +1,4 @@
-"""``secure-fl bench``: the DESIGN.md section 8 benchmarks, one table of figures vs targets.
+"""``secure-fl bench``: the performance benchmarks (benchmarks/RESULTS.md), one table of figures vs targets.
 
 Runs the benchmark scripts of the repository's ``benchmarks/`` directory (SecAgg+ against
 the AES-CTR keystream bound and Flower's SecAgg+, CKKS against NVFlare's parameters,
@@ -370,7 +370,7 @@ def format_table(rows: Sequence[TargetRow | dict[str, Any]]) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="secure-fl bench",
-        description="Run the DESIGN.md section 8 benchmarks; print measured figures vs targets "
+        description="Run the performance benchmarks (benchmarks/RESULTS.md); print measured figures vs targets "
         "(and write the JSON result with --json PATH).",
     )
     p.add_argument("--quick", action="store_true", help="laptop size (< 3 minutes on 2 cores); ratios indicative only")
