@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -82,6 +84,24 @@ def train_local(
     return steps
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _without_hook_chatter(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Opacus's hooks make torch warn "Full backward hook is firing" on every step (the
+    input batch needs no gradient): nothing for the user, so it is filtered out."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_without_hook_chatter
 def train_local_dp(
     model: nn.Module,
     x: npt.NDArray[np.float32],
@@ -119,18 +139,14 @@ def train_local_dp(
     )
     module, dp_opt, dp_loader = private
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    with warnings.catch_warnings():
-        # Opacus's hooks fire on every step with a torch warning that says nothing to
-        # the user (the input batch needs no gradient); keep the log readable.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        for _ in range(config.local_epochs):
-            for xb, yb in dp_loader:
-                dp_opt.zero_grad(set_to_none=True)
-                if yb.shape[0] == 0:  # Poisson sampling can draw an empty batch
-                    dp_opt.step()
-                    continue
-                loss_fn(module(xb), yb).backward()
+    for _ in range(config.local_epochs):
+        for xb, yb in dp_loader:
+            dp_opt.zero_grad(set_to_none=True)
+            if yb.shape[0] == 0:  # Poisson sampling can draw an empty batch
                 dp_opt.step()
+                continue
+            loss_fn(module(xb), yb).backward()
+            dp_opt.step()
     with torch.no_grad():
         for dst, src in zip(model.parameters(), work.parameters(), strict=True):
             dst.copy_(src)
