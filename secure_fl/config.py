@@ -63,11 +63,20 @@ class _Section(BaseModel):
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with ``update`` applied, validated like any other configuration
-        (pydantic's own ``model_copy`` skips validation). Raises :class:`ConfigError`."""
+        (pydantic's own ``model_copy`` skips validation). A mapping given for a section
+        updates that section key by key (``update={"dp": {"clip": 0.5}}``). Raises
+        :class:`ConfigError`; :meth:`RunConfig.with_overrides` is the friendlier form."""
         if not update:
             return super().model_copy(deep=deep)
+        fields: dict[str, Any] = dict(self)
+        for key, value in update.items():
+            current = fields.get(key)
+            if isinstance(value, Mapping) and isinstance(current, BaseModel):
+                fields[key] = _merge(current.model_dump(), value)
+            else:
+                fields[key] = value
         try:
-            return self.model_validate({**dict(self), **update})
+            return self.model_validate(fields)
         except ValidationError as err:
             raise _format_validation_error(err) from None
 

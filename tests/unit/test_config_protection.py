@@ -140,6 +140,8 @@ def test_model_copy_validates() -> None:
     with pytest.raises(ConfigError, match="clients.per_round"):
         config.model_copy(update={"clients": config.clients.model_copy(update={"per_round": 1000})})
     assert config.model_copy(update={"rounds": 3}).rounds == 3
+    merged = config.model_copy(update={"dp": {"clip": 0.25}})  # a section updates key by key
+    assert merged.dp.clip == 0.25 and merged.dp.mechanism == config.dp.mechanism
 
 
 def test_with_overrides_derives_a_validated_config() -> None:
