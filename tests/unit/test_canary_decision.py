@@ -128,3 +128,14 @@ def test_bound_rejects_bad_input() -> None:
         canary_lower_bound([0.1], [0.0, 0.1], delta=DELTA)
     with pytest.raises(EmpiricalError, match="confidence"):
         canary_lower_bound([0.1, 0.2], [0.0, 0.1], delta=DELTA, confidence=1.5)
+
+
+def test_audit_guide_describes_the_decision_the_code_makes() -> None:
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "audit-guide.md").read_text(encoding="utf-8")
+    assert f"{CANARY_CONFIDENCE:.0%} one-sided lower confidence bound" in guide
+    assert "it never fails a run by" in guide
+    assert "lower end of its bootstrap interval" not in guide  # the old, wrong description
+    defaults, quick = EmpiricalSizes(), EmpiricalSizes.quick()
+    assert f"{quick.canaries_seen} with `--quick`, {defaults.canaries_seen} by default" in guide
