@@ -109,6 +109,7 @@ _DELEGATED = {
     "sweep": ("secure_fl.sweep", "sweep_main", "run a grid of configurations, write sweep.csv and plots"),
     "bench": ("secure_fl.bench", "bench_main", "run the performance benchmarks and print their targets table"),
     "certs": ("secure_fl.certs", "certs_main", "create a CA and server certificate for a TLS pilot"),
+    "roster": ("secure_fl.roster", "roster_main", "build the federation roster every site holds"),
 }
 
 

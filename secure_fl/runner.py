@@ -57,6 +57,7 @@ from secure_fl.data import (
 )
 from secure_fl.devices import draw_profiles
 from secure_fl.errors import ConfigError
+from secure_fl.identities import ClientIdentities
 from secure_fl.memory_budget import (
     TensorInfo,
     feasible_subsets,
@@ -73,6 +74,7 @@ from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.staleness import staleness_weight
 from secure_fl.training import Evaluation, LossFn, evaluate, train_local, train_local_dp
+from secure_fl.witness import Witness, witness_and_commit, write_run_roster
 
 __all__ = ["RunResult", "make_aggregator", "run"]
 
@@ -83,6 +85,7 @@ RUN_FILES = (
     "ledger.jsonl",
     "transcript.json",
     "model.pt",
+    "roster.toml",
 )
 
 
@@ -97,10 +100,13 @@ class RunResult:
     model: nn.Module = field(repr=False)
 
 
-def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -> Aggregator:
+def make_aggregator(
+    config: RunConfig, *, dim: int, rng: Csprng | None = None, identities: ClientIdentities | None = None
+) -> Aggregator:
     """The aggregation factory: validated settings in, a protocol object out.
 
-    ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default).
+    ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default);
+    ``identities`` the clients' identity keys (CKKS upload receipts).
     """
     rng = rng or Csprng.from_entropy()
 
@@ -122,7 +128,7 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
                 "CKKS uses the continuous 'gaussian' mechanism",
                 field="dp.mechanism",
             )
-        return CkksAggregator(config, dim=dim, rng=rng)
+        return CkksAggregator(config, dim=dim, rng=rng, identities=identities)
     if config.protocol == "secagg":
         if dp.mechanism == "gaussian":
             raise ConfigError(
@@ -373,7 +379,9 @@ def run(
     )
     dim = num_parameters(model)
     dp_rng = _privacy_rng(config)
-    aggregator = make_aggregator(config, dim=dim, rng=dp_rng.fork())
+    identities = ClientIdentities.generate(range(config.clients.num))  # each client's own key
+    witnesses: dict[str, Witness] = {}
+    aggregator = make_aggregator(config, dim=dim, rng=dp_rng.fork(), identities=identities)
     privacy = RunPrivacy(config, aggregator)
     server_opt = ServerOptimizer(config.server)
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
@@ -409,6 +417,7 @@ def run(
         server_key = generate_server_key()
         save_public_key(server_key, path / PUBLIC_KEY_FILENAME)
         ledger = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
+        write_run_roster(path, identities)  # the clients' public keys: who countersigns
     transcript = TranscriptWriter(config.protocol)
     versions = _library_versions()
     cfg_hash = config_hash(config)
@@ -573,7 +582,7 @@ def run(
             body = pending.pop("entry")
             body["virtual_time_s"] = record["virtual_time_s"]
             body["test_accuracy"] = record["test_accuracy"]
-            ledger.append(body)
+            witness_and_commit(ledger, body, identities, witnesses=witnesses)  # survivors countersign
             # Metrics are the server's aggregate view only: never an individual update.
             metrics_fh.write(json.dumps(record) + "\n")
             metrics_fh.flush()
