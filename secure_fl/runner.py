@@ -73,7 +73,14 @@ from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.staleness import staleness_weight
-from secure_fl.training import Evaluation, LossFn, evaluate, train_local, train_local_dp
+from secure_fl.training import (
+    Evaluation,
+    LossFn,
+    evaluate,
+    single_threaded_torch,
+    train_local,
+    train_local_dp,
+)
 from secure_fl.witness import Witness, witness_and_commit, write_run_roster
 
 __all__ = ["RunResult", "make_aggregator", "run"]
@@ -348,6 +355,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+@single_threaded_torch
 def run(
     config: RunConfig,
     *,
