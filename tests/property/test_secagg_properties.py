@@ -14,13 +14,12 @@ from hypothesis import strategies as st
 
 from crypto.errors import RoundAbortedError
 from crypto.prg import Csprng
-from crypto.secagg import default_neighbors, neighbor_graph, pack_bits, simulate_round, unpack_bits
+from crypto.secagg import default_neighbors, pack_bits, simulate_round, unpack_bits
 from crypto.secagg.graph import effective_degree
-from crypto.secagg.simulate import _derive, _root_seed
 from crypto.shamir import reconstruct, split
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "crypto"))
-from secagg_oracle import expected_outcome  # noqa: E402
+from secagg_oracle import expected_outcome, simulated_graph  # noqa: E402
 
 STAGES = ["advertise", "share_keys", "masked_input", "unmask"]
 
@@ -47,7 +46,7 @@ def test_sum_is_exact_for_random_dropouts(case: tuple[int, int, int | None, dict
     d = 5
     xs = [Csprng(seed.to_bytes(8, "big") + bytes(23) + bytes([i % 256])).uniform_mod_pow2(d, bits=bits)
           for i in range(n)]
-    graph = neighbor_graph(_derive(_root_seed(seed), "graph"), n, k)
+    graph = simulated_graph(n, k, seed, drop)
     want = expected_outcome(n, t, graph, drop)
     if want is None:
         with pytest.raises(RoundAbortedError):
