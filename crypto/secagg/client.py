@@ -79,7 +79,7 @@ from crypto.secagg.messages import (
     consistency_payload,
     mask_set_payload,
 )
-from crypto.secagg.parameters import check_parameters
+from crypto.secagg.parameters import check_parameters, mask_floor
 from crypto.secagg.stages import Role, Stage
 from crypto.shamir import PRIME, SHARE_BYTES, split
 from crypto.signatures import sign, verify
@@ -181,8 +181,8 @@ class SecAggClient:
     set-up with fewer than ``min_cohort_size`` clients, a threshold below
     ``min_threshold`` or fewer than ``min_neighbors`` neighbours, and it sizes its own
     checks for ``max(config.max_colluders, max_colluders)`` colluders, refusing a
-    set-up whose ``t`` and ``k`` do not satisfy ``2t > k + 1 + c`` and ``k + 1 >= t + c``
-    for that ``c`` (:mod:`crypto.secagg.parameters`). Refusal raises
+    set-up whose ``t`` and ``k`` do not satisfy ``t > c`` and ``2t > k + 1`` for that
+    ``c`` (:mod:`crypto.secagg.parameters`). Refusal raises
     :class:`~crypto.errors.RemoteProtocolError` from the constructor.
     """
 
@@ -364,10 +364,11 @@ class SecAggClient:
         self._nbrs = self._graph[self.index]
         self._peer_keys = {v: a for v, a in valid.items() if v in self._nbrs}
         holders = sorted(set(self._peer_keys) | {self.index})
-        if len(holders) < cfg.threshold + self._c:
+        floor = mask_floor(cfg.holders_per_client, cfg.threshold, self._c)
+        if len(holders) < floor:
             raise RoundAbortedError(
-                f"client {self.index}: {len(holders)} live share holders < threshold {cfg.threshold} "
-                f"+ colluders {self._c}"
+                f"client {self.index}: {len(holders)} live share holders < min(threshold {cfg.threshold} "
+                f"+ colluders {self._c}, k + 1)"
             )
         self._b_seed = self._rng.random_bytes(32)
         xs = [h + 1 for h in holders]
@@ -440,12 +441,12 @@ class SecAggClient:
             raise self._abort("mask request names non-neighbours")
         if not others <= set(self._held):
             raise self._abort("mask request includes a client whose valid shares I do not hold")
-        if len(included) < cfg.threshold + self._c:
+        if len(included) < mask_floor(cfg.holders_per_client, cfg.threshold, self._c):
             # withdraw: with fewer than t + c - 1 partners, c colluders among them could
             # leave fewer than t - 1 honest ones (or too few holders to unmask me)
             raise RoundAbortedError(
-                f"client {self.index} withdraws: {len(included)} mask partners and self < threshold "
-                f"{cfg.threshold} + colluders {self._c}"
+                f"client {self.index} withdraws: {len(included)} mask partners and self < min(threshold "
+                f"{cfg.threshold} + colluders {self._c}, k + 1)"
             )
         self._mask_set = others
         terms = [

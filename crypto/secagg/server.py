@@ -78,6 +78,7 @@ from crypto.secagg.messages import (
     consistency_payload,
     mask_set_payload,
 )
+from crypto.secagg.parameters import mask_floor
 from crypto.secagg.stages import Role, Stage
 from crypto.shamir import lagrange_coefficients_at_zero, robust_reconstruct
 from crypto.signatures import verify
@@ -331,7 +332,7 @@ class SecAggServer:
         A complaint cannot be verified (only the accuser holds the key), so removing the
         accused would let c colluders strip an honest client of its honest partners
         (issue 13, attack 2). Removing the edge costs the accuser as much as the accused.
-        Then every client left with fewer than ``t + c - 1`` partners withdraws (its
+        Then every client left with fewer than ``min(t + c, k + 1) - 1`` partners withdraws (its
         partners lose that edge too), until no one else falls below.
         """
         cfg = self.config
@@ -339,7 +340,7 @@ class SecAggServer:
         self._check_live(receipts, "check_shares")
         removed = {frozenset((a, v)) for a in receipts for v in self._complaints[a]}
         included = set(receipts)
-        floor = cfg.threshold + cfg.max_colluders
+        floor = mask_floor(cfg.holders_per_client, cfg.threshold, cfg.max_colluders)
         while True:
             masks = {
                 v: frozenset(w for w in self._graph[v] & included if frozenset((v, w)) not in removed)

@@ -182,9 +182,9 @@ def test_attack5_client_floors_refuse_small_rounds() -> None:
     with pytest.raises(RemoteProtocolError, match="threshold 3 is below its floor 4"):
         SecAggClient(h5.config, index=0, identity_key=h5.identities[0], vector=h5.inputs[0],
                      rng=Csprng(bytes(32)), min_threshold=4)
-    with pytest.raises(RemoteProtocolError, match="2t > k \\+ 1 \\+ c"):  # sized for c = 0, I assume c = 1
+    with pytest.raises(RemoteProtocolError, match="t > c"):  # sized for c = 0, I assume c = 3
         SecAggClient(h5.config, index=0, identity_key=h5.identities[0], vector=h5.inputs[0],
-                     rng=Csprng(bytes(32)), max_colluders=1)
+                     rng=Csprng(bytes(32)), max_colluders=3)
     h40 = make(n=40, t=3, neighbors=4, seed=6)
     with pytest.raises(RemoteProtocolError, match="neighbour count 4 is below its floor 8"):
         SecAggClient(h40.config, index=0, identity_key=h40.identities[0], vector=h40.inputs[0],
@@ -217,3 +217,26 @@ def test_attack5_client_shown_other_advertisements_cannot_be_counted() -> None:
     except ProtocolError:
         return  # refused outright: nothing released
     assert h.clients[0]._joint_seed != h.config.joint_graph_seed(ads)
+
+
+# -- sizing for c colluders -----------------------------------------------------------------
+def test_parameters_are_sized_for_c_and_impossible_ones_are_config_errors() -> None:
+    from crypto.errors import LocalProtocolError
+    from crypto.secagg.parameters import secagg_parameters
+    from secure_fl.config import DEFAULT_CONFIG_PATH, load_config
+    from secure_fl.errors import ConfigError
+
+    p = secagg_parameters(100, max_colluders=1)
+    assert (p.neighbors, p.holders, p.threshold, p.quorum) == (20, 21, 12, 51)
+    assert 2 * p.threshold > p.holders + 1 and p.holders >= p.threshold + 1
+    assert secagg_parameters(3, max_colluders=1).threshold == 2  # three sites, one colluder
+    with pytest.raises(LocalProtocolError, match="fewer than c \\+ 1"):
+        secagg_parameters(3, max_colluders=2)
+    with pytest.raises(LocalProtocolError, match="t > c"):
+        secagg_parameters(10, max_colluders=3, threshold=3, neighbors=4)
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULT_CONFIG_PATH, ["secagg.threshold=5"])
+    assert info.value.field == "secagg.threshold" and "2t > k + 1" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(DEFAULT_CONFIG_PATH, ["clients.num=3", "threat.max_colluders=2"])
+    assert info.value.field == "threat.max_colluders"
