@@ -6,23 +6,29 @@ et al., CCS'20. Client ``u`` with input ``x_u`` in Z_{2^b}^d:
 
 0. AdvertiseKeys: draw X25519 pairs ``(c_sk, c_pk)``, ``(s_sk, s_pk)``; send the
    public keys signed with its Ed25519 identity key.
-1. ShareKeys: verify the neighbours' signed keys; draw the self-mask seed ``b_u``;
+1. ShareKeys: derive the graph from the joint seed over all advertisements; verify
+   the neighbours' signed keys and skip neighbours with invalid (small-order,
+   non-canonical) or repeated keys; draw the self-mask seed ``b_u``;
    Shamir-share ``b_u`` and ``s_sk_u`` with threshold ``t`` among ``N(u) ∪ {u}``; send
    each neighbour ``v`` its shares under ChaCha20-Poly1305 with key
    ``c_uv = HKDF(X25519(c_sk_u, c_pk_v))``.
 1.5 CheckShares: decrypt the shares received; report the owners whose ciphertexts fail.
-2. MaskedInput: for the included neighbours ``M_u``, with
+2. MaskedInput: for the included neighbours ``M_u`` (withdraw if fewer than
+   ``min(t + c, k + 1) - 1``), with
    ``s_uv = HKDF(X25519(s_sk_u, s_pk_v))`` send
 
        y_u = x_u + PRG(b_u) + sum_{v in M_u, v > u} PRG(s_uv)
                            - sum_{v in M_u, v < u} PRG(s_uv)      (mod 2^b)
 
-   where PRG is AES-256-CTR (:class:`~crypto.prg.Csprng`) read as little-endian words.
-3. ConsistencyCheck: sign ``(session, round, U3)`` for the survivor set U3 announced.
-4. Unmasking: only if the server forwards at least ``t`` valid signatures by
-   neighbours over *the same* U3, release for every ``v in M_u ∪ {u}`` the share of
-   ``b_v`` if ``v`` survived, of ``s_sk_v`` if it dropped, and never both for one
-   ``v`` (a record of released kinds is kept; a conflicting request is refused).
+   where PRG is AES-256-CTR (:class:`~crypto.prg.Csprng`) read as little-endian words,
+   and sign ``M_u``.
+3. ConsistencyCheck: sign ``(session, round, joint seed, U3)`` for the U3 announced.
+4. Unmasking: only under a cohort quorum of signatures over *the same* U3 that also
+   covers ``t`` holders of every owner concerned, and, for surviving owners, their
+   signed mask sets with ``c + 1`` survivors (:meth:`SecAggClient._on_unmask_request`),
+   release for every ``v in M_u ∪ {u}`` the share of ``b_v`` if ``v`` survived, of
+   ``s_sk_v`` if it dropped, and never both for one ``v`` (a record of released kinds
+   is kept; a conflicting request is refused).
 
 Everything a client receives from the server is checked; any inconsistency means the
 server misbehaves and the client aborts (raises and refuses every later message).
@@ -326,15 +332,32 @@ class SecAggClient:
 
     # -- round 1 ----------------------------------------------------------------------
     def _on_key_broadcast(self, msg: KeyBroadcast) -> list[UplinkMessage]:
+        """Derive the graph from every advertisement; check my neighbours' (and mine).
+
+        The joint seed hashes the whole list as received. Signatures and keys are checked
+        for my own advertisement and my neighbours' only (k + 1 of n: a forged entry of
+        any client is caught by that client and by its k neighbours, who then refuse).
+        A neighbour's own signed key that is invalid or repeats another's is skipped,
+        never a reason to fail my round; a forged signature means a lying server.
+        """
         cfg = self.config
         mine = (public_bytes(self._c_sk), public_bytes(self._s_sk))
-        valid: dict[int, AdvertiseKeys] = {}
-        owners_of: dict[bytes, list[int]] = {}
+        senders = {k.sender for k in msg.keys}
+        if self.index not in senders:
+            raise self._abort("server omitted my key advertisement from the cohort's")
         for k in msg.keys:
             if not 0 <= k.sender < cfg.n:
                 raise self._abort(f"server forwarded keys of non-member {k.sender}")
             if k.session_id != cfg.session_id or k.round_number != cfg.round_number:
                 raise self._abort(f"keys of client {k.sender} are replayed from another round")
+        self._joint_seed = cfg.joint_graph_seed(msg.keys)
+        self._graph = cfg.graph(self._joint_seed)
+        self._nbrs = self._graph[self.index]
+        valid: dict[int, AdvertiseKeys] = {}
+        owners_of: dict[bytes, list[int]] = {}
+        for k in msg.keys:
+            if k.sender != self.index and k.sender not in self._nbrs:
+                continue
             try:
                 verify(cfg.identity_keys[k.sender], k.signature, k.payload(), context=ADVERTISE_CONTEXT)
             except CryptoError as exc:
@@ -352,17 +375,12 @@ class SecAggClient:
             valid[k.sender] = k
             for pk in (k.c_pk, k.s_pk):
                 owners_of.setdefault(pk, []).append(k.sender)
-        if self.index not in {k.sender for k in msg.keys}:
-            raise self._abort("server omitted my key advertisement from the cohort's")
         for pk, owners in owners_of.items():
             if len(owners) > 1 or pk in mine:
                 for v in owners:
                     self._skipped[v] = "public key repeats another client's"
                     valid.pop(v, None)
-        self._joint_seed = cfg.joint_graph_seed(msg.keys)
-        self._graph = cfg.graph(self._joint_seed)
-        self._nbrs = self._graph[self.index]
-        self._peer_keys = {v: a for v, a in valid.items() if v in self._nbrs}
+        self._peer_keys = valid
         holders = sorted(set(self._peer_keys) | {self.index})
         floor = mask_floor(cfg.holders_per_client, cfg.threshold, self._c)
         if len(holders) < floor:

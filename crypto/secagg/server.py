@@ -21,15 +21,24 @@ clocks here). Before each advance it checks that every live client keeps at leas
 ``t`` live share holders in ``N(u) ∪ {u}``; otherwise it raises
 :class:`~crypto.errors.RoundAbortedError`.
 
-Misbehaving clients (forged signatures, replays, wrong stage, duplicates, malformed
-vectors, shares that fail to decrypt at a neighbour, non-members) are refused with
-:class:`~crypto.errors.RemoteProtocolError` and excluded, i.e. treated as dropped; an
-excluded client whose masked input was already accumulated stays a survivor (its
-input is in the sum and its self mask must be removed) but is asked for nothing more.
-A client whose share ciphertexts fail to decrypt at a neighbour (the neighbour
-reports it in CHECK_SHARES) is excluded before anyone masks with it. The server
-cannot tell who lied in that case, so a malicious client can get an honest neighbour
-excluded by a false report: denial of service only, never a loss of privacy.
+Misbehaving clients (forged signatures, invalid or re-used X25519 keys, replays, wrong
+stage, duplicates, malformed vectors, a mask set other than the one assigned,
+non-members, wrong unmasking shares) are refused with
+:class:`~crypto.errors.RemoteProtocolError` (or named by the robust reconstruction)
+and excluded, i.e. treated as dropped; an excluded client whose masked input was
+already accumulated stays a survivor (its input is in the sum and its self mask must
+be removed) but is asked for nothing more. A complaint in CHECK_SHARES (a neighbour's
+ciphertext failed to decrypt) cannot be verified, so it removes only the edge between
+accuser and accused: a false complaint costs the accuser the same edge, and c
+colluders cannot strip an honest client of its honest partners (removing the accused
+would let them: issue 13, attack 2). Clients left with fewer than min(t + c, k + 1) - 1
+partners withdraw.
+
+The graph is drawn from the joint seed over every signed advertisement
+(:meth:`~crypto.secagg.messages.RoundConfig.joint_graph_seed`), which the server
+broadcasts whole. At the consistency stage it needs a cohort quorum of signatures and
+forwards to each signer a quorum covering ``t`` holders of each owner it will release
+for, with the signed mask sets of its surviving owners (see the client's release rules).
 """
 
 from __future__ import annotations
