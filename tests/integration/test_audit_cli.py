@@ -255,8 +255,9 @@ def test_noise_disabled_but_epsilon_claimed_is_flagged(
     _forge_claims(run, 8.0)
     rc, text, doc = _audit(run, tmp_path / "audit", capsys, "--quick")
     assert rc == 1
-    assert doc["ledger"]["ok"]  # the re-signed ledger verifies...
-    assert doc["epsilon"]["status"] == "disagree"  # ...but its events do not support the claim
+    # the re-signed ledger carries no valid client countersignature (issue 14)...
+    assert not doc["ledger"]["ok"] and doc["ledger"]["problems"][0]["kind"] == "unwitnessed"
+    assert doc["epsilon"]["status"] == "disagree"  # ...and its events do not support the claim
     assert doc["epsilon"]["recomputed_epsilon"] == "inf"
     canary = doc["empirical"]["canary"]
     assert canary["flagged"] and float(canary["epsilon_estimate"]) > 8.0
