@@ -38,10 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto.prg import Csprng  # noqa: E402
-from crypto.secagg import default_neighbors, neighbor_graph, simulate_round  # noqa: E402
+from crypto.secagg import simulate_round  # noqa: E402
 from crypto.secagg.client import MASK_BLOCK  # noqa: E402
 from crypto.secagg.graph import effective_degree  # noqa: E402
-from crypto.secagg.simulate import _derive, _root_seed  # noqa: E402
+from crypto.secagg.parameters import secagg_parameters  # noqa: E402
 
 QUICK = {"n": 20, "d": 100_000, "dropout": 0.1, "bits": 32}
 FULL = {"n": 100, "d": 1_000_000, "dropout": 0.1, "bits": 32}
@@ -239,15 +239,63 @@ def flower_secaggplus_round(n: int, d: int, dropped: set[int], num_shares: int, 
     return clock
 
 
+def hardening_costs(n: int, degree: int, quorum: int, survivors: int, dropped: int) -> dict[str, float]:
+    """Seconds the issue-13 checks add to one round (all clients + server), priced as
+    (operations per round) x (time per operation measured now):
+
+    * key validation: each client checks its k neighbours' two keys, the server all 2n;
+    * joint graph seed: one SHA-256 over n advertisements per client and at the server;
+    * mask-set signatures: each survivor signs once; the server verifies each once, and
+      each survivor verifies those of its surviving partners (<= k);
+    * cohort quorum: each survivor verifies ~q consistency signatures instead of the t
+      of its holder set before (the old check), i.e. q - t more;
+    * robust reconstruction: nothing on the honest path (first t shares, as before).
+    """
+    from crypto.key_agreement import generate_x25519, public_bytes, validate_x25519_public
+    from crypto.secagg import AdvertiseKeys, RoundConfig
+    from crypto.signatures import generate_identity, identity_public_bytes, sign, verify
+
+    ident = generate_identity(Csprng(bytes(32)))
+    pk = public_bytes(generate_x25519(Csprng(bytes([1]) * 32)))
+    msg = bytes(200)
+    sig = sign(ident, msg, context=b"bench")
+
+    def per_op(fn: Any, reps: int = 200) -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps
+
+    verify_s = per_op(lambda: verify(identity_public_bytes(ident), sig, msg, context=b"bench"))
+    sign_s = per_op(lambda: sign(ident, msg, context=b"bench"))
+    validate_s = per_op(lambda: validate_x25519_public(pk), 2000)
+    ids = tuple(identity_public_bytes(generate_identity(Csprng(bytes([2, i % 256, i // 256]) + bytes(29))))
+                for i in range(n))
+    cfg = RoundConfig(session_id=bytes(32), round_number=0, bits=32, length=1, threshold=n // 2 + 1,
+                      identity_keys=ids, graph_seed=bytes(32))
+    ads = [AdvertiseKeys(session_id=bytes(32), round_number=0, sender=i, c_pk=bytes([1]) * 32,
+                         s_pk=bytes([2]) * 32, signature=bytes(64)) for i in range(n)]
+    seed_s = per_op(lambda: cfg.joint_graph_seed(ads), 50)
+    t_old = (degree + 1) // 2 + 1
+    return {
+        "hardening_key_validation_s": (n * 2 * degree + 2 * n) * validate_s,
+        "hardening_joint_seed_s": (n + 1) * seed_s,
+        "hardening_mask_set_signatures_s": survivors * (sign_s + verify_s + degree * verify_s),
+        "hardening_quorum_signatures_s": survivors * max(0, quorum - t_old) * verify_s,
+        "ed25519_verify_us": verify_s * 1e6,
+    }
+
+
 def run(
     n: int = 100, d: int = 1_000_000, dropout: float = 0.1, bits: int = 32, *, flower: bool = True,
-    neighbors: int | None = None,
+    neighbors: int | None = None, max_colluders: int = 1,
 ) -> dict[str, Any]:
     """Measure one SecAgg+ round (and optionally Flower's); return every figure as a dict."""
-    k = default_neighbors(n) if neighbors is None else neighbors
+    params = secagg_parameters(n, max_colluders=max_colluders, neighbors=neighbors)
+    k = params.neighbors
     degree = effective_degree(n, k)
     holders = degree + 1
-    t = holders // 2 + 1
+    t = params.threshold
     n_drop = round(dropout * n)
     dropped = set(range(0, n, max(1, n // n_drop))[:n_drop]) if n_drop else set()
     drop = dict.fromkeys(dropped, "masked_input")
@@ -264,16 +312,15 @@ def run(
 
     seed = 12345
     t0 = time.perf_counter()
-    res = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed)
+    res = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders)
     round_s = time.perf_counter() - t0
     expect = np.zeros(d, dtype=np.uint64)
     for i in res.survivors:
         expect += xs[i]
     correct = bool(np.array_equal(res.total.astype(np.uint64), expect % (1 << bits)))
 
-    graph = neighbor_graph(_derive(_root_seed(seed), "graph"), n, k)
     surv = set(res.survivors)
-    pair_masks = sum(len(graph[u] & surv) for u in dropped)
+    pair_masks = sum(len(res.mask_sets.get(u, frozenset()) & surv) for u in dropped)
     server_masks = len(surv) + pair_masks
     server_bound_s = server_masks * 4 * d / speed
     maskers = len(surv)
@@ -306,6 +353,9 @@ def run(
         "upload_floor_bytes": d * bits / 8,
         "upload_overhead_bytes": upload - d * bits / 8,
         "download_bytes_per_client": statistics.mean(res.download_bytes[i] for i in res.survivors),
+        "max_colluders": max_colluders,
+        "quorum": params.quorum,
+        **hardening_costs(n, degree, params.quorum, len(surv), len(dropped)),
     }
     del xs, res
     if flower:
@@ -331,11 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=FULL["dropout"])
     p.add_argument("--bits", type=int, default=FULL["bits"])
     p.add_argument("--neighbors", type=int, default=None)
+    p.add_argument("--max-colluders", type=int, default=1)
     p.add_argument("--quick", action="store_true", help=f"small size {QUICK}")
     p.add_argument("--no-flower", action="store_true")
     a = p.parse_args(argv)
     size = dict(QUICK) if a.quick else {"n": a.n, "d": a.d, "dropout": a.dropout, "bits": a.bits}
-    res = run(**size, flower=not a.no_flower, neighbors=a.neighbors)  # type: ignore[arg-type]
+    res = run(**size, flower=not a.no_flower, neighbors=a.neighbors, max_colluders=a.max_colluders)  # type: ignore[arg-type]
     width = max(len(k) for k in res)
     for key, val in res.items():
         print(f"{key:<{width}}  {val:.4g}" if isinstance(val, float) else f"{key:<{width}}  {val}")

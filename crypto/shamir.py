@@ -23,17 +23,21 @@ secret). Coefficients come from the injected :class:`~crypto.prg.Csprng`, never 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 from crypto.errors import CryptoError
 from crypto.prg import Csprng
 
 __all__ = [
+    "MAX_SUBSETS",
     "PRIME",
     "SECRET_BYTES",
     "SHARE_BYTES",
     "lagrange_coefficients_at_zero",
     "reconstruct",
+    "robust_reconstruct",
     "share_from_bytes",
     "share_to_bytes",
     "split",
@@ -124,6 +128,151 @@ def reconstruct(
     if secret >= 1 << (8 * SECRET_BYTES):
         raise CryptoError("inconsistent shares")
     return secret.to_bytes(SECRET_BYTES, "big")
+
+
+def _solve(rows: list[list[int]], rhs: list[int], unknowns: int) -> list[int] | None:
+    """One solution of ``rows @ z = rhs`` mod P (free variables 0), or ``None`` if none."""
+    aug = [row[:] + [b] for row, b in zip(rows, rhs, strict=True)]
+    pivots: list[int] = []
+    r = 0
+    for col in range(unknowns):
+        piv = next((i for i in range(r, len(aug)) if aug[i][col]), None)
+        if piv is None:
+            continue
+        aug[r], aug[piv] = aug[piv], aug[r]
+        inv = pow(aug[r][col], -1, PRIME)
+        aug[r] = [v * inv % PRIME for v in aug[r]]
+        for i in range(len(aug)):
+            if i != r and aug[i][col]:
+                f = aug[i][col]
+                aug[i] = [(a - f * b) % PRIME for a, b in zip(aug[i], aug[r], strict=True)]
+        pivots.append(col)
+        r += 1
+    if any(row[-1] for row in aug[r:]):
+        return None
+    z = [0] * unknowns
+    for i, col in enumerate(pivots):
+        z[col] = aug[i][-1]
+    return z
+
+
+def _poly_divide(num: list[int], den: list[int]) -> tuple[list[int], bool]:
+    """``num / den`` over GF(P) (coefficients low to high): (quotient, exact?)."""
+    num = num[:]
+    while len(den) > 1 and den[-1] == 0:
+        den = den[:-1]
+    inv = pow(den[-1], -1, PRIME)
+    q = [0] * max(1, len(num) - len(den) + 1)
+    for i in range(len(num) - len(den), -1, -1):
+        coef = num[i + len(den) - 1] * inv % PRIME
+        q[i] = coef
+        for j, dj in enumerate(den):
+            num[i + j] = (num[i + j] - coef * dj) % PRIME
+    return q, not any(num[: len(den) - 1])
+
+
+def _evaluate(poly: list[int], x: int) -> int:
+    acc = 0
+    for c in reversed(poly):
+        acc = (acc * x + c) % PRIME
+    return acc
+
+
+MAX_SUBSETS = 4096
+"""Work bound of :func:`robust_reconstruct`'s subset search (t-subsets tried)."""
+
+
+def _interpolate(pts: Sequence[tuple[int, int]]) -> list[int] | None:
+    """Coefficients (low to high) of the polynomial of degree < len(pts) through ``pts``."""
+    rows = [[pow(x, j, PRIME) for j in range(len(pts))] for x, _ in pts]
+    return _solve(rows, [y for _, y in pts], len(pts))
+
+
+def _berlekamp_welch(pts: Sequence[tuple[int, int]], t: int) -> list[int] | None:
+    m = len(pts)
+    e = (m - t) // 2
+    rows, rhs = [], []
+    for x, y in pts:
+        powers = [pow(x, j, PRIME) for j in range(t + e)]
+        rows.append(powers + [(-y * powers[j]) % PRIME for j in range(e)])
+        rhs.append(y * pow(x, e, PRIME) % PRIME)
+    z = _solve(rows, rhs, t + 2 * e)
+    if z is None:
+        return None
+    f, exact = _poly_divide(z[: t + e], [*z[t + e :], 1])
+    if not exact:
+        return None
+    f = (f + [0] * t)[:t]
+    if any(f[t:]) or sum(_evaluate(f, x) != y for x, y in pts) > e:
+        return None
+    return f
+
+
+def robust_reconstruct(
+    shares: Sequence[tuple[int, int]],
+    *,
+    threshold: int,
+    check: Callable[[bytes], bool],
+    coefficients: Sequence[int] | None = None,
+    max_subsets: int = MAX_SUBSETS,
+) -> tuple[bytes, frozenset[int]]:
+    """Recover a secret from ``m >= t`` shares of which some may be wrong: (secret, bad xs).
+
+    1. Fast path: interpolate the first ``t`` shares (``coefficients`` may hold their
+       Lagrange coefficients) and accept the result if ``check(secret)`` holds (callers
+       check a commitment or a public key): one dot product, the honest case (the
+       spare shares are then not examined: a wrong spare share did no harm).
+    2. Berlekamp-Welch (Welch & Berlekamp, US patent 4,633,470, 1986; Gemmell & Sudan,
+       IPL 1992), if ``e = floor((m - t) / 2) >= 1``: find ``E`` monic of degree ``e``
+       and ``Q`` of degree ``< t + e`` with ``Q(x_i) = y_i E(x_i)`` for every share;
+       ``f = Q / E`` is the sharing polynomial whenever at most ``e`` shares are wrong.
+       One ``m x (t + 2e)`` linear system over GF(P): ``O(m^3)`` field operations.
+    3. Otherwise (more than ``e`` wrong, or ``m = t + 1``): t-subsets in lexicographic
+       order, at most ``max_subsets`` of them, each checked with ``check``; the check
+       makes up to ``m - t`` wrong shares correctable, at a bounded cost.
+
+    The wrong shares are those off the recovered polynomial ``f``. Raises
+    :class:`~crypto.errors.CryptoError` when neither step finds a polynomial whose
+    constant passes ``check`` within the bound.
+    """
+    pts = sorted(shares)
+    _check_points([x for x, _ in pts])
+    _check_threshold(threshold, len(pts))
+    t, m = threshold, len(pts)
+    try:
+        fast = reconstruct(list(shares), threshold=t, coefficients=coefficients)
+        if check(fast):  # spare shares are not examined when the first t are right
+            return fast, frozenset()
+    except CryptoError:
+        pass
+
+    def accept(f: list[int] | None) -> tuple[bytes, frozenset[int]] | None:
+        if f is None or f[0] >= 1 << (8 * SECRET_BYTES):
+            return None
+        secret = f[0].to_bytes(SECRET_BYTES, "big")
+        if not check(secret):
+            return None
+        return secret, frozenset(x for x, y in pts if _evaluate(f, x) != y)
+
+    if (m - t) // 2 >= 1:
+        found = accept(_berlekamp_welch(pts, t))
+        if found is not None:
+            return found
+    for tried, subset in enumerate(itertools.combinations(pts, t)):
+        if tried >= max_subsets:
+            break
+        try:
+            candidate = reconstruct(subset, threshold=t)
+        except CryptoError:
+            continue
+        if check(candidate):
+            found = accept(_interpolate(subset))
+            if found is not None:
+                return found
+    raise CryptoError(
+        f"no {t} of the {m} shares reconstruct a secret that passes its check "
+        f"(Berlekamp-Welch and {min(max_subsets, math.comb(m, t))} subsets tried)"
+    )
 
 
 def share_to_bytes(y: int) -> bytes:

@@ -322,6 +322,8 @@ class RunConfig(_Section):
             raise ValueError("data.dominant_fraction must be > 0 for the dominant_class partition")
         self._check_protection()
         self._check_switches()
+        if self.protocol == "secagg":
+            self._check_secagg_sizing()
         return self
 
     def _check_protection(self) -> None:
@@ -401,6 +403,34 @@ class RunConfig(_Section):
                         f"dp.{key}",
                         f"dp.{switch}",
                     )
+
+    def _check_secagg_sizing(self) -> None:
+        """(secagg.threshold, secagg.neighbors, threat.max_colluders, cohort) must be admissible.
+
+        The same function sizes every round (:func:`crypto.secagg.parameters.secagg_parameters`);
+        an impossible combination is a :class:`ConfigError` naming the field to change.
+        """
+        from crypto.errors import LocalProtocolError
+        from crypto.secagg.parameters import secagg_parameters
+
+        n = self.buffer_size if self.aggregation.mode == "async" else self.cohort_size
+        if n < 2:
+            return  # rounds of one client are refused per round (nothing to aggregate securely)
+        c = self.threat.max_colluders
+        try:
+            secagg_parameters(n, max_colluders=c, threshold=self.secagg.threshold, neighbors=self.secagg.neighbors)
+        except LocalProtocolError as err:
+            text = str(err)
+            if self.secagg.threshold is not None and "threshold" in text:
+                field = "secagg.threshold"
+            elif self.secagg.neighbors is not None and "holders" in text:
+                field = "secagg.neighbors"
+            else:
+                field = "threat.max_colluders"
+            others = [f for f in ("secagg.threshold", "secagg.neighbors", "threat.max_colluders") if f != field]
+            raise _FieldConflict(
+                f"SecAgg+ with {n} clients per aggregation and max_colluders = {c}: {text}", field, *others
+            ) from None
 
     @property
     def cohort_size(self) -> int:

@@ -29,11 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto.ckks import CkksParams, KeyHolder, simulate_ckks_round
-from crypto.errors import ProtocolError
+from crypto.errors import LocalProtocolError, ProtocolError
 from crypto.fixedpoint import decode, encode, max_scale
 from crypto.prg import Csprng
-from crypto.secagg import default_neighbors, simulate_round
+from crypto.secagg import simulate_round
 from crypto.secagg.graph import effective_degree
+from crypto.secagg.parameters import secagg_parameters
 from crypto.signatures import generate_identity
 from privacy.events import DPEvent, NonPrivateEvent
 from privacy.mechanisms.distributed import DistributedDiscreteGaussian, DistributedSkellam
@@ -224,14 +225,15 @@ class SecAggAggregator:
 
     # -- parameters of one cohort ------------------------------------------------------
     def _graph(self, n: int) -> tuple[int | None, int]:
-        """(neighbors argument, threshold t) for a cohort of ``n`` clients."""
+        """(neighbors argument, threshold t) for a cohort of ``n`` clients and
+        ``c = threat.max_colluders``: :func:`crypto.secagg.parameters.secagg_parameters`
+        (raises :class:`~crypto.errors.LocalProtocolError` if no admissible t exists)."""
         k = self.config.secagg.neighbors
-        if k is None:
-            k = default_neighbors(n)
-        neighbors = None if k >= n - 1 else k
-        degree = effective_degree(n, neighbors)
-        t = self.config.secagg.threshold or (degree + 1) // 2 + 1
-        return neighbors, min(t, degree + 1)
+        t = self.config.secagg.threshold
+        if t is not None:  # a cohort smaller than configured (async buffer): cap t at k + 1
+            t = min(t, effective_degree(n, None if k is None or k >= n - 1 else k) + 1)
+        params = secagg_parameters(n, max_colluders=self.config.threat.max_colluders, threshold=t, neighbors=k)
+        return params.neighbors, params.threshold
 
     def _mechanism(
         self, *, dim: int, n: int
@@ -274,7 +276,10 @@ class SecAggAggregator:
         if n < 2:
             return _aborted(updates, "secure aggregation needs at least 2 clients", {})
         dim = int(updates[0].delta.size) + (1 if self.clipper.adaptive else 0)
-        neighbors, t = self._graph(n)
+        try:
+            neighbors, t = self._graph(n)
+        except LocalProtocolError as err:
+            return _aborted(updates, f"secure aggregation parameters: {err}", {})
         mech = self._mechanism(dim=dim, n=n)
         clip_used = self.clipper.clip
         round_seed = self.rng.random_bytes(32)  # public: announced in the cohort set-up
@@ -322,6 +327,7 @@ class SecAggAggregator:
                 drop=drop,
                 seed=self.rng.random_bytes(32),
                 observer=observe,
+                max_colluders=self.config.threat.max_colluders,
             )
         except ProtocolError as err:
             dropped = {

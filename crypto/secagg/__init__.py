@@ -8,7 +8,8 @@ Entry points:
 * :class:`SecAggClient`, :class:`SecAggServer` -- the state machines
   (``receive(message) -> [messages]``) for a real transport;
 * :mod:`crypto.secagg.wire` -- the byte encoding (``encode``/``decode``);
-* :func:`default_neighbors` -- the default SecAgg+ degree for ``n`` clients.
+* :func:`default_neighbors` -- the default SecAgg+ degree for ``n`` clients;
+* :func:`secagg_parameters` -- (k, t, cohort quorum) sized for ``c`` colluders.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from crypto.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
     UplinkMessage,
+)
+from crypto.secagg.parameters import (
+    SecAggParameters,
+    check_parameters,
+    consistency_quorum,
+    secagg_parameters,
 )
 from crypto.secagg.server import SecAggServer
 from crypto.secagg.simulate import (
@@ -66,6 +73,7 @@ __all__ = [
     "RoundResult",
     "RoundStart",
     "SecAggClient",
+    "SecAggParameters",
     "SecAggServer",
     "ShareBundle",
     "ShareReceipt",
@@ -74,12 +82,15 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskShares",
     "UplinkMessage",
+    "check_parameters",
+    "consistency_quorum",
     "decode",
     "default_neighbors",
     "encode",
     "expand_mask",
     "neighbor_graph",
     "pack_bits",
+    "secagg_parameters",
     "simulate_round",
     "unpack_bits",
 ]

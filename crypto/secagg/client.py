@@ -6,23 +6,29 @@ et al., CCS'20. Client ``u`` with input ``x_u`` in Z_{2^b}^d:
 
 0. AdvertiseKeys: draw X25519 pairs ``(c_sk, c_pk)``, ``(s_sk, s_pk)``; send the
    public keys signed with its Ed25519 identity key.
-1. ShareKeys: verify the neighbours' signed keys; draw the self-mask seed ``b_u``;
+1. ShareKeys: derive the graph from the joint seed over all advertisements; verify
+   the neighbours' signed keys and skip neighbours with invalid (small-order,
+   non-canonical) or repeated keys; draw the self-mask seed ``b_u``;
    Shamir-share ``b_u`` and ``s_sk_u`` with threshold ``t`` among ``N(u) ∪ {u}``; send
    each neighbour ``v`` its shares under ChaCha20-Poly1305 with key
    ``c_uv = HKDF(X25519(c_sk_u, c_pk_v))``.
 1.5 CheckShares: decrypt the shares received; report the owners whose ciphertexts fail.
-2. MaskedInput: for the included neighbours ``M_u``, with
+2. MaskedInput: for the included neighbours ``M_u`` (withdraw if fewer than
+   ``min(t + c, k + 1) - 1``), with
    ``s_uv = HKDF(X25519(s_sk_u, s_pk_v))`` send
 
        y_u = x_u + PRG(b_u) + sum_{v in M_u, v > u} PRG(s_uv)
                            - sum_{v in M_u, v < u} PRG(s_uv)      (mod 2^b)
 
-   where PRG is AES-256-CTR (:class:`~crypto.prg.Csprng`) read as little-endian words.
-3. ConsistencyCheck: sign ``(session, round, U3)`` for the survivor set U3 announced.
-4. Unmasking: only if the server forwards at least ``t`` valid signatures by
-   neighbours over *the same* U3, release for every ``v in M_u ∪ {u}`` the share of
-   ``b_v`` if ``v`` survived, of ``s_sk_v`` if it dropped, and never both for one
-   ``v`` (a record of released kinds is kept; a conflicting request is refused).
+   where PRG is AES-256-CTR (:class:`~crypto.prg.Csprng`) read as little-endian words,
+   and sign ``M_u``.
+3. ConsistencyCheck: sign ``(session, round, joint seed, U3)`` for the U3 announced.
+4. Unmasking: only under a cohort quorum of signatures over *the same* U3 that also
+   covers ``t`` holders of every owner concerned, and, for surviving owners, their
+   signed mask sets with ``c + 1`` survivors (:meth:`SecAggClient._on_unmask_request`),
+   release for every ``v in M_u ∪ {u}`` the share of ``b_v`` if ``v`` survived, of
+   ``s_sk_v`` if it dropped, and never both for one ``v`` (a record of released kinds
+   is kept; a conflicting request is refused).
 
 Everything a client receives from the server is checked; any inconsistency means the
 server misbehaves and the client aborts (raises and refuses every later message).
@@ -53,6 +59,7 @@ from crypto.key_agreement import (
     derive_self_mask_seed,
     generate_x25519,
     public_bytes,
+    validate_x25519_public,
 )
 from crypto.prg import Csprng
 from crypto.secagg.messages import (
@@ -76,7 +83,9 @@ from crypto.secagg.messages import (
     UplinkMessage,
     advertise_payload,
     consistency_payload,
+    mask_set_payload,
 )
+from crypto.secagg.parameters import check_parameters, mask_floor
 from crypto.secagg.stages import Role, Stage
 from crypto.shamir import PRIME, SHARE_BYTES, split
 from crypto.signatures import sign, verify
@@ -84,6 +93,7 @@ from crypto.signatures import sign, verify
 __all__ = [
     "ADVERTISE_CONTEXT",
     "CONSISTENCY_CONTEXT",
+    "MASK_SET_CONTEXT",
     "SecAggClient",
     "apply_masks",
     "expand_mask",
@@ -92,6 +102,7 @@ __all__ = [
 
 ADVERTISE_CONTEXT = b"secagg-advertise"
 CONSISTENCY_CONTEXT = b"secagg-consistency"
+MASK_SET_CONTEXT = b"secagg-mask-set"
 _SHARE_HEADER = struct.Struct(">II")
 
 
@@ -171,6 +182,14 @@ class SecAggClient:
     ``rng`` supplies every random value (key pairs, ``b_u``, Shamir coefficients, AEAD
     nonces); ``identity_key`` is the Ed25519 key whose public half is
     ``config.identity_keys[index]``.
+
+    Floors (the client's own, whatever the server announces): the client refuses a
+    set-up with fewer than ``min_cohort_size`` clients, a threshold below
+    ``min_threshold`` or fewer than ``min_neighbors`` neighbours, and it sizes its own
+    checks for ``max(config.max_colluders, max_colluders)`` colluders, refusing a
+    set-up whose ``t`` and ``k`` do not satisfy ``t > c`` and ``2t > k + 1`` for that
+    ``c`` (:mod:`crypto.secagg.parameters`). Refusal raises
+    :class:`~crypto.errors.RemoteProtocolError` from the constructor.
     """
 
     ROLE = Role.CLIENT
@@ -183,6 +202,10 @@ class SecAggClient:
         identity_key: Ed25519PrivateKey,
         vector: npt.ArrayLike,
         rng: Csprng,
+        min_cohort_size: int = 3,
+        min_threshold: int = 2,
+        min_neighbors: int = 2,
+        max_colluders: int = 0,
     ) -> None:
         if not 0 <= index < config.n:
             raise LocalProtocolError(f"client index {index} is not in the cohort of {config.n}")
@@ -190,11 +213,15 @@ class SecAggClient:
             raise LocalProtocolError("identity key does not match the cohort set-up")
         self.config = config
         self.index = index
+        self._c = max(config.max_colluders, max_colluders)
+        self._check_floors(min_cohort_size, min_threshold, min_neighbors)
         self._identity = identity_key
         self._x = _as_field_vector(vector, config)
         self._rng = rng
         self._stage = Stage.ADVERTISE
-        self._nbrs = config.neighbours(index)
+        self._graph: tuple[frozenset[int], ...] = ()
+        self._joint_seed = b""
+        self._nbrs: frozenset[int] = frozenset()
         self._c_sk: Any = None
         self._s_sk: Any = None
         self._peer_keys: dict[int, AdvertiseKeys] = {}
@@ -203,8 +230,10 @@ class SecAggClient:
         self._own_shares: tuple[int, int] = (0, 0)
         self._held: dict[int, tuple[int, int]] = {}
         self._mask_set: frozenset[int] = frozenset()
+        self._mask_signature = b""
         self._survivors: tuple[int, ...] | None = None
         self._released: dict[int, str] = {}
+        self._skipped: dict[int, str] = {}
         self._handlers: dict[type[Message], Callable[[Any], list[UplinkMessage]]] = {
             RoundStart: self._on_round_start,
             KeyBroadcast: self._on_key_broadcast,
@@ -213,6 +242,23 @@ class SecAggClient:
             ConsistencyRequest: self._on_consistency_request,
             UnmaskRequest: self._on_unmask_request,
         }
+
+    def _check_floors(self, min_n: int, min_t: int, min_k: int) -> None:
+        cfg = self.config
+        degree = cfg.holders_per_client - 1
+        for what, value, floor in (
+            ("cohort size", cfg.n, min_n),
+            ("threshold", cfg.threshold, min_t),
+            ("neighbour count", degree, min_k),
+        ):
+            if value < floor:
+                raise RemoteProtocolError(
+                    f"client {self.index} refuses the round: {what} {value} is below its floor {floor}"
+                )
+        try:
+            check_parameters(cfg.n, cfg.neighbors, cfg.threshold, self._c)
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(f"client {self.index} refuses the round: {exc}") from exc
 
     @property
     def stage(self) -> Stage:
@@ -223,6 +269,16 @@ class SecAggClient:
     def released(self) -> dict[int, str]:
         """Owner -> "b" (self-mask share) or "s" (mask-key share) released so far."""
         return dict(self._released)
+
+    @property
+    def mask_set(self) -> frozenset[int]:
+        """``M_u``: the partners this client masked its input with (empty before masking)."""
+        return self._mask_set
+
+    @property
+    def skipped_peers(self) -> dict[int, str]:
+        """Neighbours this client refused to share with (invalid or repeated keys), with why."""
+        return dict(self._skipped)
 
     # -- dispatch ---------------------------------------------------------------------
     def receive(self, message: Message) -> list[UplinkMessage]:
@@ -262,6 +318,9 @@ class SecAggClient:
     def _header(self) -> dict[str, Any]:
         return {"session_id": self.config.session_id, "round_number": self.config.round_number, "sender": self.index}
 
+    def _holders(self, u: int) -> frozenset[int]:
+        return self._graph[u] | {u}
+
     # -- round 0 ----------------------------------------------------------------------
     def _on_round_start(self, msg: RoundStart) -> list[UplinkMessage]:
         self._c_sk = generate_x25519(self._rng)
@@ -273,25 +332,61 @@ class SecAggClient:
 
     # -- round 1 ----------------------------------------------------------------------
     def _on_key_broadcast(self, msg: KeyBroadcast) -> list[UplinkMessage]:
+        """Derive the graph from every advertisement; check my neighbours' (and mine).
+
+        The joint seed hashes the whole list as received. Signatures and keys are checked
+        for my own advertisement and my neighbours' only (k + 1 of n: a forged entry of
+        any client is caught by that client and by its k neighbours, who then refuse).
+        A neighbour's own signed key that is invalid or repeats another's is skipped,
+        never a reason to fail my round; a forged signature means a lying server.
+        """
         cfg = self.config
-        seen = {public_bytes(self._c_sk), public_bytes(self._s_sk)}
+        mine = (public_bytes(self._c_sk), public_bytes(self._s_sk))
+        senders = {k.sender for k in msg.keys}
+        if self.index not in senders:
+            raise self._abort("server omitted my key advertisement from the cohort's")
         for k in msg.keys:
-            if k.sender not in self._nbrs:
-                raise self._abort(f"server forwarded keys of non-neighbour {k.sender}")
+            if not 0 <= k.sender < cfg.n:
+                raise self._abort(f"server forwarded keys of non-member {k.sender}")
             if k.session_id != cfg.session_id or k.round_number != cfg.round_number:
                 raise self._abort(f"keys of client {k.sender} are replayed from another round")
+        self._joint_seed = cfg.joint_graph_seed(msg.keys)
+        self._graph = cfg.graph(self._joint_seed)
+        self._nbrs = self._graph[self.index]
+        valid: dict[int, AdvertiseKeys] = {}
+        owners_of: dict[bytes, list[int]] = {}
+        for k in msg.keys:
+            if k.sender != self.index and k.sender not in self._nbrs:
+                continue
             try:
                 verify(cfg.identity_keys[k.sender], k.signature, k.payload(), context=ADVERTISE_CONTEXT)
             except CryptoError as exc:
                 raise self._abort(f"forged key advertisement for client {k.sender}") from exc
-            if k.c_pk in seen or k.s_pk in seen:
-                raise self._abort("public keys repeat across clients")
-            seen.update((k.c_pk, k.s_pk))
-            self._peer_keys[k.sender] = k
+            if k.sender == self.index:
+                if (k.c_pk, k.s_pk) != mine:
+                    raise self._abort("server forwarded an advertisement of mine that I did not send")
+                continue
+            try:  # a peer's own signed bad key: skip that peer, never fail my round over it
+                validate_x25519_public(k.c_pk)
+                validate_x25519_public(k.s_pk)
+            except CryptoError as exc:
+                self._skipped[k.sender] = f"invalid public key: {exc}"
+                continue
+            valid[k.sender] = k
+            for pk in (k.c_pk, k.s_pk):
+                owners_of.setdefault(pk, []).append(k.sender)
+        for pk, owners in owners_of.items():
+            if len(owners) > 1 or pk in mine:
+                for v in owners:
+                    self._skipped[v] = "public key repeats another client's"
+                    valid.pop(v, None)
+        self._peer_keys = valid
         holders = sorted(set(self._peer_keys) | {self.index})
-        if len(holders) < cfg.threshold:
+        floor = mask_floor(cfg.holders_per_client, cfg.threshold, self._c)
+        if len(holders) < floor:
             raise RoundAbortedError(
-                f"client {self.index}: {len(holders)} live share holders < threshold {cfg.threshold}"
+                f"client {self.index}: {len(holders)} live share holders < min(threshold {cfg.threshold} "
+                f"+ colluders {self._c}, k + 1)"
             )
         self._b_seed = self._rng.random_bytes(32)
         xs = [h + 1 for h in holders]
@@ -335,7 +430,10 @@ class SecAggClient:
         for owner, ct in msg.ciphertexts:
             key = self._share_keys.get(owner)
             if key is None:
-                raise self._abort(f"server forwarded shares from client {owner}, whose keys I never accepted")
+                if owner in self._nbrs:  # a neighbour whose keys I skipped: no valid share
+                    complaints.append(owner)
+                    continue
+                raise self._abort(f"server forwarded shares from client {owner}, who is not my neighbour")
             try:
                 pt = decrypt_share(
                     key,
@@ -361,9 +459,12 @@ class SecAggClient:
             raise self._abort("mask request names non-neighbours")
         if not others <= set(self._held):
             raise self._abort("mask request includes a client whose valid shares I do not hold")
-        if len(included) < cfg.threshold:
+        if len(included) < mask_floor(cfg.holders_per_client, cfg.threshold, self._c):
+            # withdraw: with fewer than t + c - 1 partners, c colluders among them could
+            # leave fewer than t - 1 honest ones (or too few holders to unmask me)
             raise RoundAbortedError(
-                f"client {self.index}: {len(included)} included holders < threshold {cfg.threshold}"
+                f"client {self.index} withdraws: {len(included)} mask partners and self < min(threshold "
+                f"{cfg.threshold} + colluders {self._c}, k + 1)"
             )
         self._mask_set = others
         terms = [
@@ -389,7 +490,17 @@ class SecAggClient:
         apply_masks(y, terms)
         if cfg.bits not in (32, 64):
             y &= y.dtype.type((1 << cfg.bits) - 1)
-        return [MaskedInput(**self._header(), bits=cfg.bits, vector=y)]
+        mask_set = tuple(sorted(others))
+        self._mask_signature = sign(
+            self._identity,
+            mask_set_payload(cfg.session_id, cfg.round_number, self._joint_seed, self.index, mask_set),
+            context=MASK_SET_CONTEXT,
+        )
+        return [
+            MaskedInput(
+                **self._header(), bits=cfg.bits, vector=y, mask_set=mask_set, mask_signature=self._mask_signature
+            )
+        ]
 
     # -- round 3 ----------------------------------------------------------------------
     def _on_consistency_request(self, msg: ConsistencyRequest) -> list[UplinkMessage]:
@@ -397,42 +508,85 @@ class SecAggClient:
         survivors = frozenset(msg.survivors)
         if self.index not in survivors:
             raise self._abort("survivor set omits me although I sent my masked input")
-        local = survivors & cfg.holders(self.index)
-        if not local <= self._mask_set | {self.index}:
-            raise self._abort("survivor set names a neighbour that was not included in masking")
+        if msg.survivors and msg.survivors[-1] >= cfg.n:
+            raise self._abort("survivor set names a client outside the cohort")
+        local = survivors & (self._mask_set | {self.index})
         if len(local) < cfg.threshold:
             raise RoundAbortedError(
-                f"client {self.index}: {len(local)} surviving holders < threshold {cfg.threshold}"
+                f"client {self.index}: {len(local)} surviving mask partners and self < threshold {cfg.threshold}"
             )
         self._survivors = msg.survivors
-        payload = consistency_payload(cfg.session_id, cfg.round_number, msg.survivors)
+        payload = consistency_payload(cfg.session_id, cfg.round_number, self._joint_seed, msg.survivors)
         return [ConsistencySignature(**self._header(), signature=sign(self._identity, payload, context=CONSISTENCY_CONTEXT))]
 
     # -- round 4 ----------------------------------------------------------------------
     def _on_unmask_request(self, msg: UnmaskRequest) -> list[UplinkMessage]:
+        """Release shares only under a survivor set S that is globally and per owner agreed.
+
+        (a) a cohort quorum: valid signatures over (session, round, joint seed, S) by
+            ``q = floor((n + c) / 2) + 1`` clients, so no other set can have been signed
+            by a quorum (two quorums share an honest signer, who signs once);
+        (b) per owner ``o`` I release for: ``t`` of those signers in ``o``'s holder set;
+        (c) for each surviving owner ``o`` (I release its ``b_o`` share): ``o``'s signed
+            mask set ``M_o`` has at least ``c + 1`` members in S, so at least one honest
+            partner ``w`` of ``o`` survived; by (a) nobody releases ``s_sk_w`` or
+            ``s_sk_o``, so the pairwise mask ``s_ow`` hides ``x_o`` inside the sum.
+        """
         cfg = self.config
         if msg.survivors != self._survivors:
             raise self._abort("server reported a different survivor set than the one I signed")
-        payload = consistency_payload(cfg.session_id, cfg.round_number, msg.survivors)
-        holders = cfg.holders(self.index)
-        if any(signer not in holders for signer, _ in msg.signatures):
-            raise self._abort("consistency signature from a non-neighbour")
-        # t valid signatures by distinct holders over this exact set are what the check
-        # needs; verification stops there (any invalid one before that aborts)
-        for signer, sig in msg.signatures[: cfg.threshold]:
+        payload = consistency_payload(cfg.session_id, cfg.round_number, self._joint_seed, msg.survivors)
+        signers: set[int] = set()
+        for signer, sig in msg.signatures:
+            if not 0 <= signer < cfg.n:
+                raise self._abort(f"consistency signature from non-member {signer}")
             try:
                 verify(cfg.identity_keys[signer], sig, payload, context=CONSISTENCY_CONTEXT)
             except CryptoError as exc:
                 raise self._abort(f"invalid consistency signature of client {signer}") from exc
-        if len(msg.signatures) < cfg.threshold:
+            signers.add(signer)
+        if len(signers) < cfg.quorum:
             raise RoundAbortedError(
-                f"client {self.index}: only {len(msg.signatures)} consistency signatures "
-                f"< threshold {cfg.threshold}"
+                f"client {self.index}: only {len(signers)} consistency signatures over this survivor set "
+                f"< cohort quorum {cfg.quorum}"
             )
         survivors = frozenset(msg.survivors)
+        owners = sorted(self._mask_set | {self.index})
+        for owner in owners:
+            have = len(signers & self._holders(owner))
+            if have < cfg.threshold:
+                raise RoundAbortedError(
+                    f"client {self.index}: only {have} consistency signatures from the holders of client "
+                    f"{owner} < threshold {cfg.threshold}"
+                )
+        mask_sets = {o: (members, sig) for o, members, sig in msg.mask_sets}
+        for owner in owners:
+            if owner not in survivors:
+                continue
+            if owner == self.index:
+                members: tuple[int, ...] = tuple(sorted(self._mask_set))
+            else:
+                if owner not in mask_sets:
+                    raise self._abort(f"server withheld the signed mask set of surviving client {owner}")
+                members, sig = mask_sets[owner]
+                try:
+                    verify(
+                        cfg.identity_keys[owner],
+                        sig,
+                        mask_set_payload(cfg.session_id, cfg.round_number, self._joint_seed, owner, members),
+                        context=MASK_SET_CONTEXT,
+                    )
+                except CryptoError as exc:
+                    raise self._abort(f"invalid mask-set signature of client {owner}") from exc
+            alive = len(set(members) & survivors)
+            if alive < self._c + 1:
+                raise self._abort(
+                    f"client {owner} survived with only {alive} surviving mask partners (< c + 1 = "
+                    f"{self._c + 1}): its self mask would expose its input"
+                )
         b_out: list[tuple[int, int]] = []
         s_out: list[tuple[int, int]] = []
-        for owner in sorted(self._mask_set | {self.index}):
+        for owner in owners:
             kind = "b" if owner in survivors else "s"
             self._record_release(owner, kind)
             b_share, s_share = self._own_shares if owner == self.index else self._held[owner]

@@ -27,16 +27,19 @@ UNMASK         UnmaskRequest (U3, sigs)     UnmaskShares (b_v or s_sk_v shares)
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from crypto.errors import LocalProtocolError, RemoteProtocolError
-from crypto.secagg.graph import neighbor_graph
+from crypto.key_agreement import hkdf_sha256
+from crypto.secagg.graph import effective_degree, neighbor_graph
+from crypto.secagg.parameters import check_parameters
 from crypto.secagg.stages import Role, Stage
 from crypto.shamir import PRIME
 
@@ -64,6 +67,7 @@ __all__ = [
     "UplinkMessage",
     "advertise_payload",
     "consistency_payload",
+    "mask_set_payload",
 ]
 
 MAX_BITS = 62
@@ -130,13 +134,27 @@ def advertise_payload(session_id: bytes, round_number: int, sender: int, c_pk: b
     return bytes([len(session_id)]) + session_id + struct.pack(">II", round_number, sender) + c_pk + s_pk
 
 
-def consistency_payload(session_id: bytes, round_number: int, survivors: Sequence[int]) -> bytes:
-    """Bytes a client signs in the consistency check: (session, round, sorted U3)."""
+def consistency_payload(session_id: bytes, round_number: int, joint_seed: bytes, survivors: Sequence[int]) -> bytes:
+    """Bytes a client signs in the consistency check: (session, round, joint graph seed, sorted U3)."""
     return (
         bytes([len(session_id)])
         + session_id
+        + joint_seed
         + struct.pack(">II", round_number, len(survivors))
         + b"".join(struct.pack(">I", u) for u in survivors)
+    )
+
+
+def mask_set_payload(
+    session_id: bytes, round_number: int, joint_seed: bytes, owner: int, mask_set: Sequence[int]
+) -> bytes:
+    """Bytes a client signs with its masked input: the partners ``M_u`` it masked with."""
+    return (
+        bytes([len(session_id)])
+        + session_id
+        + joint_seed
+        + struct.pack(">III", round_number, owner, len(mask_set))
+        + b"".join(struct.pack(">I", v) for v in mask_set)
     )
 
 
@@ -147,11 +165,15 @@ class RoundConfig:
 
     ``identity_keys[i]`` is client ``i``'s Ed25519 public key; ``neighbors=None`` is
     the complete graph (SecAgg), an integer ``k`` the SecAgg+ graph. ``threshold`` is
-    Shamir's ``t`` within each client's holder set ``N(u) ∪ {u}``; it must be a strict
-    majority of that set, ``2t > |N(u)| + 1``, so that two disjoint groups of clients
-    can never both reach ``t`` (that is what makes the consistency check sound against
-    a server that shows different survivor sets to different clients, Bonawitz et al.
-    section 4).
+    Shamir's ``t`` within each client's holder set ``N(u) ∪ {u}`` (``h = k + 1``
+    clients) and ``max_colluders`` the number ``c`` of clients assumed to collude with
+    the server; :func:`crypto.secagg.parameters.check_parameters` enforces
+    ``2t > h + c`` (per-owner consistency: two disjoint-enough groups of signers can
+    never both reach ``t``, Bonawitz et al. section 4) and ``h >= t + c``.
+
+    ``graph_seed`` is the set-up's salt for the graph; the graph itself is drawn from
+    :meth:`joint_graph_seed`, a hash of this salt and of every signed key
+    advertisement of the round, so the server cannot choose it alone.
     """
 
     session_id: bytes
@@ -162,7 +184,7 @@ class RoundConfig:
     identity_keys: tuple[bytes, ...]
     graph_seed: bytes
     neighbors: int | None = None
-    _graph: tuple[frozenset[int], ...] = field(init=False, repr=False, compare=False)
+    max_colluders: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_id, bytes) or not 16 <= len(self.session_id) <= 64:
@@ -183,33 +205,44 @@ class RoundConfig:
             raise LocalProtocolError("identity_keys must be distinct")
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) != 32:
             raise LocalProtocolError("graph_seed must be 32 bytes")
-        graph = neighbor_graph(self.graph_seed, n, self.neighbors)
-        object.__setattr__(self, "_graph", graph)
-        smallest = min(len(s) for s in graph) + 1
-        t = self.threshold
-        if not _is_int(t) or not 1 <= t <= smallest:
-            raise LocalProtocolError(
-                f"threshold must be an integer in [1, {smallest}] (holders per client), got {t!r}"
-            )
-        if 2 * t <= smallest:
-            raise LocalProtocolError(
-                f"threshold {t} must be a strict majority of the {smallest} share holders per "
-                f"client (2t > {smallest}); otherwise a server showing different survivor sets "
-                f"to two disjoint groups could unmask an individual input"
-            )
+        effective_degree(n, self.neighbors)  # validates neighbors
+        params = check_parameters(n, self.neighbors, self.threshold, self.max_colluders)
+        object.__setattr__(self, "_quorum", params.quorum)
 
     @property
     def n(self) -> int:
         """Cohort size."""
         return len(self.identity_keys)
 
-    def neighbours(self, u: int) -> frozenset[int]:
-        """``N(u)``: the clients ``u`` masks with and shares its secrets with."""
-        return self._graph[u]
+    @property
+    def holders_per_client(self) -> int:
+        """``h = k + 1``: every client's holder set has this size (the graph is regular)."""
+        return effective_degree(self.n, self.neighbors) + 1
 
-    def holders(self, u: int) -> frozenset[int]:
-        """``N(u) ∪ {u}``: the clients holding shares of ``u``'s secrets."""
-        return self._graph[u] | {u}
+    @property
+    def quorum(self) -> int:
+        """Cohort-wide consistency quorum ``q = floor((n + c) / 2) + 1``."""
+        q: int = object.__getattribute__(self, "_quorum")
+        return q
+
+    def joint_graph_seed(self, advertisements: Sequence[AdvertiseKeys]) -> bytes:
+        """``HKDF(graph_seed, info = label || SHA-256(every signed advertisement))``.
+
+        The advertisements are hashed in sender order, each as sender, both public keys
+        and its Ed25519 signature, after the session and round; every honest client
+        that received the same advertisements derives the same graph, and the digest is
+        bound into each consistency signature so clients with different views never
+        count each other's signatures.
+        """
+        h = hashlib.sha256(b"secure-fl/secagg/v1/advertisements" + bytes([len(self.session_id)]) + self.session_id)
+        h.update(struct.pack(">II", self.round_number, len(advertisements)))
+        for a in advertisements:
+            h.update(struct.pack(">I", a.sender) + a.c_pk + a.s_pk + a.signature)
+        return hkdf_sha256(self.graph_seed, info=b"secure-fl/secagg/v1/joint-graph" + h.digest())
+
+    def graph(self, joint_seed: bytes) -> tuple[frozenset[int], ...]:
+        """``N(u)`` for every ``u`` under the joint seed of the round."""
+        return neighbor_graph(joint_seed, self.n, self.neighbors)
 
     @property
     def mask_dtype(self) -> type[np.unsignedinteger]:
@@ -315,7 +348,11 @@ class AdvertiseKeys(UplinkMessage):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KeyBroadcast(DownlinkMessage):
-    """Round 1 trigger: the signed keys of the recipient's neighbours that advertised."""
+    """Round 1 trigger: every signed key advertisement the server accepted (all of U1).
+
+    All of them, not only the recipient's neighbours: the graph is drawn from a hash
+    of the whole set (:meth:`RoundConfig.joint_graph_seed`).
+    """
 
     STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
     keys: tuple[AdvertiseKeys, ...]
@@ -388,14 +425,23 @@ class MaskRequest(DownlinkMessage):
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class MaskedInput(UplinkMessage):
-    """Round 2: ``y_u`` in Z_{2^bits}^d (1-D uint32 for b <= 32, uint64 above)."""
+    """Round 2: ``y_u`` in Z_{2^bits}^d (1-D uint32 for b <= 32, uint64 above).
+
+    ``mask_set`` is ``M_u``, the partners ``u`` masked with, and ``mask_signature`` its
+    Ed25519 signature over :func:`mask_set_payload`: a client releases a share of
+    ``b_u`` only after checking that enough of them survived.
+    """
 
     STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
     bits: int
     vector: npt.NDArray[np.unsignedinteger]
+    mask_set: tuple[int, ...] = ()
+    mask_signature: bytes = bytes(64)
 
     def __post_init__(self) -> None:
         UplinkMessage.__post_init__(self)
+        _check_sorted_indices(self.mask_set, "mask_set", self.sender)
+        _check_bytes(self.mask_signature, "mask_signature", self.sender, size=64)
         if not _is_int(self.bits) or not 1 <= self.bits <= MAX_BITS:
             raise _bad(self.sender, f"bits must be in [1, {MAX_BITS}]")
         v = self.vector
@@ -436,17 +482,32 @@ class ConsistencySignature(UplinkMessage):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UnmaskRequest(DownlinkMessage):
-    """Round 4 trigger: U3 again, with the signatures of the recipient's holder set."""
+    """Round 4 trigger: U3 again, consistency signatures over it (a cohort quorum that
+    covers ``t`` holders of every owner the recipient releases for), and the signed
+    mask sets ``(owner, M_owner, signature)`` of the surviving owners among them."""
 
     STAGE: ClassVar[Stage] = Stage.UNMASK
     survivors: tuple[int, ...]
     signatures: tuple[tuple[int, bytes], ...]
+    mask_sets: tuple[tuple[int, tuple[int, ...], bytes], ...] = ()
 
     def __post_init__(self) -> None:
         DownlinkMessage.__post_init__(self)
         _check_sorted_indices(self.survivors, "survivors", None)
         for _, sig in _check_pairs(self.signatures, "signatures", None):
             _check_bytes(sig, "signature", None, size=64)
+        if not isinstance(self.mask_sets, tuple):
+            raise _bad(None, "mask_sets must be a tuple")
+        owners = []
+        for item in self.mask_sets:
+            if not isinstance(item, tuple) or len(item) != 3:
+                raise _bad(None, "mask_sets must hold (owner, members, signature) triples")
+            _check_index(item[0], "mask set owner", None)
+            _check_sorted_indices(item[1], "mask set", None)
+            _check_bytes(item[2], "mask set signature", None, size=64)
+            owners.append(item[0])
+        if any(a >= b for a, b in zip(owners, owners[1:], strict=False)):
+            raise _bad(None, "mask set owners must be strictly increasing")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

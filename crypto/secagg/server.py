@@ -21,15 +21,24 @@ clocks here). Before each advance it checks that every live client keeps at leas
 ``t`` live share holders in ``N(u) ∪ {u}``; otherwise it raises
 :class:`~crypto.errors.RoundAbortedError`.
 
-Misbehaving clients (forged signatures, replays, wrong stage, duplicates, malformed
-vectors, shares that fail to decrypt at a neighbour, non-members) are refused with
-:class:`~crypto.errors.RemoteProtocolError` and excluded, i.e. treated as dropped; an
-excluded client whose masked input was already accumulated stays a survivor (its
-input is in the sum and its self mask must be removed) but is asked for nothing more.
-A client whose share ciphertexts fail to decrypt at a neighbour (the neighbour
-reports it in CHECK_SHARES) is excluded before anyone masks with it. The server
-cannot tell who lied in that case, so a malicious client can get an honest neighbour
-excluded by a false report: denial of service only, never a loss of privacy.
+Misbehaving clients (forged signatures, invalid or re-used X25519 keys, replays, wrong
+stage, duplicates, malformed vectors, a mask set other than the one assigned,
+non-members, wrong unmasking shares) are refused with
+:class:`~crypto.errors.RemoteProtocolError` (or named by the robust reconstruction)
+and excluded, i.e. treated as dropped; an excluded client whose masked input was
+already accumulated stays a survivor (its input is in the sum and its self mask must
+be removed) but is asked for nothing more. A complaint in CHECK_SHARES (a neighbour's
+ciphertext failed to decrypt) cannot be verified, so it removes only the edge between
+accuser and accused: a false complaint costs the accuser the same edge, and c
+colluders cannot strip an honest client of its honest partners (removing the accused
+would let them: issue 13, attack 2). Clients left with fewer than min(t + c, k + 1) - 1
+partners withdraw.
+
+The graph is drawn from the joint seed over every signed advertisement
+(:meth:`~crypto.secagg.messages.RoundConfig.joint_graph_seed`), which the server
+broadcasts whole. At the consistency stage it needs a cohort quorum of signatures and
+forwards to each signer a quorum covering ``t`` holders of each owner it will release
+for, with the signed mask sets of its surviving owners (see the client's release rules).
 """
 
 from __future__ import annotations
@@ -46,11 +55,13 @@ from crypto.key_agreement import (
     derive_pair_key,
     derive_self_mask_seed,
     public_bytes,
+    validate_x25519_public,
     x25519_private_from_bytes,
 )
 from crypto.secagg.client import (
     ADVERTISE_CONTEXT,
     CONSISTENCY_CONTEXT,
+    MASK_SET_CONTEXT,
     apply_masks,
     self_mask_commitment,
 )
@@ -74,9 +85,11 @@ from crypto.secagg.messages import (
     UnmaskShares,
     UplinkMessage,
     consistency_payload,
+    mask_set_payload,
 )
+from crypto.secagg.parameters import mask_floor
 from crypto.secagg.stages import Role, Stage
-from crypto.shamir import lagrange_coefficients_at_zero, reconstruct
+from crypto.shamir import lagrange_coefficients_at_zero, robust_reconstruct
 from crypto.signatures import verify
 
 __all__ = ["SecAggServer"]
@@ -93,11 +106,16 @@ class SecAggServer:
         self._expected: set[int] = set(range(config.n))
         self._replied: set[int] = set()
         self._excluded: dict[int, str] = {}
+        self._withdrawn: set[int] = set()
         self._keys: dict[int, AdvertiseKeys] = {}
+        self._joint_seed = b""
+        self._graph: tuple[frozenset[int], ...] = ()
         self._commitments: dict[int, bytes] = {}
         self._ciphertexts: dict[int, dict[int, bytes]] = {}
         self._complaints: dict[int, tuple[int, ...]] = {}
         self._included: frozenset[int] = frozenset()
+        self._mask_sets: dict[int, frozenset[int]] = {}
+        self._signed_mask_sets: dict[int, tuple[tuple[int, ...], bytes]] = {}
         self._acc: npt.NDArray[np.unsignedinteger] = np.zeros(config.length, dtype=config.mask_dtype)
         self._survivors: tuple[int, ...] = ()
         self._signatures: dict[int, bytes] = {}
@@ -133,9 +151,24 @@ class SecAggServer:
         return dict(self._excluded)
 
     @property
+    def withdrawn(self) -> frozenset[int]:
+        """Clients left with fewer than ``t + c`` mask partners (they withdraw; not blamed)."""
+        return frozenset(self._withdrawn)
+
+    @property
     def survivors(self) -> tuple[int, ...]:
         """U3: sorted indices of the clients whose masked input was accumulated."""
         return self._survivors
+
+    @property
+    def graph(self) -> tuple[frozenset[int], ...]:
+        """The SecAgg+ graph of the round (empty before the advertisements are in)."""
+        return self._graph
+
+    @property
+    def mask_sets(self) -> dict[int, frozenset[int]]:
+        """``M_u`` of every included client (after the share check)."""
+        return dict(self._mask_sets)
 
     @property
     def total(self) -> npt.NDArray[np.unsignedinteger]:
@@ -216,12 +249,20 @@ class SecAggServer:
     def _live(self, group: set[int]) -> set[int]:
         return group - set(self._excluded)
 
-    def _check_live(self, live: set[int], what: str) -> None:
+    def _holders(self, u: int) -> frozenset[int]:
+        return self._graph[u] | {u}
+
+    def _masked_with(self, u: int) -> frozenset[int]:
+        """``M_u ∪ {u}``: the clients holding valid shares of ``u`` that ``u`` masked with."""
+        return self._mask_sets.get(u, frozenset()) | {u}
+
+    def _check_live(self, live: set[int], what: str, *, groups: Callable[[int], frozenset[int]] | None = None) -> None:
         t = self.config.threshold
+        group = groups or self._holders
         if not live:
             raise RoundAbortedError(f"round aborted after {what}: no live clients remain")
         for v in sorted(live):
-            have = len(self.config.holders(v) & live)
+            have = len(group(v) & live)
             if have < t:
                 raise RoundAbortedError(
                     f"round aborted after {what}: client {v} has {have} live share holders "
@@ -244,6 +285,11 @@ class SecAggServer:
             verify(self.config.identity_keys[msg.sender], msg.signature, msg.payload(), context=ADVERTISE_CONTEXT)
         except CryptoError as exc:
             raise self._refuse(msg.sender, "forged key advertisement (bad signature)") from exc
+        for name, pk in (("c_pk", msg.c_pk), ("s_pk", msg.s_pk)):
+            try:
+                validate_x25519_public(pk)
+            except CryptoError as exc:
+                raise self._refuse(msg.sender, f"advertised an invalid X25519 {name}: {exc}") from exc
         used = {k for a in self._keys.values() for k in (a.c_pk, a.s_pk)}
         if msg.c_pk in used or msg.s_pk in used:
             raise self._refuse(msg.sender, "re-uses another client's public key")
@@ -251,20 +297,17 @@ class SecAggServer:
 
     def _finish_advertise(self) -> list[DownlinkMessage]:
         u1 = self._live(set(self._keys))
+        ads = tuple(self._keys[u] for u in sorted(u1))
+        self._joint_seed = self.config.joint_graph_seed(ads)
+        self._graph = self.config.graph(self._joint_seed)
         self._check_live(u1, "advertise")
         self._expected = u1
-        return [
-            KeyBroadcast(
-                **self._header(v),
-                keys=tuple(self._keys[u] for u in sorted(self.config.neighbours(v) & u1)),
-            )
-            for v in sorted(u1)
-        ]
+        return [KeyBroadcast(**self._header(v), keys=ads) for v in sorted(u1)]
 
     # -- round 1 ------------------------------------------------------------------------
     def _on_encrypted_shares(self, msg: EncryptedShares) -> None:
         u1 = self._expected
-        want = self.config.neighbours(msg.sender) & u1
+        want = self._graph[msg.sender] & u1
         got = {v for v, _ in msg.ciphertexts}
         if got != want:
             raise self._refuse(msg.sender, "shares not addressed to exactly its live neighbours")
@@ -278,7 +321,7 @@ class SecAggServer:
         out: list[DownlinkMessage] = [
             ShareBundle(
                 **self._header(v),
-                ciphertexts=tuple((u, self._ciphertexts[u][v]) for u in sorted(self.config.neighbours(v) & u2)),
+                ciphertexts=tuple((u, self._ciphertexts[u][v]) for u in sorted(self._graph[v] & u2)),
             )
             for v in sorted(u2)
         ]
@@ -287,70 +330,123 @@ class SecAggServer:
 
     # -- round 1.5 ----------------------------------------------------------------------
     def _on_share_receipt(self, msg: ShareReceipt) -> None:
-        allowed = self.config.neighbours(msg.sender) & self._expected
+        allowed = self._graph[msg.sender] & self._expected
         if not set(msg.complaints) <= allowed:
             raise self._refuse(msg.sender, "complains about clients that sent it no shares")
         self._complaints[msg.sender] = msg.complaints
 
     def _finish_check_shares(self) -> list[DownlinkMessage]:
+        """Complaints remove the accuser-accused edge, never only the accused.
+
+        A complaint cannot be verified (only the accuser holds the key), so removing the
+        accused would let c colluders strip an honest client of its honest partners
+        (issue 13, attack 2). Removing the edge costs the accuser as much as the accused.
+        Then every client left with fewer than ``min(t + c, k + 1) - 1`` partners withdraws (its
+        partners lose that edge too), until no one else falls below.
+        """
+        cfg = self.config
         receipts = self._live(set(self._complaints))
-        for accuser in sorted(receipts):
-            for accused in self._complaints[accuser]:
-                self.exclude(accused, f"shares sent to client {accuser} failed to decrypt")
-        included = self._live(receipts)
+        self._check_live(receipts, "check_shares")
+        removed = {frozenset((a, v)) for a in receipts for v in self._complaints[a]}
+        included = set(receipts)
+        floor = mask_floor(cfg.holders_per_client, cfg.threshold, cfg.max_colluders)
+        while True:
+            masks = {
+                v: frozenset(w for w in self._graph[v] & included if frozenset((v, w)) not in removed)
+                for v in included
+            }
+            short = {v for v, m in masks.items() if len(m) + 1 < floor}
+            if not short:
+                break
+            included -= short
+            self._withdrawn |= short
         self._check_live(included, "check_shares")
+        self._mask_sets = masks
         self._included = frozenset(included)
         self._expected = included
-        return [
-            MaskRequest(**self._header(v), included=tuple(sorted(self.config.holders(v) & included)))
-            for v in sorted(included)
-        ]
+        return [MaskRequest(**self._header(v), included=tuple(sorted(masks[v] | {v}))) for v in sorted(included)]
 
     # -- round 2 ------------------------------------------------------------------------
     def _on_masked_input(self, msg: MaskedInput) -> None:
         v = msg.vector
-        if msg.bits != self.config.bits:
-            raise self._refuse(msg.sender, f"masked vector at {msg.bits} bits, expected {self.config.bits}")
-        if not isinstance(v, np.ndarray) or v.ndim != 1 or v.size != self.config.length:
-            raise self._refuse(msg.sender, f"masked vector of wrong length (expected {self.config.length})")
-        if v.dtype != self._acc.dtype or (self.config.bits not in (32, 64) and int(v.max()) >> self.config.bits):
-            raise self._refuse(msg.sender, f"masked vector outside Z_2^{self.config.bits}")
+        cfg = self.config
+        if msg.bits != cfg.bits:
+            raise self._refuse(msg.sender, f"masked vector at {msg.bits} bits, expected {cfg.bits}")
+        if not isinstance(v, np.ndarray) or v.ndim != 1 or v.size != cfg.length:
+            raise self._refuse(msg.sender, f"masked vector of wrong length (expected {cfg.length})")
+        if v.dtype != self._acc.dtype or (cfg.bits not in (32, 64) and int(v.max()) >> cfg.bits):
+            raise self._refuse(msg.sender, f"masked vector outside Z_2^{cfg.bits}")
+        if msg.mask_set != tuple(sorted(self._mask_sets[msg.sender])):
+            raise self._refuse(msg.sender, "masked with a different partner set than it was asked to")
+        try:
+            verify(
+                cfg.identity_keys[msg.sender],
+                msg.mask_signature,
+                mask_set_payload(cfg.session_id, cfg.round_number, self._joint_seed, msg.sender, msg.mask_set),
+                context=MASK_SET_CONTEXT,
+            )
+        except CryptoError as exc:
+            raise self._refuse(msg.sender, "invalid mask-set signature") from exc
         np.add(self._acc, v, out=self._acc)  # streaming: the vector is not kept
+        self._signed_mask_sets[msg.sender] = (msg.mask_set, msg.mask_signature)
         self._survivors = tuple(sorted({*self._survivors, msg.sender}))
 
     def _finish_masked_input(self) -> list[DownlinkMessage]:
         u3 = set(self._survivors)
-        self._check_live(u3, "masked_input")
+        self._check_live(u3, "masked_input", groups=self._masked_with)
         self._expected = self._live(u3)
         return [ConsistencyRequest(**self._header(v), survivors=self._survivors) for v in sorted(self._expected)]
 
     # -- round 3 ------------------------------------------------------------------------
     def _on_consistency_signature(self, msg: ConsistencySignature) -> None:
-        payload = consistency_payload(self.config.session_id, self.config.round_number, self._survivors)
+        cfg = self.config
+        payload = consistency_payload(cfg.session_id, cfg.round_number, self._joint_seed, self._survivors)
         try:
-            verify(self.config.identity_keys[msg.sender], msg.signature, payload, context=CONSISTENCY_CONTEXT)
+            verify(cfg.identity_keys[msg.sender], msg.signature, payload, context=CONSISTENCY_CONTEXT)
         except CryptoError as exc:
             raise self._refuse(msg.sender, "invalid consistency signature") from exc
         self._signatures[msg.sender] = msg.signature
 
     def _finish_consistency(self) -> list[DownlinkMessage]:
+        """Forward to each signer a quorum of signatures covering t holders of each of its owners.
+
+        The selection is greedy (per owner, then filled up to the quorum in index
+        order): every signature forwarded costs the recipient one Ed25519 verification.
+        """
+        cfg = self.config
         u4 = self._live(set(self._signatures))
-        t = self.config.threshold
+        t, q = cfg.threshold, cfg.quorum
+        if len(u4) < q:
+            raise RoundAbortedError(
+                f"round aborted after consistency: {len(u4)} consistency signatures < cohort quorum {q}"
+            )
+        survivors = set(self._survivors)
         out: list[DownlinkMessage] = []
         for v in sorted(u4):
-            sigs = tuple((w, self._signatures[w]) for w in sorted(self.config.holders(v) & u4))
-            if len(sigs) < t:
-                raise RoundAbortedError(
-                    f"round aborted after consistency: client {v} has {len(sigs)} signing holders < threshold {t}"
-                )
-            out.append(UnmaskRequest(**self._header(v), survivors=self._survivors, signatures=sigs))
+            chosen: set[int] = set()
+            for owner in sorted(self._masked_with(v)):
+                pool = self._holders(owner) & u4
+                if len(pool) < t:
+                    raise RoundAbortedError(
+                        f"round aborted after consistency: client {owner} has {len(pool)} signing "
+                        f"holders < threshold {t}"
+                    )
+                for w in sorted(pool - chosen)[: max(0, t - len(pool & chosen))]:
+                    chosen.add(w)
+            for w in sorted(u4 - chosen)[: max(0, q - len(chosen))]:
+                chosen.add(w)
+            sigs = tuple((w, self._signatures[w]) for w in sorted(chosen))
+            masks = tuple(
+                (o, *self._signed_mask_sets[o]) for o in sorted(self._masked_with(v) & survivors) if o != v
+            )
+            out.append(UnmaskRequest(**self._header(v), survivors=self._survivors, signatures=sigs, mask_sets=masks))
         self._expected = u4
         return out
 
     # -- round 4 ------------------------------------------------------------------------
     def _on_unmask_shares(self, msg: UnmaskShares) -> None:
         w = msg.sender
-        mine = self.config.holders(w) & self._included
+        mine = self._masked_with(w)
         survivors = set(self._survivors)
         if {o for o, _ in msg.self_mask_shares} != mine & survivors or {o for o, _ in msg.key_shares} != mine - survivors:
             raise self._refuse(w, "released the wrong set of shares")
@@ -367,41 +463,58 @@ class SecAggServer:
                 f"round aborted at unmasking: {len(pts)} shares of {what} of client {owner} "
                 f"< threshold {self.config.threshold}"
             )
-        return pts[: self.config.threshold]
+        return pts
 
     def _finish_unmask(self) -> list[DownlinkMessage]:
+        """Rebuild every needed secret from all shares that arrived, correcting wrong ones.
+
+        :func:`crypto.shamir.robust_reconstruct` interpolates the first ``t`` shares and
+        checks the result (commitment for ``b_u``, advertised ``s_pk`` for ``s_sk_u``);
+        if that fails it decodes all ``m`` shares with Berlekamp-Welch (up to
+        ``floor((m - t) / 2)`` wrong shares), names the holders whose shares disagree
+        with the decoded polynomial and excludes them. The round completes unless a
+        secret has more wrong shares than its spares can correct.
+        """
         cfg = self.config
         t = cfg.threshold
         lagrange: dict[tuple[int, ...], list[int]] = {}
 
-        def rebuild(pts: list[tuple[int, int]]) -> bytes:
-            xs = tuple(x for x, _ in pts)
+        def rebuild(pts: list[tuple[int, int]], check: Callable[[bytes], bool], what: str) -> bytes:
+            xs = tuple(x for x, _ in pts[:t])
             if xs not in lagrange:
                 lagrange[xs] = lagrange_coefficients_at_zero(xs)
-            return reconstruct(pts, threshold=t, coefficients=lagrange[xs])
+            try:
+                secret, bad = robust_reconstruct(pts, threshold=t, check=check, coefficients=lagrange[xs])
+            except CryptoError as exc:
+                raise RoundAbortedError(f"round aborted at unmasking: {what}: {exc}") from exc
+            for x in sorted(bad):
+                self.exclude(x - 1, f"released a wrong share of {what}")
+            return secret
 
         survivors = set(self._survivors)
-        dropped = sorted(u for u in self._included - survivors if cfg.neighbours(u) & survivors)
+        dropped = sorted(u for u in self._included - survivors if self._mask_sets[u] & survivors)
         seeds: list[bytes] = []
         keys: dict[int, Any] = {}
-        try:
-            for u in self._survivors:
-                b = rebuild(self._shares_of(self._b_shares, u, "the self-mask seed"))
-                if self_mask_commitment(
-                    b, session_id=cfg.session_id, round_number=cfg.round_number, owner=u
-                ) != self._commitments[u]:
-                    raise RoundAbortedError(f"reconstructed self-mask seed of client {u} fails its commitment")
-                seeds.append(derive_self_mask_seed(b, session_id=cfg.session_id, round_number=cfg.round_number, owner=u))
-            for u in dropped:
-                sk = x25519_private_from_bytes(rebuild(self._shares_of(self._s_shares, u, "the mask key")))
-                if public_bytes(sk) != self._keys[u].s_pk:
-                    raise RoundAbortedError(f"reconstructed mask key of client {u} fails its public key")
-                keys[u] = sk
-        except CryptoError as exc:
-            raise RoundAbortedError(f"round aborted at unmasking: {exc}") from exc
+        for u in self._survivors:
+
+            def commits(b: bytes, u: int = u) -> bool:
+                return (
+                    self_mask_commitment(b, session_id=cfg.session_id, round_number=cfg.round_number, owner=u)
+                    == self._commitments[u]
+                )
+
+            b = rebuild(self._shares_of(self._b_shares, u, "the self-mask seed"), commits, f"client {u}'s self-mask seed")
+            seeds.append(derive_self_mask_seed(b, session_id=cfg.session_id, round_number=cfg.round_number, owner=u))
+        for u in dropped:
+
+            def matches(raw: bytes, u: int = u) -> bool:
+                return public_bytes(x25519_private_from_bytes(raw)) == self._keys[u].s_pk
+
+            raw = rebuild(self._shares_of(self._s_shares, u, "the mask key"), matches, f"client {u}'s mask key")
+            keys[u] = x25519_private_from_bytes(raw)
         terms = [(seed, -1) for seed in seeds]
         for u in dropped:
-            for v in sorted(cfg.neighbours(u) & survivors):
+            for v in sorted(self._mask_sets[u] & survivors):
                 s_uv = derive_pair_key(
                     keys[u],
                     self._keys[v].s_pk,

@@ -72,6 +72,8 @@ class RoundResult:
     transcript: list[TranscriptRecord]
     client_errors: dict[int, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    graph: tuple[frozenset[int], ...] = ()
+    mask_sets: dict[int, frozenset[int]] = field(default_factory=dict)
 
 
 class Interceptor:
@@ -128,11 +130,13 @@ def simulate_round(
     seed: int | bytes | None = None,
     interceptor: Interceptor | None = None,
     observer: Callable[[int, npt.NDArray[np.unsignedinteger]], None] | None = None,
+    max_colluders: int = 0,
 ) -> RoundResult:
     """Run one secure-aggregation round in memory and return the unmasked sum.
 
     ``inputs``: one integer vector per client, values in ``[0, 2**bits)``.
-    ``threshold``: Shamir ``t``, a strict majority of each holder set.
+    ``threshold``: Shamir ``t``; with ``max_colluders = c`` (default 0) it must satisfy
+    ``2t > k + 1 + c`` and ``k + 1 >= t + c`` (:mod:`crypto.secagg.parameters`).
     ``neighbors``: ``None`` (complete graph, SecAgg) or ``k`` (SecAgg+ graph).
     ``drop``: client index -> stage name at which it goes silent.
     ``observer``: called with (sender, masked vector) for every masked input the server
@@ -144,7 +148,9 @@ def simulate_round(
     input reached the server), per-client ``.upload_bytes``/``.download_bytes``,
     ``.dropped`` (stage -> indices), ``.excluded`` (index -> reason),
     ``.transcript`` (sender, stage, size, SHA-256 of every frame the server got),
-    ``.client_errors`` (clients that refused and went silent) and ``.timings``.
+    ``.client_errors`` (clients that refused and went silent), ``.timings``, and
+    ``.graph`` / ``.mask_sets`` (the round's SecAgg+ graph, drawn from the joint seed,
+    and every included client's mask partners).
     Raises a :class:`~crypto.errors.ProtocolError` subclass if the round cannot complete.
     """
     vecs = _validate_inputs(inputs, bits)
@@ -167,9 +173,20 @@ def simulate_round(
         identity_keys=tuple(identity_public_bytes(k) for k in identities),
         graph_seed=_derive(root, "graph"),
         neighbors=neighbors,
+        max_colluders=max_colluders,
     )
+    # the caller chose the parameters for every client here: no floors beyond RoundConfig's
     clients = [
-        SecAggClient(config, index=i, identity_key=identities[i], vector=vecs[i], rng=Csprng(_derive(root, "client", i)))
+        SecAggClient(
+            config,
+            index=i,
+            identity_key=identities[i],
+            vector=vecs[i],
+            rng=Csprng(_derive(root, "client", i)),
+            min_cohort_size=2,
+            min_threshold=1,
+            min_neighbors=1,
+        )
         for i in range(n)
     ]
     server = SecAggServer(config)
@@ -273,4 +290,6 @@ def simulate_round(
         transcript=transcript,
         client_errors=client_errors,
         timings={**timings, **stage_time},
+        graph=server.graph,
+        mask_sets=server.mask_sets,
     )

@@ -5,10 +5,10 @@ Frame (all integers big-endian)::
     magic "SFSA" | version u8 (=1) | type u8 | stage u8 | 0x00 | body_len u32 | body
 
 ``body`` is a msgpack array of the message's fields (session id and round first).
-For :class:`MaskedInput` the msgpack array holds (session, round, sender, bits, d)
-and is followed, inside the body, by the coordinates bit-packed at exactly ``b`` bits
+For :class:`MaskedInput` the msgpack array holds (session, round, sender, bits, d,
+mask set, mask-set signature) and is followed, inside the body, by the coordinates bit-packed at exactly ``b`` bits
 each, little-endian bit order (coordinate ``i`` occupies bits ``[i b, (i+1) b)``), so
-the upload is ``ceil(d b / 8)`` bytes plus a fixed ~60-byte header, and the vector is
+the upload is ``ceil(d b / 8)`` bytes plus a header of ~130 bytes and 1-5 bytes per mask partner, and the vector is
 copied once on encoding and not at all on decoding. (Flower's SecAgg+ ships int64
 arrays: 64 bits per coordinate.)
 
@@ -54,10 +54,10 @@ from crypto.shamir import share_from_bytes, share_to_bytes
 __all__ = ["MAGIC", "VERSION", "decode", "encode", "pack_bits", "packed_size", "unpack_bits"]
 
 MAGIC = b"SFSA"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct(">4sBBBBI")
 MAX_FRAME_BYTES = 1 << 31
-_PREFIX_MAX = 256  # bound on the msgpack prefix of a MaskedInput frame
+_PREFIX_MAX = 1 << 16  # bound on the msgpack prefix of a MaskedInput frame (mask set, signature)
 
 _TYPES: dict[type[Message], int] = {
     RoundStart: 1,
@@ -167,13 +167,19 @@ def _body(msg: Message) -> list[Any]:
     if isinstance(msg, MaskRequest):
         return [*head, msg.recipient, list(msg.included)]
     if isinstance(msg, MaskedInput):  # the packed vector follows the msgpack array
-        return [*head, msg.sender, msg.bits, int(msg.vector.size)]
+        return [*head, msg.sender, msg.bits, int(msg.vector.size), list(msg.mask_set), msg.mask_signature]
     if isinstance(msg, ConsistencyRequest):
         return [*head, msg.recipient, list(msg.survivors)]
     if isinstance(msg, ConsistencySignature):
         return [*head, msg.sender, msg.signature]
     if isinstance(msg, UnmaskRequest):
-        return [*head, msg.recipient, list(msg.survivors), _pairs_bytes(msg.signatures)]
+        return [
+            *head,
+            msg.recipient,
+            list(msg.survivors),
+            _pairs_bytes(msg.signatures),
+            [[o, list(members), sig] for o, members, sig in msg.mask_sets],
+        ]
     if isinstance(msg, UnmaskShares):
         return [
             *head,
@@ -259,14 +265,30 @@ def _build(cls: type[Message], f: tuple[Any, ...], trailer: memoryview | None = 
             vector = unpack_bits(packed, bits, count)
         except CryptoError as exc:
             raise _Malformed(str(exc)) from exc
-        return MaskedInput(session_id=s, round_number=r, sender=f[2], bits=bits, vector=vector)
+        return MaskedInput(
+            session_id=s,
+            round_number=r,
+            sender=f[2],
+            bits=bits,
+            vector=vector,
+            mask_set=_ints(f[5]),
+            mask_signature=f[6],
+        )
     if cls is ConsistencyRequest:
         return ConsistencyRequest(session_id=s, round_number=r, recipient=f[2], survivors=_ints(f[3]))
     if cls is ConsistencySignature:
         return ConsistencySignature(session_id=s, round_number=r, sender=f[2], signature=f[3])
     if cls is UnmaskRequest:
+        if not isinstance(f[5], tuple):
+            raise _Malformed("expected a list of mask sets")
+        mask_sets = tuple((m[0], _ints(m[1]), m[2]) for m in (_fields(m, 3) for m in f[5]))
         return UnmaskRequest(
-            session_id=s, round_number=r, recipient=f[2], survivors=_ints(f[3]), signatures=_pairs(f[4])
+            session_id=s,
+            round_number=r,
+            recipient=f[2],
+            survivors=_ints(f[3]),
+            signatures=_pairs(f[4]),
+            mask_sets=mask_sets,
         )
     if cls is UnmaskShares:
         return UnmaskShares(
@@ -287,10 +309,10 @@ _FIELD_COUNT = {
     ShareBundle: 4,
     ShareReceipt: 4,
     MaskRequest: 4,
-    MaskedInput: 5,
+    MaskedInput: 7,
     ConsistencyRequest: 4,
     ConsistencySignature: 4,
-    UnmaskRequest: 5,
+    UnmaskRequest: 6,
     UnmaskShares: 5,
 }
 

@@ -14,13 +14,12 @@ from hypothesis import strategies as st
 
 from crypto.errors import RoundAbortedError
 from crypto.prg import Csprng
-from crypto.secagg import default_neighbors, neighbor_graph, pack_bits, simulate_round, unpack_bits
+from crypto.secagg import default_neighbors, pack_bits, simulate_round, unpack_bits
 from crypto.secagg.graph import effective_degree
-from crypto.secagg.simulate import _derive, _root_seed
 from crypto.shamir import reconstruct, split
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "crypto"))
-from secagg_oracle import expected_outcome  # noqa: E402
+from secagg_oracle import expected_outcome, simulated_graph  # noqa: E402
 
 STAGES = ["advertise", "share_keys", "masked_input", "unmask"]
 
@@ -47,7 +46,7 @@ def test_sum_is_exact_for_random_dropouts(case: tuple[int, int, int | None, dict
     d = 5
     xs = [Csprng(seed.to_bytes(8, "big") + bytes(23) + bytes([i % 256])).uniform_mod_pow2(d, bits=bits)
           for i in range(n)]
-    graph = neighbor_graph(_derive(_root_seed(seed), "graph"), n, k)
+    graph = simulated_graph(n, k, seed, drop)
     want = expected_outcome(n, t, graph, drop)
     if want is None:
         with pytest.raises(RoundAbortedError):
@@ -74,3 +73,76 @@ def test_shamir_any_t_subset_reconstructs(secret: bytes, n: int, data: st.DataOb
     shares = split(secret, threshold=t, xs=list(range(1, n + 1)), rng=Csprng(secret))
     for subset in itertools.combinations(sorted(shares.items()), t):
         assert reconstruct(subset, threshold=t) == secret
+
+
+# -- issue 13: no split view, bad inclusion or collusion unmasks an honest input -----------
+sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "crypto"))
+from secagg_adversary import SplitViewServer  # noqa: E402
+from secagg_harness import graph_of, make  # noqa: E402
+
+from crypto.errors import LocalProtocolError  # noqa: E402
+from crypto.secagg import Stage  # noqa: E402
+from crypto.secagg.parameters import check_parameters  # noqa: E402
+
+
+@st.composite
+def parameters(draw: st.DrawFn) -> tuple[int, int, int | None, int, int]:
+    n = draw(st.integers(4, 40))
+    c = draw(st.integers(0, 2))
+    k = draw(st.one_of(st.none(), st.sampled_from([2, 4, 6, 8])))
+    h = effective_degree(n, k) + 1
+    feasible = []
+    for t in range(1, h + 1):
+        try:
+            check_parameters(n, k, t, c)
+            feasible.append(t)
+        except LocalProtocolError:
+            pass
+    if not feasible:
+        c, feasible = 0, list(range(h // 2 + 1, h + 1))
+    return n, c, k, draw(st.sampled_from(feasible)), draw(st.integers(0, 255))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parameters(), st.data())
+def test_released_shares_never_unmask_an_honest_input(
+    params: tuple[int, int, int | None, int, int], data: st.DataObject
+) -> None:
+    """Random graphs; a victim told to mask with a random subset A of its neighbours;
+    random survivor views (everyone alive minus a random set, biased to the victim's
+    neighbourhood) shown to random groups of clients; up to c colluders, who sign every
+    view and whose shares the server holds. The union of all shares the honest clients
+    release never gives both b_u and every pairwise mask of an honest u whose masked
+    input the server has."""
+    n, c, k, t, seed = params
+    h = make(n=n, t=t, d=2, neighbors=k, seed=seed, max_colluders=c)
+    h.run_until(Stage.MASKED_INPUT)
+    g = graph_of(h)
+    u = data.draw(st.integers(0, n - 1), label="victim")
+    nbrs = sorted(g[u])
+    others = [v for v in range(n) if v != u]
+    colluders = frozenset(data.draw(st.lists(st.sampled_from(others), max_size=c, unique=True), label="colluders"))
+    if data.draw(st.booleans(), label="far A"):  # the neighbours whose holder sets overlap u's least
+        far = sorted(nbrs, key=lambda a: (len(g[a] & g[u]), a))
+        a_set = set(far[: data.draw(st.integers(max(1, t - 1), len(nbrs)), label="|A|")])
+    else:
+        a_set = set(data.draw(st.lists(st.sampled_from(nbrs), min_size=1, unique=True), label="A"))
+    include = {u: tuple(sorted(a_set | {u}))} if data.draw(st.booleans(), label="shrink victim") else {}
+    near = nbrs + sorted({w for v in nbrs for w in g[v]} - {u})
+    removed = [
+        set(data.draw(st.lists(st.sampled_from(near), unique=True), label=f"removed from view {j}"))
+        for j in range(3)
+    ]
+    if data.draw(st.booleans(), label="split view"):  # issue 13 attack 1 and its variants
+        removed[0] |= set(nbrs) - a_set  # u and A: u's other neighbours "dropped"
+        removed[1] |= a_set  # everyone else: A "dropped", u survived
+    group = {i: (0 if i in a_set or i == u else 1) for i in range(n)}
+    for i in data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=4), label="regrouped"):
+        group[i] = 2
+
+    def view(i: int, alive: set[int]) -> tuple[int, ...]:
+        return tuple(sorted((alive - removed[group[i]]) | {i}))
+
+    server = SplitViewServer(h, colluders, include=include, view=view)
+    know, masked = server.run()
+    assert not know.exposed(h.clients, masked)

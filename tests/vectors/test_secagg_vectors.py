@@ -107,7 +107,7 @@ def test_x25519_key_from_rng_is_raw_bytes() -> None:
 
 # A fixed n = 3 round (seed 2024, bits 16, t = 2, client 2 drops at masked input).
 # Every frame the server receives is hashed; the digest of the transcript is pinned.
-TRANSCRIPT_DIGEST = "9c86028b11e1deac1b6b7bea48bfe89f2aaed3f2cb6618e0d24bd712d652b2d5"
+TRANSCRIPT_DIGEST = "f42ade374ebb8a830cfd9664a57cf752762ae02a3f0cfe96009e793ceb2782cc"
 
 
 def _fixed_round() -> tuple[str, list[int], list[int], int]:

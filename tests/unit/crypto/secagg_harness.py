@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,16 @@ class Harness:
         return next(m for m in self.outbox if m.recipient == client)
 
 
-def make(n: int = 5, t: int = 3, d: int = 64, bits: int = 16, neighbors: int | None = None, seed: int = 0) -> Harness:
-    ids = [generate_identity(Csprng(bytes([seed, i]) * 16)) for i in range(n)]
+def make(
+    n: int = 5,
+    t: int = 3,
+    d: int = 64,
+    bits: int = 16,
+    neighbors: int | None = None,
+    seed: int = 0,
+    **config: object,
+) -> Harness:
+    ids = [generate_identity(Csprng(bytes([seed]) + i.to_bytes(2, "big") + bytes(29))) for i in range(n)]
     cfg = RoundConfig(
         session_id=bytes([seed]) * 32,
         round_number=1,
@@ -65,12 +74,27 @@ def make(n: int = 5, t: int = 3, d: int = 64, bits: int = 16, neighbors: int | N
         identity_keys=tuple(identity_public_bytes(k) for k in ids),
         graph_seed=bytes(32),
         neighbors=neighbors,
+        **config,  # type: ignore[arg-type]
     )
     gen = np.random.default_rng(seed)  # simulation data only, not a mask path
     xs = [gen.integers(0, 2**bits, size=d, dtype=np.uint32) for _ in range(n)]
+    # the test chose the parameters: no client floors beyond RoundConfig's own checks
+    floors = (
+        {"min_cohort_size": 2, "min_threshold": 1, "min_neighbors": 1}
+        if "min_cohort_size" in inspect.signature(SecAggClient).parameters
+        else {}
+    )
     clients = [
-        SecAggClient(cfg, index=i, identity_key=ids[i], vector=xs[i], rng=Csprng(bytes([seed, 100 + i]) * 16))
+        SecAggClient(cfg, index=i, identity_key=ids[i], vector=xs[i],
+                     rng=Csprng(bytes([seed, 1]) + i.to_bytes(2, "big") + bytes(28)), **floors)  # type: ignore[arg-type]
         for i in range(n)
     ]
     server = SecAggServer(cfg)
     return Harness(cfg, ids, clients, server, xs, server.start())
+
+
+def graph_of(h: Harness) -> tuple[frozenset[int], ...]:
+    """The round's graph (known once the advertisements are in)."""
+    if hasattr(h.server, "graph"):
+        return h.server.graph
+    return tuple(h.config.neighbours(u) for u in range(h.config.n))  # type: ignore[attr-defined]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from crypto.errors import ProtocolError, RoundAbortedError
-from crypto.secagg import neighbor_graph, simulate_round
+from crypto.secagg import simulate_round
 
 sys.path.insert(0, str(Path(__file__).parent))
-from secagg_oracle import expected_outcome  # noqa: E402
+from secagg_oracle import expected_outcome, simulated_graph  # noqa: E402
 
 CONTRACT_STAGES = [None, "advertise", "share_keys", "masked_input", "unmask"]
 BITS = 8
@@ -24,16 +24,14 @@ def _inputs(n: int) -> list[np.ndarray]:
     return [(np.arange(3, dtype=np.uint32) * 37 + 91 * i + 200) % (1 << BITS) for i in range(n)]
 
 
-def _graph_of(n: int, neighbors: int | None, seed: int) -> tuple[frozenset[int], ...]:
-    # simulate_round derives the graph seed from `seed`; recover it through a no-drop run
-    from crypto.secagg.simulate import _derive, _root_seed
-
-    return neighbor_graph(_derive(_root_seed(seed), "graph"), n, neighbors)
+def _graph_of(n: int, neighbors: int | None, seed: int, drop: dict[int, str]) -> tuple[frozenset[int], ...]:
+    # the graph comes from the joint seed over the advertisements that were sent
+    return simulated_graph(n, neighbors, seed, drop)
 
 
 def _check(n: int, t: int, neighbors: int | None, drop: dict[int, str], seed: int) -> bool:
     xs = _inputs(n)
-    want = expected_outcome(n, t, _graph_of(n, neighbors, seed), drop)
+    want = expected_outcome(n, t, _graph_of(n, neighbors, seed, drop), drop)
     if want is None:
         with pytest.raises(RoundAbortedError):
             simulate_round(xs, bits=BITS, threshold=t, neighbors=neighbors, drop=drop, seed=seed)
@@ -77,7 +75,7 @@ def test_dropped_client_masks_are_removed_with_many_neighbours() -> None:
     rng = np.random.default_rng(1)
     xs = [rng.integers(0, 2**32, size=50, dtype=np.uint32) for _ in range(12)]
     drop = {0: "masked_input", 7: "unmask", 9: "share_keys"}
-    assert expected_outcome(12, 4, _graph_of(12, 5, 3), drop) is not None
+    assert expected_outcome(12, 4, _graph_of(12, 5, 3, drop), drop) is not None
     res = simulate_round(xs, bits=32, threshold=4, neighbors=5, drop=drop, seed=3)
     assert res.survivors == [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
     assert np.array_equal(res.total, sum(xs[i].astype(np.uint64) for i in res.survivors) % 2**32)

@@ -223,10 +223,10 @@ def test_wire_roundtrip_and_strict_decoding() -> None:
     vec = np.arange(100, dtype=np.uint32) % 1024
     m = MaskedInput(session_id=SESSION, round_number=0, sender=0, bits=10, vector=vec)
     frame = encode(m)
-    assert len(frame) < 100 * 10 // 8 + 80
+    assert len(frame) < 100 * 10 // 8 + 80 + 64  # + the mask-set signature
     assert np.array_equal(decode(frame).vector, vec)  # type: ignore[attr-defined]
     with pytest.raises(RemoteProtocolError):
-        decode(frame[:4] + bytes([2]) + frame[5:])  # unknown version
+        decode(frame[:4] + bytes([3]) + frame[5:])  # unknown version
 
 
 def test_masked_input_refuses_out_of_range_values() -> None:
