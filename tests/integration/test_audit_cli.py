@@ -257,7 +257,9 @@ def test_noise_disabled_but_epsilon_claimed_is_flagged(
     assert rc == 1
     assert doc["ledger"]["ok"]  # the re-signed ledger verifies...
     assert doc["epsilon"]["status"] == "disagree"  # ...but its events do not support the claim
-    assert doc["epsilon"]["recomputed_epsilon"] == "inf"
+    # plain: no guarantee against the server (reference None); the released events carry no noise
+    assert doc["epsilon"]["recomputed_epsilon"] is None
+    assert doc["epsilon"]["recomputed_released_model"] == "inf"
     canary = doc["empirical"]["canary"]
     assert canary["flagged"] and float(canary["epsilon_estimate"]) > 8.0
     assert "canary estimate" in text and "epsilon:" in text

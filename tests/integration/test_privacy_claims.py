@@ -214,3 +214,47 @@ def test_nonprivate_event_when_no_honest_share_survives() -> None:
     out = agg.aggregate(ups, round_index=1)
     assert out.mean is not None and len(out.survivors) == 2
     assert isinstance(out.dp_event, NonPrivateEvent)  # both survivors may be the colluders
+
+
+# -- issue 16 section 3: report.html describes the run that happened ---------------------
+def test_report_of_a_record_level_run_without_client_dp(tmp_path: Path) -> None:
+    import json
+
+    from audits.audit import audit_run
+
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(load_config(PLAIN, ["dp.record_level=true", "protocol=secagg", "data.dataset=breast_cancer",
+                                "clients.num=4", "model.kind=logreg", "rounds=1"]),
+            out_dir=out, progress=False)
+    result = audit_run(out, empirical=False)
+    doc = json.loads((out / "audit.json").read_text())
+    html = (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert "record-level" in result.verdict and "no differential privacy" not in result.verdict
+    assert "Record-level epsilon" in html
+    assert f"{summary['epsilon_record_level_max']:.4g}" in html
+    trust = doc["nist"]["Trust model (keys, thresholds, collusion)"]
+    assert "discrete Gaussian" not in trust and "No DP noise" in trust
+    assert "record" in doc["nist"]["Unit of privacy"]
+    assert all(v is not None and "None" not in str(v) for v in doc["parameters"].values())
+    assert not any("epsilon is infinite" in h["text"] for h in doc["hazards"])
+
+
+def test_report_of_a_plain_central_dp_run_says_no_guarantee_against_the_server(tmp_path: Path) -> None:
+    import json
+
+    from audits.audit import audit_run
+
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(load_config(PLAIN, ["dp.mechanism=gaussian", "dp.noise_multiplier=2.0", "rounds=2",
+                                "model.kind=logreg"]), out_dir=out, progress=False)
+    result = audit_run(out, empirical=False)
+    assert result.ok, result.failures
+    doc = json.loads((out / "audit.json").read_text())
+    text = doc["nist"]["Epsilon and delta"]
+    assert "against the server: none" in text and "released model" in text
+    assert "no protection against the server" in result.verdict
