@@ -65,12 +65,44 @@ AUDIT_JSON = "audit.json"
 AUDIT_REPORT = "report.html"
 
 LEDGER_LIMITS = (
-    "What the signature proves: the holder of the server key wrote these entries in this order. "
-    "A server holding its own key could rewrite the whole ledger consistently; the anchors in "
-    "summary.json live in the same directory, so they only protect against parties who cannot also "
-    "edit summary.json. Client countersignatures or a head hash published during the run bind the "
-    "server; whether the bodies are true is for the epsilon, transcript and empirical checks."
+    "What the signatures prove: the server's signature, that the holder of the server key wrote these entries in "
+    "this order; the clients' countersignatures, verified against the roster's identity keys, that every survivor "
+    "of each released aggregation accepted that entry, and through the hash chain every entry before it. A server "
+    "that rewrites and re-signs the ledger with its own key therefore fails at the first rewritten entry that "
+    "recorded a release, and so does an entry with a countersignature removed. This holds against a server that "
+    "does not also hold the survivors' identity keys (it may collude with fewer clients than survive), and only "
+    "with a roster the server cannot substitute: pass the sites' own roster (--roster); a roster.toml read from "
+    "the run directory proves self-consistency only. Entries that record no release (aborted) and a tail after the "
+    "last countersigned entry are vouched for by the server alone. Whether the bodies are true beyond what clients "
+    "checked (their version, session and membership) is for the epsilon, transcript and empirical checks."
 )
+
+ROSTER_FILENAME = "roster.toml"
+
+
+def load_roster_keys(path: Path) -> dict[str, bytes]:
+    """Site name -> 32-byte identity key from a roster file (``[[sites]]`` with ``name``
+    and hex ``identity_key``, as ``secure-fl roster build`` writes it). Read here as data:
+    the audit does not import the orchestration package."""
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise LedgerError(f"cannot read roster: {exc}", location=str(path)) from None
+    sites = tree.get("sites")
+    if not isinstance(sites, list) or not sites:
+        raise LedgerError("the roster lists no [[sites]]", location=str(path))
+    keys: dict[str, bytes] = {}
+    for i, site in enumerate(sites):
+        name = site.get("name") if isinstance(site, dict) else None
+        hexkey = site.get("identity_key") if isinstance(site, dict) else None
+        try:
+            raw = bytes.fromhex(hexkey) if isinstance(hexkey, str) else b""
+        except ValueError:
+            raw = b""
+        if not isinstance(name, str) or not name or len(raw) != 32 or name in keys:
+            raise LedgerError(f"sites[{i}] needs a unique name and a 64-hex identity_key", location=str(path))
+        keys[name] = raw
+    return keys
 
 
 @dataclass
@@ -185,7 +217,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _ledger_section(root: Path, summary: dict[str, Any], bodies: list[tuple[int, dict[str, Any]]],
-                    failures: list[str]) -> dict[str, Any]:
+                    failures: list[str], roster: Path | None = None) -> dict[str, Any]:
     pem = root / PUBLIC_KEY_FILENAME
     section: dict[str, Any] = {"ok": False, "entries": 0, "head": None, "problems": [], "limits": LEDGER_LIMITS}
     try:
@@ -206,12 +238,37 @@ def _ledger_section(root: Path, summary: dict[str, Any], bodies: list[tuple[int,
         failures.append(f"ledger: {LEDGER_FILENAME} is missing")
         section["problems"] = [{"line": 0, "entry_index": None, "kind": "truncated", "message": "file missing"}]
         return section
+    roster_path = roster if roster is not None else root / ROSTER_FILENAME
+    witnesses: dict[str, bytes] | None = None
+    if roster is None and not roster_path.is_file():
+        section["witnesses"] = "no roster: countersignatures NOT verified (pass the sites' roster with --roster)"
+        failures.append("ledger: no roster to verify the clients' countersignatures against (pass --roster ROSTER)")
+    else:
+        try:
+            witnesses = load_roster_keys(roster_path)
+        except LedgerError as exc:
+            failures.append(f"ledger: {exc}")
+            return section
+        section["roster"] = {
+            "path": str(roster_path),
+            "source": "given (--roster)" if roster is not None else "run directory (self-consistency only)",
+            "sha256": hashlib.sha256(roster_path.read_bytes()).hexdigest(),
+            "members": len(witnesses),
+        }
     try:
         report: LedgerReport = verify_ledger(root / LEDGER_FILENAME, key, expected_entries=exp_entries,
-                                             expected_head=exp_head)
+                                             expected_head=exp_head, client_public_keys=witnesses,
+                                             require_witnesses=witnesses is not None)
     except LedgerError as exc:
         failures.append(f"ledger: {exc}")
         return section
+    if witnesses is not None:
+        section["witnesses"] = (
+            f"{report.countersignatures} countersignatures verified; {report.witnessed} released aggregation(s) "
+            f"countersigned by every survivor"
+        )
+        section["countersignatures"] = report.countersignatures
+        section["witnessed_entries"] = report.witnessed
     section.update(
         ok=report.ok,
         entries=report.entries,
@@ -571,10 +628,13 @@ def audit_run(
     quick: bool = False,
     empirical: bool = True,
     write: bool = True,
+    roster: str | Path | None = None,
 ) -> AuditResult:
     """Audit the run directory ``run_dir``; write ``audit.json`` and ``report.html``
     to ``out_dir`` (default: ``run_dir``). ``quick`` shrinks the empirical tests;
-    ``empirical=False`` skips them (verification only)."""
+    ``empirical=False`` skips them (verification only). ``roster``: the sites' roster
+    file whose identity keys verify the countersignatures (default: ``roster.toml`` in
+    the run directory, which proves self-consistency only)."""
     start = time.perf_counter()
     root = Path(run_dir)
     if not root.is_dir():
@@ -591,7 +651,7 @@ def audit_run(
         config = {}
     bodies = _read_bodies(root / LEDGER_FILENAME)
 
-    ledger = _ledger_section(root, summary, bodies, failures)
+    ledger = _ledger_section(root, summary, bodies, failures, Path(roster) if roster is not None else None)
     eps = check_epsilon(root)
     if eps.status == "disagree":
         first = eps.mismatches[0] if eps.mismatches else None
@@ -621,7 +681,9 @@ def audit_run(
     ok = not failures
     can = emp.get("canary") or {}
     parts = [
-        f"ledger {'verified (' + str(ledger.get('entries')) + ' entries)' if ledger.get('ok') else 'FAILED'}",
+        f"ledger {'verified (' + str(ledger.get('entries')) + ' entries)' if ledger.get('ok') else 'FAILED'}"
+        + (f", {ledger['countersignatures']} countersignatures verified" if ledger.get("ok")
+           and "countersignatures" in ledger else ""),
         f"epsilon {eps.status}: {_epsilon_headline(summary, eps)}",
         f"transcript {'verified' if tcheck.ok else 'FAILED'}",
         f"server view {view.status}",

@@ -1,4 +1,4 @@
-"""``secure-fl audit RUN_DIR [--out DIR] [--quick] [--no-empirical]``.
+"""``secure-fl audit RUN_DIR [--out DIR] [--quick] [--no-empirical] [--roster ROSTER]``.
 
 Prints a one-line verdict first, then the details (failed checks, located; loud
 hazards; where the report is). Exit status: 0 the audit passed; 1 a check failed
@@ -31,6 +31,9 @@ def build_parser(prog: str = "secure-fl audit") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="where to write audit.json and report.html (default RUN_DIR)")
     p.add_argument("--quick", action="store_true", help="smaller empirical tests (seconds, for CI)")
     p.add_argument("--no-empirical", action="store_true", help="verification only: skip the re-runs and attacks")
+    p.add_argument("--roster", type=Path, default=None, metavar="ROSTER",
+                   help="the sites' roster: identity keys that verify the clients' countersignatures "
+                   "(default RUN_DIR/roster.toml, which proves self-consistency only)")
     return p
 
 
@@ -47,7 +50,8 @@ def audit_main(argv: Sequence[str] | None = None) -> int:
         print(f"secure-fl audit: {args.run_dir} is not a directory", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = audit_run(args.run_dir, out_dir=args.out, quick=args.quick, empirical=not args.no_empirical)
+        result = audit_run(args.run_dir, out_dir=args.out, quick=args.quick, empirical=not args.no_empirical,
+                           roster=args.roster)
     except SecureFLError as exc:
         print(f"AUDIT FAIL: {exc}")
         return EXIT_FAILED

@@ -45,6 +45,13 @@ figcaption{font-size:.85em;color:#555}.small{font-size:.85em;color:#555}
 """
 
 
+def _roster_line(roster: Any) -> str:
+    """The roster the countersignatures were verified against, and where it came from."""
+    if not isinstance(roster, dict):
+        return "none"
+    return f"{roster.get('members')} members, from {roster.get('source')}, SHA-256 {str(roster.get('sha256'))[:16]}..."
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -278,6 +285,8 @@ def render_report(doc: Mapping[str, Any], extras: Mapping[str, Any], path: str |
                 ("Anchors checked", _e(ledger.get("anchors"))),
                 ("Public key", f"<code>{_e(ledger.get('public_key_sha256'))}</code> (SHA-256 of the PEM)"),
                 ("Configuration hash", _e(ledger.get("config_check"))),
+                ("Client countersignatures", _e(ledger.get("witnesses"))),
+                ("Roster", _e(_roster_line(ledger.get("roster")))),
             ]
         )
     )
@@ -292,7 +301,7 @@ def render_report(doc: Mapping[str, Any], extras: Mapping[str, Any], path: str |
             )
             + "</table>"
         )
-    parts.append(f"<p class='small'>{_e(ledger.get('limits', ''))}</p>")
+    parts.append(f"<p class='small'><b>What the signatures prove.</b> {_e(ledger.get('limits', ''))}</p>")
 
     # --- epsilon
     eps = doc.get("epsilon", {})

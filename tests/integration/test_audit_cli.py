@@ -255,8 +255,9 @@ def test_noise_disabled_but_epsilon_claimed_is_flagged(
     _forge_claims(run, 8.0)
     rc, text, doc = _audit(run, tmp_path / "audit", capsys, "--quick")
     assert rc == 1
-    assert doc["ledger"]["ok"]  # the re-signed ledger verifies...
-    assert doc["epsilon"]["status"] == "disagree"  # ...but its events do not support the claim
+    # the re-signed ledger carries no valid client countersignature (issue 14)...
+    assert not doc["ledger"]["ok"] and doc["ledger"]["problems"][0]["kind"] == "unwitnessed"
+    assert doc["epsilon"]["status"] == "disagree"  # ...and its events do not support the claim
     # plain: no guarantee against the server (reference None); the released events carry no noise
     assert doc["epsilon"]["recomputed_epsilon"] is None
     assert doc["epsilon"]["recomputed_released_model"] == "inf"
