@@ -558,7 +558,9 @@ def _parameters(config: dict[str, Any], summary: dict[str, Any], bodies: list[tu
         "target epsilon": dp.get("target_epsilon") if dp.get("mechanism", "none") != "none" else None,
         "delta": dp.get("delta") if private else None,
         "clip": dp.get("clip") if dp.get("mechanism", "none") != "none" else None,
-        "colluding clients assumed": summary.get("colluding_clients_assumed"),
+        "colluding clients assumed": summary.get("colluding_clients_assumed")
+        if dp.get("mechanism", "none") != "none" and config.get("protocol") != "plain"
+        else None,
         "cohort sampling": summary.get("cohort_sampling"),
         "record-level DP-SGD (noise / clip)": (
             f"{dp.get('record_noise_multiplier', 1.0)} / {dp.get('record_clip', 1.0)}" if dp.get("record_level") else None
@@ -684,7 +686,8 @@ def audit_run(
         f"ledger {'verified (' + str(ledger.get('entries')) + ' entries)' if ledger.get('ok') else 'FAILED'}"
         + (f", {ledger['countersignatures']} countersignatures verified" if ledger.get("ok")
            and "countersignatures" in ledger else ""),
-        f"epsilon {eps.status}: {_epsilon_headline(summary, eps)}",
+        f"epsilon {'no client-level DP' if eps.status == 'no_dp' else eps.status}: "
+        f"{_epsilon_headline(summary, eps)}",
         f"transcript {'verified' if tcheck.ok else 'FAILED'}",
         f"server view {view.status}",
     ]

@@ -311,6 +311,7 @@ def render_report(doc: Mapping[str, Any], extras: Mapping[str, Any], path: str |
         ("Result", _e(eps.get("status"))),
         ("Independent reference, against the server (max over clients; a lower bound no claim may undercut)",
          _e("none: protocol = plain, no guarantee against the server" if server_ref is None
+            else "none: no client-level DP" if eps.get("status") == "no_dp"
             else _fmt(_as_float(server_ref)))),
         ("Claimed epsilon against the server (summary.json)", _e(_fmt(_as_float(eps.get("claimed_epsilon"))))),
         ("Reference / claimed released-model epsilon",
