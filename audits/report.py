@@ -383,7 +383,11 @@ def render_report(doc: Mapping[str, Any], extras: Mapping[str, Any], path: str |
                 [
                     ("Verdict", _e(can.get("verdict"))),
                     ("Estimated epsilon (released model)", _e(f"{_fmt(_as_float(can.get('epsilon_estimate')))} "
-                     f"(95% bootstrap interval {_fmt(_as_float(can['interval_95'][0]))}–{_fmt(_as_float(can['interval_95'][1]))}) at delta={can.get('delta')}")),
+                     f"at delta={can.get('delta')} (point estimate: never fails a run by itself)")),
+                    ("One-sided lower confidence bound (decides the verdict)", _e(
+                     f"{_fmt(_as_float(can.get('epsilon_lower_bound')))} at {float(can.get('confidence') or 0):.0%} "
+                     f"confidence, from {setup.get('canaries_seen')} seen and {setup.get('canaries_unseen')} unseen "
+                     "canaries; the run fails only if it exceeds the claimed epsilon or the re-run's bound")),
                     ("Claimed epsilon", _e(_fmt(_as_float(can.get("claimed_epsilon"))))),
                     ("Accountant bound of the re-run itself", _e(_fmt(_as_float(can.get("rerun_epsilon_bound"))))),
                     ("Separate-variance fit (paper's estimator)", _e(_fmt(can.get("fit", {}).get("epsilon_separate_variances")))),

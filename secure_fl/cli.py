@@ -101,7 +101,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 #: Subcommands with their own argument parsers, dispatched before the main parser.
 _DELEGATED = {
-    "audit": ("audits.cli", "audit_main", "verify a run directory and write audit.json and report.html"),
+    "audit": ("secure_fl.audit_rerun", "audit_main", "verify a run directory and write audit.json and report.html"),
     "sweep": ("secure_fl.sweep", "sweep_main", "run a grid of configurations, write sweep.csv and plots"),
     "bench": ("secure_fl.bench", "bench_main", "run the performance benchmarks and print their targets table"),
     "certs": ("secure_fl.certs", "certs_main", "create a CA and server certificate for a TLS pilot"),
