@@ -338,11 +338,22 @@ def _hazards(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck,
         add("critical", "protocol = plain: the server received every individual client update in the clear. "
             "Nothing protects an individual update from the server (or anyone who breaches it).")
     recomputed = eps.recomputed_epsilon
-    if mechanism == "none" or recomputed is None or math.isinf(recomputed):
-        add("critical", "epsilon is infinite: the released model carries no differential-privacy guarantee"
-            + ("" if mechanism == "none" else f" although dp.mechanism = {mechanism!r}"))
-    nonprivate = [line for line, b in bodies if not b.get("aborted") and isinstance(b.get("dp_event"), dict)
-                  and b["dp_event"].get("type") == "non_private"]
+    record_level = bool(dp.get("record_level"))
+    if mechanism == "none" and not record_level:
+        add("critical", "no differential privacy: dp.mechanism = 'none' and no record-level DP-SGD; epsilon is "
+            "undefined (infinite) for every unit")
+    elif mechanism == "none":
+        add("high", "no client-level differential privacy (dp.mechanism = 'none'): a client's whole contribution is "
+            "protected only through the record-level DP-SGD guarantee of each of its records "
+            f"(record-level epsilon {_fmt(_num(summary.get('epsilon_record_level_max')))})")
+    elif protocol != "plain" and (recomputed is None or math.isinf(recomputed)):
+        add("critical", f"no guarantee against the server although dp.mechanism = {mechanism!r}: an aggregation "
+            "released a sum without honest noise (epsilon is infinite)")
+    # The released event carries every noise share (dp_event may be non-private against the
+    # server only because all survivors could be colluders).
+    nonprivate = [line for line, b in bodies if not b.get("aborted")
+                  and isinstance(ev := b.get("dp_event_released", b.get("dp_event")), dict)
+                  and ev.get("type") == "non_private"]
     if mechanism != "none" and nonprivate:
         add("critical", f"dp.mechanism = {mechanism!r} but {len(nonprivate)} aggregation(s) released without noise "
             f"(ledger lines {nonprivate[:5]}): noise was disabled")
@@ -351,8 +362,15 @@ def _hazards(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck,
     if delta is not None and isinstance(n_clients, int) and n_clients > 0 and delta >= 1.0 / n_clients:
         add("high", f"delta = {delta:g} is not small compared with 1/N = 1/{n_clients}: a mechanism could publish one "
             "client's data outright with probability delta")
-    if recomputed is not None and math.isfinite(recomputed) and recomputed > 10:
-        add("high", f"epsilon = {recomputed:.3g} > 10: a weak guarantee (NIST SP 800-226 calls large epsilons a hazard)")
+    claimed_server = _num(summary.get("epsilon_against_server"))
+    if claimed_server is not None and math.isfinite(claimed_server) and claimed_server > 10:
+        add("high", f"epsilon = {claimed_server:.3g} > 10 against the server: a weak guarantee (NIST SP 800-226 "
+            "calls large epsilons a hazard)")
+    if summary.get("epsilon_exceeds_target"):
+        add("high", f"epsilon {_fmt(claimed_server)} exceeds the target {summary.get('target_epsilon')}: "
+            f"{summary.get('epsilon_exceeds_target_reason', '')}")
+    for h in summary.get("hazards") or []:
+        add("high", "release outside the accounting: " + str(h))
     if view.status == "insufficient_data":
         add("high", "server view not testable: " + view.statement)
     if protocol == "secagg" and mechanism == "none":
@@ -361,14 +379,18 @@ def _hazards(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck,
     if protocol == "secagg":
         add("medium", "secure aggregation assumes fewer than t colluding clients in any neighbourhood: the server "
             "together with t clients of a client's neighbourhood can unmask that client's update")
+    colluders = summary.get("colluding_clients_assumed", config.get("threat", {}).get("max_colluders"))
+    if mechanism != "none" and protocol != "plain":
+        add("medium", f"the epsilon against the server assumes at most {colluders} client(s) collude with it "
+            "(threat.max_colluders): more colluders subtract more noise shares")
     if protocol == "ckks":
         add("medium", "CKKS assumes the key holder does not collude with the server and an honest-but-curious "
             "server; together they decrypt every individual ciphertext")
-    if summary.get("released_model_assumption"):
-        add("medium", "released-model epsilon: " + str(summary["released_model_assumption"]))
+    if summary.get("epsilon_released_model_reason") and mechanism != "none":
+        add("medium", "no released-model epsilon: " + str(summary["epsilon_released_model_reason"]))
     for w in summary.get("privacy_warnings") or []:
         add("medium", str(w))
-    if mechanism != "none" and not dp.get("record_level"):
+    if mechanism != "none" and not record_level:
         add("info", "record-level (example-level) DP is not enabled; records are protected only through the "
             "client-level guarantee of the client holding them")
     add("info", "the empirical tests measure specific attacks on a reduced re-run and the released model: they "
@@ -378,23 +400,60 @@ def _hazards(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck,
 
 def _nist(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck,
           bodies: list[tuple[int, dict[str, Any]]]) -> dict[str, str]:
+    """The NIST SP 800-226 rows, each computed from this run's configuration, summary
+    and ledger (the independent references come from :mod:`audits.epsilon_check`)."""
     dp = config.get("dp", {})
-    protocol = config.get("protocol", "?")
+    protocol = config.get("protocol", summary.get("protocol", "?"))
+    mechanism = dp.get("mechanism", "none")
+    record_level = bool(dp.get("record_level"))
     n = config.get("clients", {}).get("num")
     per_round = config.get("clients", {}).get("per_round", n)
-    delta = eps.delta
-    unit = summary.get("unit_of_privacy") or "none: no differential privacy was applied"
-    if dp.get("record_level"):
-        unit += "; plus record-level DP-SGD inside each client (example level)"
-    if eps.recomputed_epsilon is None or math.isinf(eps.recomputed_epsilon):
-        eps_text = "epsilon = ∞ (no formal guarantee)"
-    else:
-        eps_text = (
-            f"epsilon = {eps.recomputed_epsilon:.4g} against the server (user level, maximum over clients; claimed "
-            f"{_fmt(eps.claimed_epsilon)}); epsilon = {_fmt(eps.recomputed_released)} for the released model "
-            f"(claimed {_fmt(eps.claimed_released)}, assumes Poisson sampling of cohorts)"
+    delta = eps.delta if eps.delta is not None else _num(summary.get("delta"))
+    colluders = summary.get("colluding_clients_assumed", config.get("threat", {}).get("max_colluders", "?"))
+    sampling = summary.get("cohort_sampling", "?")
+    units: list[str] = []
+    if mechanism != "none":
+        units.append("client (user level): one client's whole clipped update to one aggregation")
+    if record_level:
+        units.append("record (example level): one training example of a site, via DP-SGD inside the client")
+    unit = "; ".join(units) if units else "none: no differential privacy was applied"
+    relations: list[str] = []
+    if mechanism != "none":
+        relations.append(
+            "client level: zero-out (the client's update is replaced by zero, its noise share stays); "
+            "replace-one reported beside it"
         )
-    if delta is not None and isinstance(n, int) and n > 0:
+    if record_level:
+        relations.append("record level: add or remove one training example (Poisson-sampled DP-SGD batches)")
+    eps_rows: list[str] = []
+    if mechanism != "none":
+        if protocol == "plain":
+            eps_rows.append("against the server: none (protocol = plain: the server sees every update in the clear)")
+        else:
+            eps_rows.append(
+                f"against the server (the server plus up to {colluders} colluding client(s), no amplification): "
+                f"epsilon = {_fmt(_num(summary.get('epsilon_against_server')))} zero-out, "
+                f"{_fmt(_num(summary.get('epsilon_against_server_replace_one')))} replace-one (maximum over "
+                f"clients; independent reference {_fmt(eps.recomputed_epsilon)})"
+            )
+        released = _num(summary.get("epsilon_released_model"))
+        if released is None:
+            eps_rows.append(
+                "released model: none (" + str(summary.get("epsilon_released_model_reason", "no sound bound")) + ")"
+            )
+        else:
+            eps_rows.append(
+                f"released model ({sampling} cohorts): epsilon = {_fmt(released)} (independent reference "
+                f"{_fmt(eps.recomputed_released)}): {summary.get('epsilon_released_model_analysis', '')}"
+            )
+    if record_level:
+        per_site = summary.get("epsilon_record_level_per_site") or {}
+        eps_rows.append(
+            f"record level (each site's own examples, against everyone): epsilon = "
+            f"{_fmt(_num(summary.get('epsilon_record_level_max')))} (maximum over {len(per_site)} sites)"
+        )
+    eps_text = "; ".join(eps_rows) if eps_rows else "epsilon = ∞ (no formal guarantee)"
+    if delta is not None and isinstance(n, int) and n > 0 and eps_rows:
         ratio = (1.0 / n) / delta
         eps_text += (
             f"; delta = {delta:g} vs 1/N = 1/{n} = {1.0 / n:.3g}: delta is {ratio:,.0f} times smaller than 1/N"
@@ -405,42 +464,91 @@ def _nist(config: dict[str, Any], summary: dict[str, Any], eps: EpsilonCheck,
     accountant = (
         f"{summary.get('accountant') or 'none'} (Rényi DP composed per client, converted with Balle et al. 2020) in "
         f"secure-fl {versions.get('secure_fl', summary.get('secure_fl_version', '?'))} (privacy.accountants; Opacus "
-        f"{versions.get('opacus', '?')}); independently recomputed by audits.epsilon_check: {eps.status}"
+        f"{versions.get('opacus', '?')}); checked against independent references (dp_accounting for the Gaussian "
+        f"family, exact-pmf Rényi divergences for discrete sums; one-sided): {eps.status}"
     )
     meas = _first_dict(bodies, "measurements")
+    noise = {
+        "discrete_gaussian": "distributed discrete Gaussian noise shares (Kairouz et al. 2021)",
+        "skellam": "distributed Skellam noise shares (Agarwal et al. 2021)",
+        "gaussian": "Gaussian noise shares encrypted with the update" if protocol == "ckks"
+        else "central Gaussian noise added by the server",
+    }.get(mechanism)
+    honest = (
+        f" Noise is provisioned so that the shares of the survivors minus {colluders} colluding client(s) alone "
+        "reach the target."
+        if mechanism != "none" and protocol != "plain"
+        else ""
+    )
     if protocol == "secagg":
+        neighbours = meas.get("neighbors")
         trust = (
             "Pairwise-masking secure aggregation (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020). No key holder: "
             "each client holds its own X25519/Ed25519 keys and self-mask seed; the server holds no secret and sees "
-            f"only masked vectors and the sum. Threshold t = {meas.get('threshold', '?')} within neighbourhoods of "
-            f"{meas.get('neighbors') or 'all'} clients; the server colluding with t clients of a neighbourhood can "
-            "unmask a client. Keys are signed and a consistency round detects a server lying about survivors. "
-            "DP noise is added by clients (distributed discrete Gaussian / Skellam) so the server never sees an "
-            "un-noised sum."
+            f"only masked vectors and the sum. Threshold t = {meas.get('threshold', 'not recorded')} within "
+            + (f"neighbourhoods of {neighbours} clients" if neighbours else "the complete graph (every cohort member)")
+            + "; the server colluding with t clients of a neighbourhood can unmask a client. "
+            + (f"Clients add {noise} so the server never sees an un-noised sum." if noise else
+               "No DP noise (dp.mechanism = 'none'): the server sees the exact sum of the cohort's updates.")
+            + honest
         )
     elif protocol == "ckks":
         trust = (
             "CKKS homomorphic encryption: a separate key holder holds the secret key and decrypts only the "
             "aggregate; the server holds the public context only. Server + key holder collusion breaks "
-            "confidentiality; a malicious server is not defended (honest-but-curious assumed)."
+            "confidentiality; a malicious server is not defended (honest-but-curious assumed). "
+            + (f"Clients add {noise}." if noise else "No DP noise (dp.mechanism = 'none').")
+            + honest
         )
     else:
         trust = (
-            "None: the server is trusted with every individual update (plain FedAvg). Any noise is added by the "
-            "server to the sum (central DP), so the server itself is not constrained by DP."
+            "None: the server is trusted with every individual update (plain FedAvg). "
+            + ("Noise is added by the server to the sum (central DP), so the server itself is not constrained by DP."
+               if mechanism != "none" else "No client-level noise is added.")
+        )
+    if mechanism != "none":
+        z = summary.get("noise_multiplier", dp.get("noise_multiplier"))
+        mech_text = (
+            f"{mechanism}, noise multiplier z = {_fmt(_num(z))}, clip C = {dp.get('clip')} (L2 per client update), "
+            f"{summary.get('aggregations_completed', config.get('rounds'))} aggregations of "
+            f"{per_round} of {n} clients ({sampling} cohorts)"
+        )
+    else:
+        mech_text = "no client-level mechanism"
+    if record_level:
+        mech_text += (
+            f"; record level: Opacus DP-SGD, noise multiplier {dp.get('record_noise_multiplier', 1.0)}, "
+            f"per-example clip {dp.get('record_clip', 1.0)}"
         )
     return {
         "Unit of privacy": unit,
-        "Neighbouring relation": "add or remove one unit (one client's whole contribution per aggregation)",
+        "Neighbouring relation": "; ".join(relations) if relations else "none (no differential privacy)",
         "Epsilon and delta": eps_text,
         "Accountant and version": accountant,
         "Trust model (keys, thresholds, collusion)": trust,
-        "Mechanism": (
-            f"{dp.get('mechanism', 'none')}, noise multiplier z = {dp.get('noise_multiplier')}, clip C = "
-            f"{dp.get('clip')} (L2 per client update), {summary.get('rounds', config.get('rounds'))} aggregations "
-            f"of {per_round} of {n} clients"
-        ),
+        "Mechanism": mech_text,
     }
+
+
+def _epsilon_headline(summary: dict[str, Any], eps: EpsilonCheck) -> str:
+    """Every unit of privacy of the run in one phrase (the summary's figures, with the
+    independent references), matching the run's last line."""
+    parts: list[str] = []
+    if summary.get("neighbouring_relation") is not None:
+        if summary.get("epsilon_against_server") is not None:
+            parts.append(
+                f"client-level {_fmt(_num(summary.get('epsilon_against_server')))} against the server "
+                f"({summary.get('neighbouring_relation')}, {summary.get('colluding_clients_assumed')} colluder(s); "
+                f"reference {_fmt(eps.recomputed_epsilon)})"
+            )
+        else:
+            parts.append("no protection against the server")
+        parts.append(f"released model {_fmt(_num(summary.get('epsilon_released_model')))}")
+    elif summary.get("epsilon") is None and summary.get("epsilon_record_level_max") is None:
+        parts.append("no differential privacy")
+    if summary.get("epsilon_record_level_max") is not None:
+        parts.append(f"record-level {_fmt(_num(summary.get('epsilon_record_level_max')))}")
+    return ", ".join(parts) if parts else "no differential privacy"
 
 
 def _parameters(config: dict[str, Any], summary: dict[str, Any], bodies: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -449,7 +557,8 @@ def _parameters(config: dict[str, Any], summary: dict[str, Any], bodies: list[tu
     meas = _first_dict(bodies, "measurements")
     n = clients.get("num")
     per_round = clients.get("per_round", n)
-    return {
+    private = dp.get("mechanism", "none") != "none" or bool(dp.get("record_level"))
+    rows = {
         "protocol": config.get("protocol"),
         "aggregation mode": config.get("aggregation", {}).get("mode"),
         "aggregations (rounds)": config.get("rounds"),
@@ -461,19 +570,32 @@ def _parameters(config: dict[str, Any], summary: dict[str, Any], bodies: list[tu
         "model": config.get("model", {}).get("kind"),
         "parameters d": summary.get("num_parameters"),
         "local epochs / lr": f"{config.get('train', {}).get('local_epochs')} / {config.get('train', {}).get('lr')}",
-        "DP mechanism": dp.get("mechanism"),
-        "noise multiplier": dp.get("noise_multiplier"),
-        "target epsilon": dp.get("target_epsilon"),
-        "delta": dp.get("delta"),
-        "clip": dp.get("clip"),
+        "DP mechanism": dp.get("mechanism", "none"),
+        "noise multiplier": dp.get("noise_multiplier") if dp.get("mechanism", "none") != "none" else None,
+        "target epsilon": dp.get("target_epsilon") if dp.get("mechanism", "none") != "none" else None,
+        "delta": dp.get("delta") if private else None,
+        "clip": dp.get("clip") if dp.get("mechanism", "none") != "none" else None,
+        "colluding clients assumed": summary.get("colluding_clients_assumed")
+        if dp.get("mechanism", "none") != "none" and config.get("protocol") != "plain"
+        else None,
+        "cohort sampling": summary.get("cohort_sampling"),
+        "record-level DP-SGD (noise / clip)": (
+            f"{dp.get('record_noise_multiplier', 1.0)} / {dp.get('record_clip', 1.0)}" if dp.get("record_level") else None
+        ),
         "field bits": config.get("secagg", {}).get("bits") if config.get("protocol") == "secagg" else None,
-        "secagg threshold / neighbours": f"{meas.get('threshold')} / {meas.get('neighbors')}" if meas else None,
-        "wrap probability": meas.get("wrap_probability"),
+        "secagg threshold / neighbours": (
+            f"{meas.get('threshold')} / {meas.get('neighbors') or 'complete graph'}"
+            if config.get("protocol") == "secagg" and meas.get("threshold") is not None
+            else None
+        ),
+        "wrap probability": meas.get("wrap_probability") if config.get("protocol") == "secagg" else None,
         "sparsity": config.get("sparsity", {}).get("kind"),
         "dropout": config.get("simulation", {}).get("dropout"),
         "reproducible noise": config.get("simulation", {}).get("reproducible_noise"),
         "final accuracy": summary.get("final_accuracy"),
     }
+    # Rows that do not apply to this run are left out rather than shown as "None".
+    return {k: v for k, v in rows.items() if v is not None}
 
 
 def canary_check(
@@ -661,7 +783,8 @@ def audit_run(
         f"ledger {'verified (' + str(ledger.get('entries')) + ' entries)' if ledger.get('ok') else 'FAILED'}"
         + (f", {ledger['countersignatures']} countersignatures verified" if ledger.get("ok")
            and "countersignatures" in ledger else ""),
-        f"epsilon {eps.status} (recomputed {_fmt(eps.recomputed_epsilon)}, claimed {_fmt(eps.claimed_epsilon)})",
+        f"epsilon {'no client-level DP' if eps.status == 'no_dp' else eps.status}: "
+        f"{_epsilon_headline(summary, eps)}",
         f"transcript {'verified' if tcheck.ok else 'FAILED'}",
         f"server view {view.status}",
     ]
@@ -686,6 +809,13 @@ def audit_run(
         "parameters": _parameters(config, summary, bodies),
         "ledger": ledger,
         "epsilon": eps.to_json(),
+        "record_level": {
+            "epsilon_max": summary.get("epsilon_record_level_max"),
+            "per_site": summary.get("epsilon_record_level_per_site"),
+            "relation": summary.get("neighbouring_relation_record_level"),
+        }
+        if summary.get("epsilon_record_level_max") is not None
+        else None,
         "transcript": tcheck.to_json(),
         "server_view": view.to_json(),
         "empirical": emp,

@@ -26,9 +26,11 @@ multiplier is reduced to (paper, Sec. 3.1)
     z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2),
 
 because the Renyi divergences of the two Gaussian releases add:
-``alpha / (2 z_Delta^2) + alpha / (2 (2 sigma_b)^2) = alpha / (2 z^2)``. The ledger
-records both events (:func:`count_event` and ``GaussianEvent(z_Delta)``); the
-accountant composes them back to ``z``. The paper's defaults are ``gamma = 0.5``,
+``alpha / (2 z_Delta^2) + alpha / (2 (2 sigma_b)^2) = alpha / (2 z^2)``. In secure-fl
+the count travels inside the same noised vector as the update
+(:mod:`secure_fl.clip_control`), so the ledger records **one** event per aggregation:
+the mechanism with multiplier ``z`` on the joint sensitivity ``C'``, which equals the
+composition of :func:`count_event` and ``GaussianEvent(z_Delta)``. The paper's defaults are ``gamma = 0.5``,
 ``eta_C = 0.2`` and ``sigma_b = m / 20``.
 """
 

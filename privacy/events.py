@@ -53,7 +53,8 @@ class DiscreteGaussianSumEvent:
     Kairouz, Liu, Steinke, "The Distributed Discrete Gaussian Mechanism for Federated
     Learning with Secure Aggregation", ICML 2021. ``l1_sensitivity`` and
     ``l2_sensitivity`` bound the change of the integer sum when one client's vector is
-    removed or replaced.
+    replaced by zero while its noise share stays (the zero-out relation of
+    :mod:`privacy.relations`; ``num_clients`` counts the shares assumed present).
 
     ``dimension`` is the number of coordinates d of the summed vector. The privacy
     bound of the sum of discrete Gaussians (their Theorem 1 / Proposition 14) grows

@@ -68,6 +68,9 @@ class AggregateOutcome:
     """Result and measurements of one aggregation.
 
     ``mean`` is ``None`` when the aggregation was aborted (``aborted`` gives the reason).
+    ``dp_event`` is the release as the server sees it (only the noise shares assumed
+    honest); ``dp_event_released`` the release of the aggregate to anyone else (every
+    noise share present); ``None`` means the same event.
     """
 
     mean: npt.NDArray[np.float64] | None
@@ -81,6 +84,7 @@ class AggregateOutcome:
     transcript: list[MessageRecord] = field(default_factory=list)
     aborted: str | None = None
     measurements: dict[str, Any] = field(default_factory=dict)
+    dp_event_released: DPEvent | None = None
 
 
 class Aggregator(Protocol):
@@ -94,9 +98,10 @@ class Aggregator(Protocol):
         """Run one aggregation over ``updates`` (the cohort, including dropouts)."""
         ...
 
-    def planned_event(self) -> DPEvent:
-        """The DP event of an aggregation in which exactly the provisioned number of
-        clients survive: what a site checks against its budget cap before joining."""
+    def planned_event(self, *, num_clients: int | None = None, dim: int | None = None) -> DPEvent:
+        """The DP event of *this* aggregation (cohort of ``num_clients``, update
+        dimension ``dim``) in which exactly the provisioned number of honest clients
+        survive: what a site checks against its budget cap before joining."""
         ...
 
 
@@ -132,7 +137,7 @@ class PlainAggregator:
             clip=self.clipper.mechanism_clip, noise_multiplier=self.noise_multiplier
         )
 
-    def planned_event(self) -> DPEvent:
+    def planned_event(self, *, num_clients: int | None = None, dim: int | None = None) -> DPEvent:
         mech = self._mechanism()
         return mech.event() if mech is not None else NonPrivateEvent()
 

@@ -88,13 +88,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     result = run(config, out_dir=args.out, progress=not args.quiet)
-    s = result.summary
-    eps = "none (no DP)" if s["epsilon"] is None else f"{s['epsilon']:.3g} (delta={s['delta']:g})"
-    print(
-        f"done: final accuracy {s['final_accuracy']:.4f}, best {s['best_accuracy']:.4f}, "
-        f"epsilon {eps}, upload/client {s['upload_bytes_per_client_mean']:.0f} B, "
-        f"wall {s['wall_time_s']:.1f}s -> {result.out_dir}"
-    )
+    from secure_fl.accounting import final_line
+
+    print(final_line(result.summary, result.out_dir))
     return EXIT_OK
 
 

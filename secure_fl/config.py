@@ -89,6 +89,13 @@ class ClientsConfig(_Section):
         description="Clients per aggregation (sync) or training concurrently (async); "
         "default: all clients.",
     )
+    sampling: Literal["fixed", "poisson"] = Field(
+        "fixed",
+        description="Sync cohorts: 'fixed' draws exactly per_round clients (no amplification "
+        "by sampling is claimed); 'poisson' includes each client independently with "
+        "probability per_round / num from the CSPRNG, which the released-model epsilon's "
+        "amplification analysis needs (secure_fl/sampling.py).",
+    )
 
 
 class SyntheticConfig(_Section):
@@ -189,6 +196,14 @@ class DPConfig(_Section):
         ge=1,
         description="Noise shares are sized so this many survivors carry the full noise; "
         "default: the expected survivors, ceil((1 - simulation.dropout) * cohort).",
+    )
+    allow_unnoised_site_metrics: bool = Field(
+        False,
+        description="Under DP, let data-dependent values without noise reach the server: the "
+        "memory-budget probe's validation accuracies (sparsity.kind = memory_budget) and "
+        "personalized_accuracy in metrics.jsonl. Off: the probe is skipped (the subset "
+        "training the most parameters wins) and personalized_accuracy is null. On: both are "
+        "listed as hazards in summary.json and the audit (they are not covered by epsilon).",
     )
     budget_cap: float | None = Field(
         None, gt=0, description="Epsilon cap of every site; a site refuses aggregations past it."
@@ -311,6 +326,11 @@ class RunConfig(_Section):
             raise ValueError(
                 f"aggregation.buffer_size ({self.aggregation.buffer_size}) exceeds the number of "
                 f"clients training concurrently (clients.per_round = {self.cohort_size})"
+            )
+        if self.clients.sampling == "poisson" and self.aggregation.mode == "async":
+            raise ValueError(
+                "clients.sampling = 'poisson' applies to synchronous rounds; "
+                "aggregation.mode = 'async' forms buffers from the first clients to finish"
             )
         bad_sites = [c for c, cap in self.dp.site_caps.items() if not 0 <= c < self.clients.num or cap <= 0]
         if bad_sites:

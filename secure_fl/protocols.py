@@ -10,7 +10,15 @@ in-process here):
     secagg, no DP:   encode [u_i, w_i] into Z_2^b            (weight secure-summed too)
     secagg, DDG/Sk:  rotate, scale, round, + integer noise share, mod 2^b   (privacy/)
     ckks,   no DP:   encrypt [u_i, w_i]
-    ckks,   Gaussian: encrypt u_i + N(0, (z C)^2 / t)
+    ckks,   Gaussian: encrypt u_i + N(0, (z C)^2 / h)
+
+Noise provisioning against colluders: ``h = provisioned survivors - c`` with
+``c = threat.max_colluders`` (clients assumed to collude with the server and subtract
+their own shares). Each share is sized so that ``h`` honest shares alone carry the
+target variance ``(z C)^2``. An aggregation with ``s`` survivors emits two events: the
+one against the server counts ``s - c`` shares (``NonPrivateEvent`` when none is
+left); the one for the released model counts all ``s``. Neighbouring relation:
+zero-out (the target's vector is replaced by zero, its noise share stays).
 
 Server side: a secure sum of those vectors (masked sum mod 2^b, or ciphertext sum
 decrypted only as an aggregate by the key holder), divided by the sum of weights (secret
@@ -42,9 +50,17 @@ from privacy.mechanisms.gaussian import GaussianShare
 from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig
+from secure_fl.errors import ConfigError
 from secure_fl.identities import ClientIdentities
 
-__all__ = ["CkksAggregator", "SecAggAggregator", "provisioned_survivors"]
+__all__ = [
+    "CkksAggregator",
+    "SecAggAggregator",
+    "check_colluder_provisioning",
+    "honest_provisioned_shares",
+    "honest_shares",
+    "provisioned_survivors",
+]
 
 Vec = npt.NDArray[np.float64]
 
@@ -60,6 +76,40 @@ def provisioned_survivors(config: RunConfig, n: int) -> int:
     """
     wanted = config.dp.provisioned_survivors or math.ceil((1.0 - config.simulation.dropout) * n)
     return max(1, min(n, wanted))
+
+
+def honest_provisioned_shares(config: RunConfig, n: int) -> int:
+    """Noise shares that must carry the full noise: provisioned survivors minus colluders.
+
+    Up to ``c = threat.max_colluders`` cohort members may collude with the server and
+    subtract their own noise shares from the sum. Each share is therefore sized so that
+    ``provisioned_survivors(config, n) - c`` honest shares alone carry the variance
+    ``(z C)^2`` of the target (at least one share; :func:`check_colluder_provisioning`
+    refuses a configuration whose planned cohort leaves none).
+    """
+    return max(1, provisioned_survivors(config, n) - config.threat.max_colluders)
+
+
+def check_colluder_provisioning(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` when the planned cohort has no honest noise share."""
+    if config.dp.mechanism == "none" or config.protocol == "plain":
+        return
+    n = config.buffer_size if config.aggregation.mode == "async" else config.cohort_size
+    c = config.threat.max_colluders
+    provisioned = provisioned_survivors(config, n)
+    if provisioned - c < 1:
+        raise ConfigError(
+            f"threat.max_colluders = {c} leaves no honest noise share among the {provisioned} "
+            f"provisioned survivors of a cohort of {n} (clients.per_round, "
+            "aggregation.buffer_size, dp.provisioned_survivors): lower threat.max_colluders "
+            "or enlarge the cohort",
+            field="threat.max_colluders",
+        )
+
+
+def honest_shares(config: RunConfig, survivors: int) -> int:
+    """Shares assumed honest in an aggregation with ``survivors`` shares: ``survivors - c``."""
+    return max(0, survivors - config.threat.max_colluders)
 
 
 def _aborted(
@@ -106,7 +156,9 @@ class CkksAggregator:
         self._holder_identity = generate_identity(Csprng.from_entropy())
         self.clipper = ClipController(config, expected_clients=config.cohort_size)
         self.dp = config.dp.mechanism == "gaussian"
-        self.threshold = provisioned_survivors(config, config.cohort_size)
+        self.threshold = (
+            honest_provisioned_shares(config, config.cohort_size) if self.dp else 1
+        )
 
     @property
     def mechanism(self) -> GaussianShare | None:
@@ -119,11 +171,19 @@ class CkksAggregator:
             threshold=self.threshold,
         )
 
-    def planned_event(self) -> DPEvent:
+    def planned_event(self, *, num_clients: int | None = None, dim: int | None = None) -> DPEvent:
+        """The event against the server when exactly the provisioned honest shares
+        remain (the clip is this aggregation's: it adapts between aggregations)."""
         mech = self.mechanism
         if mech is None:
             return NonPrivateEvent()
         return mech.event(num_survivors=mech.threshold)
+
+    def _events(self, mech: GaussianShare, survivors: int) -> tuple[DPEvent, DPEvent]:
+        """(against the server: honest shares only; released model: every share)."""
+        honest = honest_shares(self.config, survivors)
+        against = mech.event(num_survivors=honest) if honest >= 1 else NonPrivateEvent()
+        return against, mech.event(num_survivors=survivors)
 
     def _encode(self, update: ClientUpdate, mech: GaussianShare | None) -> Vec:
         v = self.clipper.client_vector(update.delta, weight=update.weight)
@@ -162,12 +222,13 @@ class CkksAggregator:
         survivors = tuple(sorted(ids[i] for i in res.survivors))
         total = np.asarray(res.total, dtype=np.float64)
         event: DPEvent
+        released: DPEvent
         measurements: dict[str, Any] = {"aggregate_bytes": res.aggregate_bytes, "clip": clip_used}
         if mech is not None:
             weight_sum = sum(updates[i].weight for i in res.survivors)  # public staleness weights
             upd, indicator_sum = self.clipper.split(total)
             mean = upd / weight_sum
-            event = mech.event(num_survivors=len(res.survivors))
+            event, released = self._events(mech, len(res.survivors))
             if indicator_sum is not None:
                 measurements["unclipped_fraction"] = self.clipper.observe(
                     indicator_sum, num_clients=len(res.survivors)
@@ -175,7 +236,7 @@ class CkksAggregator:
         else:
             weight_sum = float(total[-1])
             mean = total[:-1] / weight_sum
-            event = NonPrivateEvent()
+            event = released = NonPrivateEvent()
         return AggregateOutcome(
             mean=mean,
             cohort=tuple(ids),
@@ -185,6 +246,7 @@ class CkksAggregator:
             upload_bytes={ids[i]: n for i, n in res.upload_bytes.items()},
             download_bytes={c: res.public_context_bytes for c in ids},
             dp_event=event,
+            dp_event_released=released,
             transcript=[
                 MessageRecord(ids[i], "upload", n, res.upload_sha256[i])
                 for i, n in sorted(res.upload_bytes.items())
@@ -216,7 +278,9 @@ class SecAggAggregator:
             config.buffer_size if config.aggregation.mode == "async" else config.cohort_size
         )
         self.clipper = ClipController(config, expected_clients=n_expected)
-        self._last_mechanism: DistributedDiscreteGaussian | DistributedSkellam | None = None
+        self._mechanisms: dict[
+            tuple[int, int, float], DistributedDiscreteGaussian | DistributedSkellam
+        ] = {}
         #: Called with (client id, masked vector, bits) for every masked upload the server
         #: decodes: the server's own view, recorded (as histograms) for the audit.
         self.on_masked_upload: (
@@ -246,28 +310,45 @@ class SecAggAggregator:
             if dp.mechanism == "discrete_gaussian"
             else DistributedSkellam
         )
-        provisioned = provisioned_survivors(self.config, n)
+        provisioned = honest_provisioned_shares(self.config, n)
+        clip = self.clipper.mechanism_clip
+        key = (dim, n, clip)
+        cached = self._mechanisms.get(key)
+        if cached is not None:
+            return cached
         mech = cls.create(
             dim=dim,
-            clip=self.clipper.mechanism_clip,
+            clip=clip,
             bits=self.bits,
             noise_multiplier=dp.noise_multiplier,
             num_clients=n,
             threshold=provisioned,
         )
-        self._last_mechanism = mech
+        if len(self._mechanisms) > 64:
+            self._mechanisms.clear()
+        self._mechanisms[key] = mech
         return mech
 
-    def planned_event(self) -> DPEvent:
-        mech = self._last_mechanism or self._mechanism(
-            dim=self.dim + (1 if self.clipper.adaptive else 0),
-            n=self.config.buffer_size
-            if self.config.aggregation.mode == "async"
-            else self.config.cohort_size,
-        )
+    def planned_event(self, *, num_clients: int | None = None, dim: int | None = None) -> DPEvent:
+        """The event against the server of *this* aggregation when exactly the
+        provisioned honest shares remain: its cohort size ``num_clients``, its update
+        dimension ``dim`` (the public support) and the clip bound now in force (never
+        the previous aggregation's mechanism)."""
+        n = max(2, num_clients or (
+            self.config.buffer_size if self.config.aggregation.mode == "async" else self.config.cohort_size
+        ))
+        mech = self._mechanism(dim=(dim or self.dim) + (1 if self.clipper.adaptive else 0), n=n)
         if mech is None:
             return NonPrivateEvent()
         return mech.event(num_survivors=mech.threshold)
+
+    def _events(
+        self, mech: DistributedDiscreteGaussian | DistributedSkellam, survivors: int
+    ) -> tuple[DPEvent, DPEvent]:
+        """(against the server: honest shares only; released model: every share)."""
+        honest = honest_shares(self.config, survivors)
+        against = mech.event(num_survivors=honest) if honest >= 1 else NonPrivateEvent()
+        return against, mech.event(num_survivors=survivors)
 
     # -- one aggregation ---------------------------------------------------------------
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateOutcome:
@@ -338,16 +419,17 @@ class SecAggAggregator:
         survivors = [ids[i] for i in res.survivors]
         unclipped: float | None = None
         event: DPEvent
+        released: DPEvent
         if mech is None:
             total = decode(res.total, scale=scale, bits=self.bits)
             mean = total[:-1] / total[-1]
-            event = NonPrivateEvent()
+            event = released = NonPrivateEvent()
         else:
             decoded = mech.server_decode(res.total, round_seed=round_seed)
             weight_sum = sum(updates[i].weight for i in res.survivors)  # public staleness weights
             upd, indicator_sum = self.clipper.split(decoded)
             mean = upd / weight_sum
-            event = mech.event(num_survivors=len(res.survivors))
+            event, released = self._events(mech, len(res.survivors))
             if indicator_sum is not None:
                 unclipped = self.clipper.observe(indicator_sum, num_clients=len(res.survivors))
         return AggregateOutcome(
@@ -361,6 +443,7 @@ class SecAggAggregator:
             upload_bytes={ids[i]: b for i, b in res.upload_bytes.items()},
             download_bytes={ids[i]: b for i, b in res.download_bytes.items()},
             dp_event=event,
+            dp_event_released=released,
             transcript=[
                 MessageRecord(ids[r.sender], r.stage, r.size, r.sha256) for r in res.transcript
             ],

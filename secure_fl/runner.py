@@ -45,7 +45,7 @@ from audits.transcript import TranscriptWriter
 from crypto.prg import Csprng
 from privacy.events import NonPrivateEvent
 from secure_fl import __version__
-from secure_fl.accounting import RunPrivacy, calibrate_config
+from secure_fl.accounting import RunPrivacy, calibrate_config, unnoised_statistics_allowed
 from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
@@ -68,7 +68,7 @@ from secure_fl.memory_budget import (
 from secure_fl.models import ModelFn, build_model, get_flat, num_parameters, set_flat
 from secure_fl.personalization import LocalLayers
 from secure_fl.progress import Progress
-from secure_fl.protocols import CkksAggregator, SecAggAggregator
+from secure_fl.protocols import CkksAggregator, SecAggAggregator, check_colluder_provisioning
 from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
@@ -118,6 +118,7 @@ def make_aggregator(
     rng = rng or Csprng.from_entropy()
 
     dp = config.dp
+    check_colluder_provisioning(config)
     if config.protocol == "plain":
         if dp.mechanism == "none":
             return PlainAggregator()
@@ -166,7 +167,10 @@ def _choose_memory_subset(
     validation splits; the best mean validation accuracy wins.
 
     In a deployment each probe client reports one scalar (its validation accuracy); these
-    probe scalars are not covered by the DP guarantee, which the docs list as a hazard.
+    probe scalars carry no noise and are not covered by the DP guarantee. Under DP the
+    probe therefore runs only with ``dp.allow_unnoised_site_metrics`` (the summary and the
+    audit then list it as a hazard); otherwise the choice uses no client data: the
+    feasible subset that trains the most parameters wins.
     """
     batch = config.train.batch_size
     candidates = feasible_subsets(layout, budget_fraction=config.sparsity.density, batch_size=batch)
@@ -177,7 +181,10 @@ def _choose_memory_subset(
         int(c) for c in rng.choice(config.clients.num, min(10, config.clients.num), replace=False)
     )
     scores: list[float] = []
-    for cand in candidates:
+    if not unnoised_statistics_allowed(config):
+        probe = []
+        scores = [float(len(subset_indices(layout, cand))) for cand in candidates]
+    for cand in candidates if probe else ():
         frozen = np.ones(dim, dtype=bool)
         frozen[subset_indices(layout, cand)] = False
         accs = []
@@ -217,11 +224,14 @@ def _choose_memory_subset(
             {
                 "tensors": [layout[i].name for i in sorted(c)],
                 "memory_bytes": subset_memory(layout, c, batch_size=batch),
-                "probe_accuracy": sc,
+                ("probe_accuracy" if probe else "trained_parameters"): sc,
             }
             for c, sc in zip(candidates, scores, strict=True)
         ],
         "probe_clients": probe,
+        "selection": "probe accuracy on clients' validation splits (unnoised)"
+        if probe
+        else "most trained parameters (no client data used)",
     }
     desc = {"kind": "memory_budget", "density": idx.size / dim, "tensors": report["chosen_tensors"]}
     return _MemoryChoice(Support(idx, dim, desc), frozen, memory, report)
@@ -313,12 +323,15 @@ def _ledger_body(
         "measurements": {
             k: v for k, v in outcome.measurements.items() if isinstance(v, int | str | float | None)
         },
+        "dp_event_released": encode_event(outcome.dp_event_released or outcome.dp_event),
+        "colluding_clients_assumed": config.threat.max_colluders,
+        "cohort_sampling": privacy.sampling,
         "epsilon_per_client": {
             str(c): _finite(privacy.budgets.epsilon(c)) for c in outcome.survivors
         }
-        if privacy.enabled
+        if privacy.server_guarantee
         else {},
-        "epsilon_max": _finite(privacy.epsilon()) if privacy.enabled else None,
+        "epsilon_max": _finite(privacy.epsilon()),
         "delta": config.dp.delta if privacy.enabled else None,
         "transcript_records_sha256": hashlib.sha256(json.dumps(records).encode()).hexdigest(),
         "messages": len(records),
@@ -400,6 +413,7 @@ def run(
         model_bytes=weights.nbytes,
         stages=aggregator.stages,
         rng=np.random.default_rng([config.seed, 0x5EED]),
+        cohort_rng=dp_rng.fork() if config.clients.sampling == "poisson" else None,
     )
     max_train = max(c.num_train for c in data.clients) or 1
     local = LocalLayers(model)
@@ -413,6 +427,20 @@ def run(
         if config.sparsity.kind == "memory_budget"
         else None
     )
+    unnoised_ok = unnoised_statistics_allowed(config)
+    dp_on = config.dp.mechanism != "none" or config.dp.record_level
+    if budget is not None and budget.report["probe_clients"] and dp_on:
+        privacy.add_hazard(
+            "memory-budget probe: the validation accuracies of clients "
+            f"{budget.report['probe_clients']} chose the trained subset without noise or "
+            "accounting (dp.allow_unnoised_site_metrics = true); not covered by epsilon"
+        )
+    if unnoised_ok and dp_on:
+        privacy.add_hazard(
+            "personalized_accuracy in metrics.jsonl is the mean accuracy on cohort clients' own "
+            "test splits, released without noise or accounting (dp.allow_unnoised_site_metrics "
+            "= true); not covered by epsilon"
+        )
 
     path: Path | None = None
     if write:
@@ -485,7 +513,10 @@ def run(
         support = (
             budget.support if budget is not None else _support_for(config, version, dim, pruner)
         ).without(local.mask)
-        admitted, refused = privacy.admit([u.client_id for u in plan.updates], version=version)
+        planned = aggregator.planned_event(num_clients=len(plan.updates), dim=support.size)
+        admitted, refused = privacy.admit(
+            [u.client_id for u in plan.updates], version=version, planned=planned
+        )
         updates = [
             replace(u, delta=support.gather(u.delta))
             for u in plan.updates
@@ -507,9 +538,11 @@ def run(
                 {},
                 {},
                 NonPrivateEvent(),
-                aborted="every cohort member refused: privacy budget spent",
+                aborted="every cohort member refused: privacy budget spent"
+                if plan.updates
+                else "empty cohort: the Poisson draw selected no client",
             )
-        epsilon = privacy.record(outcome, version=version)
+        epsilon = privacy.record(outcome, version=version, planned=planned)
         if outcome.mean is not None:
             new = server_opt.step(state["weights"], support.scatter(outcome.mean))
             if pruner is not None:
@@ -521,9 +554,10 @@ def run(
         global_evals = []
         for c in members:
             local.load(model, c)  # no-op without local layers
-            personal.append(
-                evaluate(model, data.clients[c].x_test, data.clients[c].y_test, loss_fn=loss_fn)
-            )
+            if unnoised_ok:
+                personal.append(
+                    evaluate(model, data.clients[c].x_test, data.clients[c].y_test, loss_fn=loss_fn)
+                )
             if local.enabled:
                 global_evals.append(evaluate(model, data.x_test, data.y_test, loss_fn=loss_fn))
         if local.enabled:
@@ -536,7 +570,8 @@ def run(
             )
         else:
             test = evaluate(model, data.x_test, data.y_test, loss_fn=loss_fn)
-        personal_acc = [p.accuracy for p in personal if p.num_samples]
+        # Cohort clients' own test accuracies carry no noise: released only where allowed.
+        personal_acc = [p.accuracy for p in personal if p.num_samples] if unnoised_ok else []
         up_total = sum(outcome.upload_bytes.values())
         hist: dict[str, int] = {}
         for tau in plan.staleness.values():
@@ -577,7 +612,7 @@ def run(
         bar.update(version, acc=test.accuracy, loss=test.loss, eps=epsilon)
         if outcome.aborted:
             bar.note(f"aggregation {version} aborted: {outcome.aborted}")
-        if privacy.enabled and not admitted:
+        if privacy.enabled and plan.updates and not admitted:
             # Every site refused: no further aggregation can be private within the caps.
             sim.stopped = True
             bar.note(f"stopping after aggregation {version}: every site's privacy budget is spent")

@@ -6,7 +6,8 @@ runner supplies real local training (``train``) and a real protocol (``aggregate
 Virtual time comes from device profiles and the real message sizes the protocol
 reports, never from the host clock, so a run is reproducible from its seed.
 
-Synchronous mode: each aggregation samples ``clients.per_round`` clients; each
+Synchronous mode: each aggregation draws a cohort (:mod:`secure_fl.sampling`:
+``clients.per_round`` clients, or a Poisson sample of that expected size); each
 downloads the model, trains and uploads; the round lasts until the slowest surviving
 member finishes (or until ``aggregation.timeout_s``, after which late members count as
 dropped before the protocol's first stage).
@@ -30,9 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from crypto.prg import Csprng
 from secure_fl.aggregation import AggregateOutcome, ClientUpdate
 from secure_fl.config import RunConfig
 from secure_fl.devices import DeviceProfile
+from secure_fl.sampling import draw_cohort
 from secure_fl.staleness import staleness_weight
 
 __all__ = ["CohortPlan", "Simulator", "TrainResult"]
@@ -83,8 +86,11 @@ class Simulator:
         model_bytes: int,
         stages: tuple[str, ...],
         rng: np.random.Generator,
+        cohort_rng: Csprng | None = None,
     ) -> None:
         self.config = config
+        #: Secret randomness of Poisson cohort draws (secure_fl/sampling.py).
+        self.cohort_rng = cohort_rng
         self.profiles = profiles
         self.model_bytes = model_bytes
         self.stages = stages
@@ -124,7 +130,7 @@ class Simulator:
         cfg = self.config
         deadline = cfg.aggregation.timeout_s
         while self.version < cfg.rounds and not self.stopped:
-            cohort = sorted(int(i) for i in self.rng.choice(cfg.clients.num, cfg.cohort_size, replace=False))
+            cohort = draw_cohort(cfg, rng=self.rng, secret_rng=self.cohort_rng)
             updates: list[ClientUpdate] = []
             finish: dict[int, float] = {}
             for cid in cohort:

@@ -151,7 +151,11 @@ def train_local_dp(
     Trains a private copy of ``model`` and copies the result back, so Opacus's hooks
     never stay attached to the caller's module. Returns the number of optimizer steps
     and the record-level DP event of this local training (Poisson-subsampled Gaussian,
-    sample rate ``batch_size / n``).
+    Opacus's sample rate ``q = 1 / len(loader) = 1 / ceil(n / batch_size)``).
+
+    A Poisson batch may be empty: the step still runs (forward and backward on the
+    empty batch, so Opacus has zero-length per-sample gradients), adds its noise and
+    counts toward the steps and the event, as the analysis assumes.
     """
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -174,10 +178,11 @@ def train_local_dp(
     for _ in range(config.local_epochs):
         for xb, yb in dp_loader:
             dp_opt.zero_grad(set_to_none=True)
-            if yb.shape[0] == 0:  # Poisson sampling can draw an empty batch
-                dp_opt.step()
-                continue
-            loss_fn(module(xb), yb).backward()
+            if yb.shape[0] == 0:  # Poisson sampling can draw an empty batch: noise only
+                empty_loss = nn.functional.cross_entropy(module(xb), yb, reduction="sum")
+                empty_loss.backward()  # type: ignore[no-untyped-call]
+            else:
+                loss_fn(module(xb), yb).backward()
             dp_opt.step()
     with torch.no_grad():
         for dst, src in zip(model.parameters(), work.parameters(), strict=True):

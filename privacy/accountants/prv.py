@@ -11,7 +11,9 @@ Supported: ``GaussianEvent``, ``PoissonSampledEvent(q, GaussianEvent)``, their
 self-compositions and compositions, ``NoOpEvent`` and ``NonPrivateEvent`` (epsilon
 ``inf``). Opacus's PRV implementation models only the Poisson-subsampled Gaussian, so
 the discrete mechanisms (whose privacy loss is not that of a Gaussian) and
-subsampling of anything but a single Gaussian are refused, never approximated.
+subsampling of anything but a single Gaussian are refused, never approximated. A
+history whose discretisation grid would exceed :data:`MAX_GRID_POINTS` is refused with
+a message pointing to the RDP accountant.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import warnings
 
 import numpy as np
 from opacus.accountants import PRVAccountant as _OpacusPRV
+from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 from privacy.accountants.base import (
     BaseAccountant,
@@ -41,7 +44,12 @@ from privacy.events import (
     SkellamSumEvent,
 )
 
-__all__ = ["PrvAccountant"]
+__all__ = ["MAX_GRID_POINTS", "PrvAccountant"]
+
+MAX_GRID_POINTS = float(1 << 24)
+"""Largest discretisation grid accepted: Opacus holds several float64 arrays of this
+length at once (about 0.8 GiB at the limit). Beyond it the accountant refuses (at
+``sample_rate = 1, noise_multiplier = 0.5, steps = 10^4`` Opacus reached 24 GB)."""
 
 _Entry = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
 
@@ -150,6 +158,30 @@ class PrvAccountant(BaseAccountant):
         self._history = history
         self._non_private = self._non_private or non_private
 
+    def grid_points(self, delta_error: float) -> float:
+        """Points of the grid Opacus would discretise on (Gopi et al., Remark 5.6):
+        ``2 L / mesh`` with Opacus's safe domain ``L`` and mesh
+        ``eps_error / sqrt(T log(12 / delta_error) / 2)`` for ``T`` composed steps."""
+        if not self._history:
+            return 0.0
+        prvs = [
+            PoissonSubsampledGaussianPRV(sample_rate=q, noise_multiplier=z)
+            for z, q, _ in self._history
+        ]
+        counts = [steps for _, _, steps in self._history]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            half = compute_safe_domain_size(
+                prvs=prvs,
+                max_self_compositions=counts,
+                eps_error=self._eps_error,
+                delta_error=delta_error,
+            )
+        mesh = self._eps_error / math.sqrt(sum(counts) * math.log(12 / delta_error) / 2)
+        if not math.isfinite(half):
+            return math.inf
+        return float(2.0 * half / mesh)
+
     def epsilon(self, delta: float) -> float:
         delta = check_delta(delta)
         if self._non_private:
@@ -159,6 +191,14 @@ class PrvAccountant(BaseAccountant):
         engine = _OpacusPRV()
         engine.history = [(z, q, steps) for z, q, steps in self._history]
         delta_error = self._delta_error if self._delta_error is not None else delta / 1000.0
+        points = self.grid_points(delta_error)
+        if points > MAX_GRID_POINTS:
+            raise AccountingError(
+                f"the PRV accountant would discretise on {points:.3g} points (about "
+                f"{points * 8 * 6 / 2**30:.3g} GiB) for this history; refused to protect the "
+                f"machine (limit {MAX_GRID_POINTS:.3g} points): use the 'rdp' accountant here, "
+                "or a larger eps_error"
+            )
         try:
             with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)

@@ -4,7 +4,9 @@ State: one RDP curve over a fixed grid of orders; composition adds curves (Miron
 2017, Prop. 1). Epsilon is read off with the conversion of Balle et al. (AISTATS
 2020, Thm 21), see :func:`privacy.analysis.rdp.rdp_to_epsilon`.
 
-Per event type (add/remove neighbours):
+Per event type. The relation is the event's: the Gaussian family and the sampled
+events follow add/remove one unit; the discrete sum events are shifts of a fixed
+noise distribution (zero-out, :mod:`privacy.relations`).
 
 * ``GaussianEvent(z)``: ``alpha / (2 z^2)``.
 * ``PoissonSampledEvent(q, GaussianEvent(z))``: exact RDP of the sampled Gaussian

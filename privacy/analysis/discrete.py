@@ -3,7 +3,9 @@
 All quantities live in the integer domain in which the noise is added: ``sigma`` and
 ``mu`` are *per-client* noise parameters, and ``l2_sensitivity`` / ``l1_sensitivity``
 bound the change of the integer sum (after scaling, rotation and randomized rounding)
-when one client is added or removed.
+when one client's vector is replaced by zero and its noise share stays (zero-out,
+:mod:`privacy.relations`: the number of shares, hence the noise variance, is the same
+in both neighbours, which is what these bounds of a *shift* need).
 
 Distributed discrete Gaussian
 -----------------------------

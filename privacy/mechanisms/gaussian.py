@@ -13,13 +13,15 @@ secure-aggregation path uses the exact integer mechanisms of
 
 Gaussian mechanism (Dwork, Roth, "The Algorithmic Foundations of Differential
 Privacy", 2014; RDP analysis Mironov, CSF 2017): releasing ``sum_i clip(x_i) +
-N(0, (z C)^2 I)`` has noise multiplier ``z`` with respect to the add/remove-one-client
-L2 sensitivity ``C``.
+N(0, (z C)^2 I)`` has noise multiplier ``z`` with respect to the L2 sensitivity ``C``
+of zeroing out (or adding / removing) one client's clipped update.
 
 Distributed shares (CKKS). Each client adds ``N(0, (z C)^2 / t)``; any ``s`` survivors
 together carry variance ``s (z C)^2 / t``, i.e. effective multiplier ``z sqrt(s / t)``,
 which is ``>= z`` when at least ``t`` (the threshold) clients survive. The event
-records the noise actually present, never the planned noise.
+records the noise actually present, never the planned noise; the aggregator passes
+``s`` = the shares assumed honest (survivors minus ``threat.max_colluders``) for the
+event against the server. Relation: zero-out (the target's share stays).
 """
 
 from __future__ import annotations

@@ -265,7 +265,9 @@ def test_noise_disabled_but_epsilon_claimed_is_flagged(
     # the re-signed ledger carries no valid client countersignature (issue 14)...
     assert not doc["ledger"]["ok"] and doc["ledger"]["problems"][0]["kind"] == "unwitnessed"
     assert doc["epsilon"]["status"] == "disagree"  # ...and its events do not support the claim
-    assert doc["epsilon"]["recomputed_epsilon"] == "inf"
+    # plain: no guarantee against the server (reference None); the released events carry no noise
+    assert doc["epsilon"]["recomputed_epsilon"] is None
+    assert doc["epsilon"]["recomputed_released_model"] == "inf"
     canary = doc["empirical"]["canary"]
     assert canary["flagged"] and float(canary["epsilon_lower_bound"]) > 8.0
     assert "canary estimate" in text and "epsilon:" in text

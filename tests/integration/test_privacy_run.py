@@ -19,22 +19,31 @@ def _run(*overrides: str):
 
 def test_running_epsilon_matches_an_independent_computation() -> None:
     z = 2.0
-    res = _run("dp.mechanism=gaussian", f"dp.noise_multiplier={z}", "rounds=4")
+    res = _run("protocol=ckks", "dp.mechanism=gaussian", f"dp.noise_multiplier={z}", "rounds=4",
+               "clients.num=6", "dp.clip=5.0")
     for m in res.metrics:
         expected = compute_epsilon(mechanism="gaussian", noise_multiplier=z, sample_rate=1.0,
                                    steps=m["version"], delta=1e-5)
         assert m["epsilon"] == pytest.approx(expected, rel=1e-9)
     s = res.summary
     assert s["accountant"] == "rdp" and s["delta"] == 1e-5 and "client" in s["unit_of_privacy"]
-    assert s["epsilon_released_model"] == pytest.approx(s["epsilon_against_server"])  # q = 1
+    # The released model sees all 6 shares (5 of them honest against the server).
+    released = compute_epsilon(mechanism="gaussian", noise_multiplier=z * (6 / 5) ** 0.5,
+                               sample_rate=1.0, steps=4, delta=1e-5)
+    assert s["epsilon_released_model"] == pytest.approx(released, rel=1e-9)
 
 
-def test_released_model_epsilon_uses_sampling_only_for_the_released_model() -> None:
-    res = _run("dp.mechanism=gaussian", "dp.noise_multiplier=2.0", "rounds=3",
-               "clients.num=10", "clients.per_round=5")
-    s = res.summary
-    assert s["epsilon_released_model"] < s["epsilon_against_server"]
-    assert "Poisson" in s["released_model_assumption"]
+def test_released_model_epsilon_amplified_only_for_central_noise_and_poisson_cohorts() -> None:
+    base = ["dp.mechanism=gaussian", "dp.noise_multiplier=2.0", "rounds=3", "clients.num=10",
+            "clients.per_round=5"]
+    poisson = _run(*base, "clients.sampling=poisson").summary
+    expected = compute_epsilon(mechanism="gaussian", noise_multiplier=2.0, sample_rate=0.5,
+                               steps=3, delta=1e-5)
+    assert poisson["epsilon_released_model"] == pytest.approx(expected, rel=1e-9)
+    assert "Mironov, Talwar, Zhang" in poisson["epsilon_released_model_analysis"]
+    fixed = _run(*base).summary
+    assert fixed["epsilon_released_model"] > poisson["epsilon_released_model"]
+    assert "no amplification" in fixed["epsilon_released_model_analysis"]
 
 
 def test_site_with_smaller_cap_stops_joining_at_the_right_aggregation() -> None:
@@ -47,7 +56,9 @@ def test_site_with_smaller_cap_stops_joining_at_the_right_aggregation() -> None:
     assert joined == list(range(1, steps_ok + 1))
     refused_at = [m["version"] for m in res.metrics if "2" in m["budget_refusals"]]
     assert refused_at and refused_at[0] == steps_ok + 1
-    assert res.summary["epsilon_per_client"]["2"] <= cap
+    # plain: no guarantee against the server; the caps bound the released-model figure
+    assert res.summary["epsilon_per_client"] == {}
+    assert res.summary["epsilon_released_model_per_client"]["2"] <= cap
     others = [m for m in res.metrics if 0 in m["survivors"]]
     assert len(others) == 8
 
@@ -63,7 +74,8 @@ def test_training_stops_when_every_budget_is_spent() -> None:
 def test_target_epsilon_is_met_within_two_percent(protocol: str) -> None:
     res = _run(f"protocol={protocol}", "dp.mechanism=gaussian", "dp.target_epsilon=3.0", "rounds=5",
                "clients.num=6", "dp.provisioned_survivors=6", "dp.clip=5.0")
-    eps = res.summary["epsilon"]
+    key = "epsilon_released_model" if protocol == "plain" else "epsilon_against_server"
+    eps = res.summary[key]
     assert 0.98 * 3.0 <= eps <= 3.0
 
 
@@ -76,12 +88,13 @@ def test_more_dropouts_than_provisioned_raise_epsilon_and_warn() -> None:
                       write=False, progress=False)
     assert dropped.summary["privacy_warnings"]
     assert dropped.summary["epsilon"] > full.summary["epsilon"]
-    # The recorded noise is what was summed: z * sqrt(survivors / provisioned) per aggregation.
+    # The recorded noise is what the honest shares summed, with c = 1 colluder:
+    # z * sqrt((survivors - 1) / (provisioned - 1)) per aggregation.
     from privacy import GaussianEvent, RdpAccountant
 
     acc = RdpAccountant()
     for m in dropped.metrics:
-        acc.compose(GaussianEvent(noise_multiplier=2.0 * (len(m["survivors"]) / 10) ** 0.5))
+        acc.compose(GaussianEvent(noise_multiplier=2.0 * ((len(m["survivors"]) - 1) / 9) ** 0.5))
     worst = max(dropped.summary["epsilon_per_client"].values())
     assert worst <= acc.epsilon(1e-5) + 1e-9
 

@@ -128,7 +128,7 @@ def test_honest_run_agrees_per_client(tmp_path: Path) -> None:
     result = check_epsilon(tmp_path)
     assert result.status == "agree", result.mismatches
     assert result.checked_claims > 10
-    assert result.per_client["3"] == pytest.approx(rerun_epsilon([GaussianEvent(1.0), GaussianEvent(1.5)], delta=DELTA), rel=1e-9)
+    assert result.per_client["3"] == pytest.approx(rerun_epsilon([GaussianEvent(1.0), GaussianEvent(1.5)], delta=DELTA), rel=1e-3)
     assert result.per_client["2"] > result.per_client["0"] > 0
 
 
@@ -161,3 +161,68 @@ def test_undecodable_event_is_unverifiable(tmp_path: Path) -> None:
     result = check_epsilon(tmp_path)
     assert result.status in ("unverifiable", "disagree")
     assert any("ledger line 1" in n and "dp_event" in n for n in result.notes)
+
+
+# ------------------------------------------------ issue 15 finding 6: independent, one-sided
+
+
+def _small_run(tmp_path: Path, *overrides: str) -> Path:
+    import warnings
+
+    from secure_fl import load_config, run
+
+    plain = Path(__file__).resolve().parents[1] / "plain.toml"
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(load_config(plain, ["rounds=2", "clients.num=5", "model.kind=logreg", *overrides]),
+            out_dir=out, progress=False)
+    return out
+
+
+def _edit_summary(root: Path, **changes: Any) -> None:
+    doc = json.loads((root / "summary.json").read_text())
+    doc.update(changes)
+    (root / "summary.json").write_text(json.dumps(doc))
+
+
+def test_small_under_claim_of_a_discrete_run_fails_naming_the_field(tmp_path: Path) -> None:
+    root = _small_run(tmp_path, "protocol=secagg", "dp.mechanism=discrete_gaussian",
+                      "dp.noise_multiplier=1.0")
+    honest = check_epsilon(root)
+    assert honest.status == "agree", honest.mismatches
+    s = json.loads((root / "summary.json").read_text())
+    _edit_summary(root, epsilon_against_server=s["epsilon_against_server"] * 0.985,
+                  epsilon_released_model=s["epsilon_released_model"] * 0.985)
+    forged = check_epsilon(root)
+    assert forged.status == "disagree"
+    where = {m.location for m in forged.mismatches}
+    assert "summary.json epsilon_against_server" in where
+    assert "summary.json epsilon_released_model" in where
+
+
+def test_plain_run_claiming_an_epsilon_against_the_server_fails(tmp_path: Path) -> None:
+    root = _small_run(tmp_path, "dp.mechanism=gaussian", "dp.noise_multiplier=2.0")
+    assert check_epsilon(root).status == "agree"
+    _edit_summary(root, epsilon_against_server=3.0)
+    forged = check_epsilon(root)
+    assert forged.status == "disagree"
+    assert any("plain" in m.message for m in forged.mismatches)
+
+
+@pytest.mark.parametrize("scale,status", [(1.0, "agree"), (0.5, "disagree")])
+def test_sampled_discrete_events_are_checked(tmp_path: Path, scale: float, status: str) -> None:
+    ev = PoissonSampledEvent(0.2, DiscreteGaussianSumEvent(
+        sigma=5.0, num_clients=10, l2_sensitivity=15.0, l1_sensitivity=50.0, dimension=16))
+    _write_run(tmp_path, [ev] * 3, [[0, 1]] * 3, claim_scale=scale)
+    assert check_epsilon(tmp_path).status == status
+
+
+def test_reference_shares_no_code_with_the_project_accountants() -> None:
+    import audits.epsilon_check as check
+    import audits.reference_epsilon as reference
+
+    for module in (check, reference):
+        source = Path(module.__file__ or "").read_text()
+        assert "privacy.analysis" not in source and "privacy.accountants" not in source
+        assert "from privacy import" not in source

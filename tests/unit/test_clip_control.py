@@ -63,4 +63,6 @@ def test_runs_adapt_the_clip_and_keep_the_epsilon(protocol: str, mechanism: str)
     assert all(f is not None and f < 0.5 for f in
                (m["unclipped_fraction"] for m in adaptive.metrics[:3]))
     # The count rides in the same noised vector: the privacy cost is unchanged.
-    assert adaptive.summary["epsilon"] == pytest.approx(fixed.summary["epsilon"], rel=1e-3)
+    # (plain has no guarantee against the server: compare its released-model figure)
+    key = "epsilon_released_model" if protocol == "plain" else "epsilon"
+    assert adaptive.summary[key] == pytest.approx(fixed.summary[key], rel=1e-3)
