@@ -9,7 +9,8 @@ configuration, padded dimension 8,192) and the Skellam share with ``mu = sigma^2
 
     .venv/bin/python benchmarks/samplers.py [--baseline-rev REV] [--reps 20]
 
-Prints one row per (sampler, size, implementation) and JSON.
+Median of interleaved repetitions. Prints one row per (sampler, size, implementation)
+and JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -59,12 +61,18 @@ def default_share() -> tuple[Fraction, int]:
     return Fraction(mech.local_variance), int(mech.padded_dim)
 
 
-def _time(fn: Any, reps: int) -> float:
-    fn()  # warm-up (tables, caches)
-    start = time.perf_counter()
+def _time_interleaved(calls: dict[str, Any], reps: int) -> dict[str, float]:
+    """Median seconds per call of each implementation, timed alternately rep by rep so a
+    shared machine's load changes hit all of them alike."""
+    for fn in calls.values():
+        fn()  # warm-up (tables, caches)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -83,15 +91,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sigma_sq, dim = default_share()
     rows = []
     for size in (dim, 100_000):
-        reps = args.reps if size < 50_000 else max(2, args.reps // 10)
-        for name, mod in impls.items():
-            rng = Csprng(bytes(32))
-            for sampler, call in (
-                ("discrete_gaussian", lambda m=mod, r=rng, n=size: m.discrete_gaussian(
-                    n, sigma_sq=sigma_sq, rng=r)),
-                ("skellam", lambda m=mod, r=rng, n=size: m.skellam(n, mu=sigma_sq, rng=r)),
-            ):
-                sec = _time(call, reps)
+        reps = args.reps if size < 50_000 else max(3, args.reps // 5)
+        for sampler in ("discrete_gaussian", "skellam"):
+            calls = {}
+            for name, mod in impls.items():
+                rng = Csprng(bytes(32))
+                if sampler == "discrete_gaussian":
+                    calls[name] = lambda m=mod, r=rng, n=size: m.discrete_gaussian(
+                        n, sigma_sq=sigma_sq, rng=r)
+                else:
+                    calls[name] = lambda m=mod, r=rng, n=size: m.skellam(n, mu=sigma_sq, rng=r)
+            for name, sec in _time_interleaved(calls, reps).items():
                 rows.append({"sampler": sampler, "size": size, "impl": name,
                              "ms_per_call": round(sec * 1e3, 2),
                              "us_per_coordinate": round(sec / size * 1e6, 3)})
