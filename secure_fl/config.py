@@ -214,6 +214,15 @@ class SimulationConfig(_Section):
         description="Derive DP noise, rounding and mask randomness from `seed` so runs repeat "
         "bit for bit. Research only: the noise is then predictable; the audit flags it.",
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Processes that run simulated clients' local training in parallel "
+        "(forked once per run; one torch thread each). Default: the usable CPU cores "
+        "(`len(os.sched_getaffinity(0))`); 1 = sequential in this process. Results do not "
+        "depend on it.",
+    )
 
 
 class ThreatConfig(_Section):

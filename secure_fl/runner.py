@@ -46,6 +46,7 @@ from privacy.events import NonPrivateEvent
 from secure_fl import __version__
 from secure_fl.accounting import RunPrivacy, calibrate_config
 from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
+from secure_fl.client_jobs import ClientTrainer, TrainJob, TrainOutput
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.data import FederatedData, load_federated_data
@@ -66,7 +67,8 @@ from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.staleness import staleness_weight
-from secure_fl.training import Evaluation, evaluate, train_local, train_local_dp
+from secure_fl.training import Evaluation, evaluate, train_local
+from secure_fl.workers import WorkerPool, resolved_workers, single_torch_thread
 
 __all__ = ["RunResult", "make_aggregator", "run"]
 
@@ -235,18 +237,24 @@ def _support_for(
 
 
 def _library_versions() -> dict[str, str]:
-    import cryptography
-    import opacus
-    import tenseal
+    # Installed distributions' versions, read from their metadata: importing opacus only
+    # to read its version would cost seconds of start-up in every run.
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "unknown"
 
     return {
         "secure_fl": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "cryptography": cryptography.__version__,
-        "opacus": opacus.__version__,
-        "tenseal": getattr(tenseal, "__version__", "unknown"),
+        "cryptography": installed("cryptography"),
+        "opacus": installed("opacus"),
+        "tenseal": installed("tenseal"),
     }
 
 
@@ -343,8 +351,22 @@ def run(
     """Run one federated job described by ``config``.
 
     ``model_fn(feature_shape, num_classes)`` plugs in any ``torch.nn.Module``;
-    ``write=False`` keeps everything in memory (no run directory).
+    ``write=False`` keeps everything in memory (no run directory). Clients' local training
+    runs in ``simulation.workers`` processes (:mod:`secure_fl.workers`); torch uses one
+    thread in each, and in this process for the duration of the run.
     """
+    with single_torch_thread():
+        return _run(config, out_dir=out_dir, model_fn=model_fn, write=write, progress=progress)
+
+
+def _run(
+    config: RunConfig,
+    *,
+    out_dir: str | Path | None,
+    model_fn: ModelFn | None,
+    write: bool,
+    progress: bool,
+) -> RunResult:
     wall_start = time.perf_counter()
     config = calibrate_config(config)
     torch.manual_seed(config.seed)
@@ -366,7 +388,6 @@ def run(
         stages=aggregator.stages,
         rng=np.random.default_rng([config.seed, 0x5EED]),
     )
-    max_train = max(c.num_train for c in data.clients) or 1
     local = LocalLayers(model)
     pruner = _make_pruner(config, model, dim)
     layout = tensor_layout(model, data.feature_shape)
@@ -403,39 +424,30 @@ def run(
         enabled=progress,
     )
 
-    def train(cid: int, version: int) -> TrainResult:
-        client = data.clients[cid]
-        set_flat(model, state["weights"])
-        local.load(model, cid)
-        seed = int(
-            np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]
+    def train_many(cids: list[int], version: int) -> list[TrainResult]:
+        # Jobs are described here, in cohort order (seeds, DP keys), and run by the pool:
+        # the results do not depend on simulation.workers.
+        frozen = budget.frozen if budget is not None else (
+            ~pruner.mask if pruner is not None else None
         )
-        frozen = ~pruner.mask if pruner is not None else None
-        if budget is not None:
-            frozen = budget.frozen
-        if config.dp.record_level:
-            steps, event = train_local_dp(
-                model,
-                client.x_train,
-                client.y_train,
-                config.train,
-                noise_multiplier=config.dp.record_noise_multiplier,
-                max_grad_norm=config.dp.record_clip,
-                rng=dp_rng.fork(),
+        trainer.publish(state["weights"], frozen)
+        jobs = [
+            TrainJob(
+                cid,
+                int(np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]),
+                frozen is not None,
+                dp_rng.random_bytes(32) if config.dp.record_level else None,
             )
-            privacy.record_training(cid, event)
-        else:
-            steps = train_local(
-                model, client.x_train, client.y_train, config.train, seed=seed, frozen=frozen
-            )
-        local.save(model, cid)
-        delta = get_flat(model) - state["weights"]
-        # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
-        # Under DP every client weighs 1 (times its public staleness weight), so the
-        # denominator is public and the sensitivity is the clip bound.
-        by_samples = config.aggregation.weighting == "samples" and config.dp.mechanism == "none"
-        base = client.num_train / max_train if by_samples else 1.0
-        return TrainResult(delta, steps * config.train.batch_size, base)
+            for cid in cids
+        ]
+        outputs = pool.map(jobs)
+        for job, out in zip(jobs, outputs, strict=True):
+            if out.event is not None:
+                privacy.record_training(job.client_id, out.event)
+        return [out.result for out in outputs]
+
+    def train(cid: int, version: int) -> TrainResult:
+        return train_many([cid], version)[0]
 
     def aggregate(plan: CohortPlan) -> AggregateOutcome:
         version = sim.version + 1
@@ -550,12 +562,21 @@ def run(
             metrics_fh.write(json.dumps(record) + "\n")
             metrics_fh.flush()
 
+    trainer = ClientTrainer(config, model, data, local, dim=dim)
+    # Client state that lives in the parent (FedBN layers) keeps training in-process.
+    pool: WorkerPool[TrainJob, TrainOutput] = WorkerPool(
+        trainer, workers=1 if local.enabled else resolved_workers(config)
+    )
     try:
         if config.aggregation.mode == "sync":
-            sim.run_sync(train, aggregate, complete)
+            sim.run_sync(train, aggregate, complete, train_many=train_many)
         else:
-            sim.run_async(train, aggregate, complete)
+            sim.run_async(train, aggregate, complete, train_many=train_many)
+    except BaseException:
+        pool.close(terminate=True)
+        raise
     finally:
+        pool.close()
         bar.close()
         if path is not None:
             metrics_fh.close()

@@ -20,7 +20,6 @@ import math
 import warnings
 
 import numpy as np
-from opacus.accountants import PRVAccountant as _OpacusPRV
 
 from privacy.accountants.base import (
     BaseAccountant,
@@ -156,6 +155,9 @@ class PrvAccountant(BaseAccountant):
             return math.inf
         if not self._history:
             return 0.0
+        # Opacus (and torch behind it) is imported on first use, not with privacy/.
+        from opacus.accountants import PRVAccountant as _OpacusPRV
+
         engine = _OpacusPRV()
         engine.history = [(z, q, steps) for z, q, steps in self._history]
         delta_error = self._delta_error if self._delta_error is not None else delta / 1000.0
