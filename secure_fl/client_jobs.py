@@ -18,6 +18,7 @@ from torch import nn
 
 from crypto.prg import Csprng
 from privacy.events import DPEvent
+from secure_fl.client_encode import EncodeJob
 from secure_fl.config import RunConfig
 from secure_fl.data import FederatedData
 from secure_fl.models import get_flat, set_flat
@@ -77,6 +78,12 @@ class ClientTrainer:
         self.weights.write(weights)
         if frozen is not None:
             self.frozen.write(frozen)
+
+    def run(self, job: TrainJob | EncodeJob) -> TrainOutput | npt.NDArray[np.uint32]:
+        """The pool's job function: local training, or a client's DP encoding."""
+        if isinstance(job, EncodeJob):
+            return job.run()
+        return self(job)
 
     def __call__(self, job: TrainJob) -> TrainOutput:
         config = self.config

@@ -46,7 +46,7 @@ from privacy.events import NonPrivateEvent
 from secure_fl import __version__
 from secure_fl.accounting import RunPrivacy, calibrate_config
 from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
-from secure_fl.client_jobs import ClientTrainer, TrainJob, TrainOutput
+from secure_fl.client_jobs import ClientTrainer, TrainJob
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.data import FederatedData, load_federated_data
@@ -564,9 +564,11 @@ def _run(
 
     trainer = ClientTrainer(config, model, data, local, dim=dim)
     # Client state that lives in the parent (FedBN layers) keeps training in-process.
-    pool: WorkerPool[TrainJob, TrainOutput] = WorkerPool(
-        trainer, workers=1 if local.enabled else resolved_workers(config)
+    pool: WorkerPool[Any, Any] = WorkerPool(
+        trainer.run, workers=1 if local.enabled else resolved_workers(config)
     )
+    if isinstance(aggregator, SecAggAggregator):
+        aggregator.client_map = pool.map
     try:
         if config.aggregation.mode == "sync":
             sim.run_sync(train, aggregate, complete, train_many=train_many)
