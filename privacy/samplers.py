@@ -387,9 +387,13 @@ def discrete_laplace(size: int, *, scale: int, rng: Csprng) -> IntArray:
         raise PrivacyError(f"scale must be an int in [1, 2^62), got {scale!r}")
     out = np.empty(n, dtype=np.int64)
     filled = 0
+    ratio = 1.6  # candidates per accepted sample (acceptance ~ 0.63 for t >= 2)
     while filled < n:
         need = n - filled
-        got = _discrete_laplace_batch(2 * need + 16, scale, rng)[:need]
+        batch = math.ceil(need * ratio) + 32
+        got = _discrete_laplace_batch(batch, scale, rng)
+        ratio = 1.1 * batch / max(got.size, 1)  # what this batch needed, plus margin
+        got = got[:need]
         out[filled : filled + got.size] = got
         filled += got.size
     return out
@@ -465,11 +469,14 @@ def discrete_gaussian(size: int, *, sigma_sq: Rational, rng: Csprng) -> IntArray
         return np.array([_discrete_gaussian_scalar(s, rng) for _ in range(n)], dtype=np.int64)
     out = np.empty(n, dtype=np.int64)
     filled = 0
+    ratio = 1.35  # Laplace candidates per output (acceptance ~ 0.76 for sigma >= 2)
     while filled < n:
         need = n - filled
-        y = discrete_laplace(2 * need + 16, scale=t, rng=rng)
+        batch = math.ceil(need * ratio) + 32
+        y = discrete_laplace(batch, scale=t, rng=rng)
         whole, hi, lo = _dg_threshold(np.abs(y), p, q, t)
         ok = _bernoulli_exp_neg_split(whole, hi, lo, 2 * p, q * t * t, rng)
+        ratio = 1.1 * batch / max(int(ok.sum()), 1)  # what this batch needed, plus margin
         got = y[ok][:need]
         out[filled : filled + got.size] = got
         filled += got.size
@@ -740,9 +747,10 @@ def poisson(size: int, *, lam: Rational, rng: Csprng) -> IntArray:
     tail_cut = np.uint64(1 << (64 - _TAIL_BITS))
     out = np.empty(n, dtype=np.int64)
     filled = 0
+    ratio = 7.5  # proposals per output (acceptance ~ sqrt(2 pi lam) / |W| ~ 0.15)
     while filled < n:
         need = n - filled
-        batch = 8 * need + 32
+        batch = math.ceil(need * ratio) + 32
         comp = np.frombuffer(rng.random_bytes(8 * batch), dtype="<u8")
         idx = rng.integers_below(table.width, batch)
         u = (np.frombuffer(rng.random_bytes(8 * batch), dtype="<u8") >> np.uint64(2)).astype(
@@ -761,6 +769,7 @@ def poisson(size: int, *, lam: Rational, rng: Csprng) -> IntArray:
             if k_new is not None:
                 accepted[i] = True
                 ks[i] = k_new
+        ratio = 1.1 * batch / max(int(accepted.sum()), 1)  # what this batch needed, plus margin
         got = ks[accepted][:need]
         out[filled : filled + got.size] = got
         filled += got.size
