@@ -68,7 +68,7 @@ def main() -> None:
               f"{r['sync']['virtual_time_s']:.1f} s; async final {r['async']['final_accuracy']:.4f}, "
               f"reaches sync's final at {r['async_time_to_sync_final_s']} s -> ratio {r['ratio']} "
               f"({'met' if r['met'] else 'missed'})")
-    print(json.dumps(rows))
+    print(json.dumps(rows, default=str))
 
 
 if __name__ == "__main__":

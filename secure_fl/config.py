@@ -13,6 +13,7 @@ so that they are checked whatever the source of the values.
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -180,7 +181,12 @@ class CkksConfig(_Section):
 class AggregationConfig(_Section):
     mode: Literal["sync", "async"] = "sync"
     buffer_size: int | None = Field(
-        None, ge=1, description="Async: updates per buffer (K); default: half of clients.per_round."
+        None,
+        ge=1,
+        description="Async: updates per buffer (K). Default: half of clients.per_round "
+        "without DP (FedBuff: buffers well below the concurrency aggregate often); "
+        "ceil(0.85 x clients.per_round) under DP, where the noise in the mean falls as 1/K "
+        "(measured in benchmarks/async_defaults.py, see docs/concepts.md).",
     )
     timeout_s: float | None = Field(
         None,
@@ -296,7 +302,11 @@ class RunConfig(_Section):
     @property
     def buffer_size(self) -> int:
         """Async: updates per buffer (K)."""
-        return self.aggregation.buffer_size or max(1, self.cohort_size // 2)
+        if self.aggregation.buffer_size is not None:
+            return self.aggregation.buffer_size
+        if self.dp.mechanism != "none":
+            return max(1, math.ceil(0.85 * self.cohort_size))
+        return max(1, self.cohort_size // 2)
 
 
 DEFAULT_CONFIG_PATH = Path(str(resources.files("secure_fl") / "default.toml"))
