@@ -76,9 +76,13 @@ def main() -> None:
     args = ap.parse_args()
     out: dict[str, Any] = {"rounds": args.rounds}
     out["in_process"] = in_process(args.rounds)
+    print(json.dumps(out["in_process"]), flush=True)
     sets = [f"rounds={args.rounds}"]
-    out["make_run_s"] = {"current (default workers)": round(cli_run(ROOT, sets), 1),
-                         "current, workers=1": round(cli_run(ROOT, [*sets, "simulation.workers=1"]), 1)}
+    out["make_run_s"] = {}
+    for name, extra in (("current (default workers)", []), ("current, workers=1",
+                                                             ["simulation.workers=1"])):
+        out["make_run_s"][name] = round(cli_run(ROOT, [*sets, *extra]), 1)
+        print(name, out["make_run_s"][name], "s", flush=True)
     if not args.no_baseline:
         with tempfile.TemporaryDirectory() as tmp:
             archive = subprocess.run(["git", "archive", args.baseline_rev], cwd=ROOT,
