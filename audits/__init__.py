@@ -11,21 +11,33 @@ the JSON codec of DP events.
   (CLI: :func:`audits.cli.audit_main`), writing ``audit.json`` and ``report.html``.
 * :mod:`audits.epsilon_check` -- independent recomputation of epsilon from the ledger.
 * :mod:`audits.server_view` -- transcript verification and the server-view audit.
-* :mod:`audits.empirical` -- one-shot canary estimate, membership inference, gradient
-  inversion (these drive the secure-fl runner, imported lazily: ``audits`` never
-  imports ``secure_fl`` at import time).
+* :mod:`audits.empirical` -- one-shot canary estimate (failing a run only on a one-sided
+  lower confidence bound), membership inference, gradient inversion; they re-run the
+  job through a :class:`audits.replay.JobReplay` their caller supplies (``audits``
+  never imports ``secure_fl``).
+* :mod:`audits.replay` -- what the empirical tests need from the software that made a run.
 * :mod:`audits.report` -- the self-contained HTML report.
 """
 
 from __future__ import annotations
 
-from audits.audit import AUDIT_JSON, AUDIT_REPORT, AuditResult, audit_run
+from audits.audit import (
+    AUDIT_JSON,
+    AUDIT_REPORT,
+    AuditResult,
+    NotARunError,
+    audit_run,
+    canary_check,
+)
 from audits.empirical import (
+    CANARY_CONFIDENCE,
+    CanaryBound,
     CanaryResult,
     EmpiricalSizes,
     InversionResult,
     MiaResult,
     canary_estimate,
+    canary_lower_bound,
     epsilon_two_gaussians,
     gradient_inversion,
     membership_inference,
@@ -59,6 +71,7 @@ from audits.ledger import (
     verify_countersignature,
     verify_ledger,
 )
+from audits.replay import CanaryRerun, JobFacts, JobReplay, Records, ReplayFactory
 from audits.server_view import (
     ServerViewResult,
     TranscriptCheck,
@@ -78,8 +91,18 @@ from audits.transcript import (
 __all__ = [
     "AUDIT_JSON",
     "AUDIT_REPORT",
+    "CANARY_CONFIDENCE",
     "AuditResult",
+    "CanaryBound",
+    "CanaryRerun",
     "CanaryResult",
+    "JobFacts",
+    "JobReplay",
+    "NotARunError",
+    "Records",
+    "ReplayFactory",
+    "canary_check",
+    "canary_lower_bound",
     "EmpiricalSizes",
     "EpsilonCheck",
     "InversionResult",

@@ -8,19 +8,28 @@ Steps (DESIGN.md section 6), each recorded in ``audit.json`` and ``report.html``
 2. **Epsilon**: :func:`audits.epsilon_check.check_epsilon`, an independent recomputation
    from the ledger's DP events, compared with every claim.
 3. **Transcript and server view**: :mod:`audits.server_view`.
-4. **Empirical tests** (:mod:`audits.empirical`; these drive the secure-fl runner's
-   building blocks, imported lazily): one-shot canary estimate, membership inference,
-   gradient inversion.
+4. **Empirical tests** (:mod:`audits.empirical`): one-shot canary estimate, membership
+   inference, gradient inversion. They re-run the job through a
+   :class:`audits.replay.JobReplay` that the caller supplies (``secure-fl audit`` passes
+   the secure-fl runner's; ``audits`` never imports ``secure_fl``); without one they are
+   skipped and the report says so.
 5. **Report**: ``audit.json`` (machine-readable) and ``report.html`` (NIST SP 800-226
    questions, hazards, plots).
 
 The audit *fails* (non-zero exit in the CLI) when the ledger or transcript fails
 verification, the configuration does not match the ledger, the recomputed epsilon
 disagrees with a claim (or cannot be recomputed), masked uploads are shown not to be
-uniform, or the canary estimate demonstrably exceeds the claimed epsilon. Hazards
+uniform, or the canary test gives statistically significant evidence that the noise
+claimed is not present (its one-sided lower confidence bound, not its point estimate,
+exceeds a claim; see :mod:`audits.empirical`). Hazards
 (plaintext protocol, predictable noise, infinite epsilon, missing server-view data...)
 are reported loudly but do not by themselves fail the audit: they are true statements
 about a run, not evidence of tampering.
+
+Two directories are not audited at all: one that is not a run (none of
+:data:`RUN_FILES` is in it) raises :class:`NotARunError` (a usage error in the CLI), and
+an interrupted run (no ``summary.json``) gets the verdict ``incomplete run: N of M
+aggregations, no summary`` after its partial ledger is verified.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from audits.empirical import (
+    CanaryResult,
     EmpiricalSizes,
     canary_estimate,
     gradient_inversion,
@@ -50,6 +60,7 @@ from audits.ledger import (
     load_public_key,
     verify_ledger,
 )
+from audits.replay import JobReplay, ReplayFactory, facts_json
 from audits.report import render_report
 from audits.server_view import (
     ServerViewResult,
@@ -59,18 +70,56 @@ from audits.server_view import (
 )
 from crypto.errors import SecureFLError
 
-__all__ = ["AUDIT_JSON", "AUDIT_REPORT", "AuditResult", "audit_run"]
+__all__ = ["AUDIT_JSON", "AUDIT_REPORT", "RUN_FILES", "AuditResult", "NotARunError", "audit_run", "canary_check"]
 
 AUDIT_JSON = "audit.json"
 AUDIT_REPORT = "report.html"
+#: Files a run directory holds from its first aggregation on; a directory with none is not a run.
+RUN_FILES = ("config.toml", LEDGER_FILENAME, "metrics.jsonl", "summary.json")
+
+
+class NotARunError(LedgerError):
+    """The directory given to the audit is not a run directory (``location`` names it)."""
 
 LEDGER_LIMITS = (
-    "What the signature proves: the holder of the server key wrote these entries in this order. "
-    "A server holding its own key could rewrite the whole ledger consistently; the anchors in "
-    "summary.json live in the same directory, so they only protect against parties who cannot also "
-    "edit summary.json. Client countersignatures or a head hash published during the run bind the "
-    "server; whether the bodies are true is for the epsilon, transcript and empirical checks."
+    "What the signatures prove: the server's signature, that the holder of the server key wrote these entries in "
+    "this order; the clients' countersignatures, verified against the roster's identity keys, that every survivor "
+    "of each released aggregation accepted that entry, and through the hash chain every entry before it. A server "
+    "that rewrites and re-signs the ledger with its own key therefore fails at the first rewritten entry that "
+    "recorded a release, and so does an entry with a countersignature removed. This holds against a server that "
+    "does not also hold the survivors' identity keys (it may collude with fewer clients than survive), and only "
+    "with a roster the server cannot substitute: pass the sites' own roster (--roster); a roster.toml read from "
+    "the run directory proves self-consistency only. Entries that record no release (aborted) and a tail after the "
+    "last countersigned entry are vouched for by the server alone. Whether the bodies are true beyond what clients "
+    "checked (their version, session and membership) is for the epsilon, transcript and empirical checks."
 )
+
+ROSTER_FILENAME = "roster.toml"
+
+
+def load_roster_keys(path: Path) -> dict[str, bytes]:
+    """Site name -> 32-byte identity key from a roster file (``[[sites]]`` with ``name``
+    and hex ``identity_key``, as ``secure-fl roster build`` writes it). Read here as data:
+    the audit does not import the orchestration package."""
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise LedgerError(f"cannot read roster: {exc}", location=str(path)) from None
+    sites = tree.get("sites")
+    if not isinstance(sites, list) or not sites:
+        raise LedgerError("the roster lists no [[sites]]", location=str(path))
+    keys: dict[str, bytes] = {}
+    for i, site in enumerate(sites):
+        name = site.get("name") if isinstance(site, dict) else None
+        hexkey = site.get("identity_key") if isinstance(site, dict) else None
+        try:
+            raw = bytes.fromhex(hexkey) if isinstance(hexkey, str) else b""
+        except ValueError:
+            raw = b""
+        if not isinstance(name, str) or not name or len(raw) != 32 or name in keys:
+            raise LedgerError(f"sites[{i}] needs a unique name and a 64-hex identity_key", location=str(path))
+        keys[name] = raw
+    return keys
 
 
 @dataclass
@@ -185,7 +234,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _ledger_section(root: Path, summary: dict[str, Any], bodies: list[tuple[int, dict[str, Any]]],
-                    failures: list[str]) -> dict[str, Any]:
+                    failures: list[str], roster: Path | None = None) -> dict[str, Any]:
     pem = root / PUBLIC_KEY_FILENAME
     section: dict[str, Any] = {"ok": False, "entries": 0, "head": None, "problems": [], "limits": LEDGER_LIMITS}
     try:
@@ -206,12 +255,37 @@ def _ledger_section(root: Path, summary: dict[str, Any], bodies: list[tuple[int,
         failures.append(f"ledger: {LEDGER_FILENAME} is missing")
         section["problems"] = [{"line": 0, "entry_index": None, "kind": "truncated", "message": "file missing"}]
         return section
+    roster_path = roster if roster is not None else root / ROSTER_FILENAME
+    witnesses: dict[str, bytes] | None = None
+    if roster is None and not roster_path.is_file():
+        section["witnesses"] = "no roster: countersignatures NOT verified (pass the sites' roster with --roster)"
+        failures.append("ledger: no roster to verify the clients' countersignatures against (pass --roster ROSTER)")
+    else:
+        try:
+            witnesses = load_roster_keys(roster_path)
+        except LedgerError as exc:
+            failures.append(f"ledger: {exc}")
+            return section
+        section["roster"] = {
+            "path": str(roster_path),
+            "source": "given (--roster)" if roster is not None else "run directory (self-consistency only)",
+            "sha256": hashlib.sha256(roster_path.read_bytes()).hexdigest(),
+            "members": len(witnesses),
+        }
     try:
         report: LedgerReport = verify_ledger(root / LEDGER_FILENAME, key, expected_entries=exp_entries,
-                                             expected_head=exp_head)
+                                             expected_head=exp_head, client_public_keys=witnesses,
+                                             require_witnesses=witnesses is not None)
     except LedgerError as exc:
         failures.append(f"ledger: {exc}")
         return section
+    if witnesses is not None:
+        section["witnesses"] = (
+            f"{report.countersignatures} countersignatures verified; {report.witnessed} released aggregation(s) "
+            f"countersigned by every survivor"
+        )
+        section["countersignatures"] = report.countersignatures
+        section["witnessed_entries"] = report.witnessed
     section.update(
         ok=report.ok,
         entries=report.entries,
@@ -402,23 +476,37 @@ def _parameters(config: dict[str, Any], summary: dict[str, Any], bodies: list[tu
     }
 
 
-def _empirical(root: Path, summary: dict[str, Any], eps: EpsilonCheck, quick: bool,
-               failures: list[str], extras: dict[str, Any]) -> dict[str, Any]:
-    sizes = EmpiricalSizes.quick() if quick else EmpiricalSizes()
-    section: dict[str, Any] = {"sizes": _clean(vars(sizes)), "drives": "secure_fl runner building blocks (re-run)"}
+def canary_check(
+    replay: JobReplay, summary: dict[str, Any], *, sizes: EmpiricalSizes, delta: float | None = None
+) -> CanaryResult:
+    """The canary test exactly as :func:`audit_run` runs it: the claim is the run's
+    released-model epsilon (else its epsilon against the server) at the summary's delta
+    (else ``delta``); fresh canary randomness on every call."""
     claimed = _num(summary.get("epsilon_released_model"))
     if claimed is None:
         claimed = _num(summary.get("epsilon"))
-    delta = _num(summary.get("delta")) or eps.delta
+    dlt = _num(summary.get("delta")) or delta
+    return canary_estimate(replay, claimed_epsilon=claimed, delta=dlt, sizes=sizes)
+
+
+def _empirical(root: Path, summary: dict[str, Any], eps: EpsilonCheck, quick: bool,
+               failures: list[str], extras: dict[str, Any], replay_factory: ReplayFactory) -> dict[str, Any]:
+    sizes = EmpiricalSizes.quick() if quick else EmpiricalSizes()
+    section: dict[str, Any] = {"sizes": _clean(vars(sizes))}
     try:
-        canary = canary_estimate(root, claimed_epsilon=claimed, delta=delta, sizes=sizes)
+        replay: JobReplay = replay_factory(root)
+    except (SecureFLError, ValueError, OSError, RuntimeError) as exc:
+        return {**section, "skipped": f"empirical tests not run: the job cannot be replayed ({exc})"}
+    section["replayed_job"] = facts_json(replay.facts)
+    try:
+        canary = canary_check(replay, summary, sizes=sizes, delta=eps.delta)
         section["canary"] = canary.to_json()
         if canary.flagged:
             failures.append("canary estimate: " + canary.verdict)
     except (SecureFLError, ValueError, OSError, RuntimeError) as exc:
         section["canary"] = {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        mia = membership_inference(root, sizes=sizes)
+        mia = membership_inference(replay, sizes=sizes)
         section["membership_inference"] = mia.to_json()
         extras["mia_curves"] = [
             {"name": a.name, "auc": a.auc, "fpr": a.fpr, "tpr": a.tpr} for a in mia.attacks
@@ -426,7 +514,7 @@ def _empirical(root: Path, summary: dict[str, Any], eps: EpsilonCheck, quick: bo
     except (SecureFLError, ValueError, OSError, RuntimeError) as exc:
         section["membership_inference"] = {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        inv = gradient_inversion(root)
+        inv = gradient_inversion(replay)
         section["gradient_inversion"] = inv.to_json()
         extras["inversion_images"] = {
             "truth": inv.truth,
@@ -441,6 +529,53 @@ def _empirical(root: Path, summary: dict[str, Any], eps: EpsilonCheck, quick: bo
     return section
 
 
+def _aggregations_recorded(bodies: list[tuple[int, dict[str, Any]]], metrics: list[dict[str, Any]]) -> int:
+    """Aggregations an interrupted run completed: its highest ledger (or metrics) version."""
+    versions = [b.get("version") for _, b in bodies] or [m.get("version") for m in metrics]
+    ints = [v for v in versions if isinstance(v, int) and not isinstance(v, bool)]
+    return max(ints) if ints else len(versions)
+
+
+def _incomplete_run(root: Path, config: dict[str, Any], bodies: list[tuple[int, dict[str, Any]]],
+                    out_dir: str | Path | None, write: bool, roster: Path | None) -> AuditResult:
+    """Verdict on a run that stopped before writing ``summary.json``."""
+    done = _aggregations_recorded(bodies, _read_metrics(root / "metrics.jsonl"))
+    rounds = config.get("rounds")
+    total = str(rounds) if isinstance(rounds, int) and not isinstance(rounds, bool) else "?"
+    headline = f"incomplete run: {done} of {total} aggregations, no summary"
+    failures = [headline]
+    ledger = _ledger_section(root, {}, bodies, failures, roster)
+    ledger_text = (
+        f"the {ledger.get('entries')} ledger entries present verify" if ledger.get("ok")
+        else "its partial ledger does NOT verify (see audit.json)"
+    )
+    verdict = (
+        f"AUDIT INCOMPLETE: {headline} ({ledger_text}). The run stopped before it finished: "
+        "no final epsilon, model or transcript to audit. Finish or resume the run, then audit it."
+    )
+    doc: dict[str, Any] = _clean({
+        "format": "secure-fl/audit",
+        "format_version": 1,
+        "run_dir": str(root),
+        "audited_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ok": False,
+        "status": "incomplete",
+        "verdict": verdict,
+        "aggregations_recorded": done,
+        "aggregations_configured": rounds,
+        "failures": failures,
+        "ledger": ledger,
+    })
+    json_path = None
+    if write:
+        target = Path(out_dir) if out_dir is not None else root
+        target.mkdir(parents=True, exist_ok=True)
+        json_path = target / AUDIT_JSON
+        json_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    details = [f"FAIL {f}" for f in failures[1:]]
+    return AuditResult(False, verdict, failures, doc, json_path, None, details)
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -451,27 +586,45 @@ def audit_run(
     quick: bool = False,
     empirical: bool = True,
     write: bool = True,
+    roster: str | Path | None = None,
+    replay: ReplayFactory | None = None,
 ) -> AuditResult:
     """Audit the run directory ``run_dir``; write ``audit.json`` and ``report.html``
     to ``out_dir`` (default: ``run_dir``). ``quick`` shrinks the empirical tests;
-    ``empirical=False`` skips them (verification only)."""
+    ``empirical=False`` skips them (verification only). ``roster``: the sites' roster
+    file whose identity keys verify the countersignatures (default: ``roster.toml`` in
+    the run directory, which proves self-consistency only). ``replay`` builds the
+    :class:`~audits.replay.JobReplay` the empirical tests re-run the job with; without
+    it they are skipped.
+
+    Raises :class:`NotARunError` when ``run_dir`` is not a run directory. A run without
+    ``summary.json`` (interrupted) gets an ``incomplete run`` verdict and no report.
+    """
     start = time.perf_counter()
     root = Path(run_dir)
     if not root.is_dir():
-        raise LedgerError("not a run directory", location=str(root))
-    failures: list[str] = []
-    extras: dict[str, Any] = {}
-    summary = _read_json(root / "summary.json")
-    if summary is None:
-        failures.append("summary.json: missing or not a JSON object")
-        summary = {}
+        raise NotARunError("not a directory", location=str(root))
+    if not any((root / name).is_file() for name in RUN_FILES):
+        raise NotARunError(
+            "not a run directory: it holds none of " + ", ".join(RUN_FILES)
+            + " (give the directory `secure-fl run --out` wrote)",
+            location=str(root),
+        )
     try:
         config = tomllib.loads((root / "config.toml").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = {}
     bodies = _read_bodies(root / LEDGER_FILENAME)
+    if not (root / "summary.json").exists():
+        return _incomplete_run(root, config, bodies, out_dir, write, Path(roster) if roster is not None else None)
+    failures: list[str] = []
+    extras: dict[str, Any] = {}
+    summary = _read_json(root / "summary.json")
+    if summary is None:
+        failures.append("summary.json: not a JSON object")
+        summary = {}
 
-    ledger = _ledger_section(root, summary, bodies, failures)
+    ledger = _ledger_section(root, summary, bodies, failures, Path(roster) if roster is not None else None)
     eps = check_epsilon(root)
     if eps.status == "disagree":
         first = eps.mismatches[0] if eps.mismatches else None
@@ -493,21 +646,30 @@ def audit_run(
     extras["metrics"] = metrics
     extras["client_series"] = eps.client_series
     emp: dict[str, Any]
-    if empirical and config:
-        emp = _empirical(root, summary, eps, quick, failures, extras)
+    if empirical and config and replay is not None:
+        emp = _empirical(root, summary, eps, quick, failures, extras, replay)
+    elif not empirical:
+        emp = {"skipped": "empirical tests skipped (--no-empirical)"}
+    elif not config:
+        emp = {"skipped": "empirical tests skipped (config.toml unreadable)"}
     else:
-        emp = {"skipped": "empirical tests skipped" + ("" if config else " (config.toml unreadable)")}
+        emp = {"skipped": "empirical tests skipped: no job replay was supplied (`secure-fl audit` supplies one)"}
 
     ok = not failures
     can = emp.get("canary") or {}
     parts = [
-        f"ledger {'verified (' + str(ledger.get('entries')) + ' entries)' if ledger.get('ok') else 'FAILED'}",
+        f"ledger {'verified (' + str(ledger.get('entries')) + ' entries)' if ledger.get('ok') else 'FAILED'}"
+        + (f", {ledger['countersignatures']} countersignatures verified" if ledger.get("ok")
+           and "countersignatures" in ledger else ""),
         f"epsilon {eps.status} (recomputed {_fmt(eps.recomputed_epsilon)}, claimed {_fmt(eps.claimed_epsilon)})",
         f"transcript {'verified' if tcheck.ok else 'FAILED'}",
         f"server view {view.status}",
     ]
     if "epsilon_estimate" in can:
-        parts.append(f"canary estimate {_fmt(_num(can['epsilon_estimate']))}")
+        parts.append(
+            f"canary estimate {_fmt(_num(can['epsilon_estimate']))} (lower bound "
+            f"{_fmt(_num(can.get('epsilon_lower_bound')))} at {_num(can.get('confidence')) or 0:.0%})"
+        )
     verdict = ("AUDIT PASS: " if ok else "AUDIT FAIL: ") + "; ".join(parts)
     hazards = _hazards(config, summary, eps, view, bodies)
     doc: dict[str, Any] = {

@@ -1,9 +1,15 @@
-"""``secure-fl audit RUN_DIR [--out DIR] [--quick] [--no-empirical]``.
+"""``secure-fl audit RUN_DIR [--out DIR] [--quick] [--no-empirical] [--roster ROSTER]``.
 
 Prints a one-line verdict first, then the details (failed checks, located; loud
 hazards; where the report is). Exit status: 0 the audit passed; 1 a check failed
-(ledger, transcript, epsilon recomputation, server view or canary estimate); 2 usage
-error (e.g. ``RUN_DIR`` is not a run directory).
+(ledger, transcript, epsilon recomputation, server view or canary test) or the run is
+incomplete (interrupted before ``summary.json``); 2 usage error (e.g. ``RUN_DIR`` is
+not a run directory).
+
+The empirical tests re-run the job through a :class:`audits.replay.ReplayFactory`
+passed in by the caller (``secure-fl audit`` passes the secure-fl runner's, see
+``secure_fl/audit_rerun.py``); called without one, :func:`audit_main` verifies only and
+says so.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from audits.replay import ReplayFactory
 from crypto.errors import SecureFLError
 
 __all__ = ["audit_main", "build_parser"]
@@ -31,12 +38,16 @@ def build_parser(prog: str = "secure-fl audit") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="where to write audit.json and report.html (default RUN_DIR)")
     p.add_argument("--quick", action="store_true", help="smaller empirical tests (seconds, for CI)")
     p.add_argument("--no-empirical", action="store_true", help="verification only: skip the re-runs and attacks")
+    p.add_argument("--roster", type=Path, default=None, metavar="ROSTER",
+                   help="the sites' roster: identity keys that verify the clients' countersignatures "
+                   "(default RUN_DIR/roster.toml, which proves self-consistency only)")
     return p
 
 
-def audit_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``secure-fl audit``; returns the exit status."""
-    from audits.audit import audit_run
+def audit_main(argv: Sequence[str] | None = None, *, replay: ReplayFactory | None = None) -> int:
+    """Entry point of ``secure-fl audit``; returns the exit status. ``replay`` re-runs
+    the job for the empirical tests (skipped without it)."""
+    from audits.audit import NotARunError, audit_run
 
     parser = build_parser()
     try:
@@ -47,7 +58,13 @@ def audit_main(argv: Sequence[str] | None = None) -> int:
         print(f"secure-fl audit: {args.run_dir} is not a directory", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = audit_run(args.run_dir, out_dir=args.out, quick=args.quick, empirical=not args.no_empirical)
+        result = audit_run(
+            args.run_dir, out_dir=args.out, quick=args.quick, empirical=not args.no_empirical,
+            roster=args.roster, replay=replay,
+        )
+    except NotARunError as exc:
+        print(f"secure-fl audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except SecureFLError as exc:
         print(f"AUDIT FAIL: {exc}")
         return EXIT_FAILED

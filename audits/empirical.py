@@ -4,10 +4,10 @@ These are *measurements*, not proofs: an attack that fails says nothing about a 
 attack. They catch what an accountant cannot, e.g. noise that the code claims to add
 but does not, and they show a reader what "the server saw individual updates" means.
 
-This module drives the secure-fl runner's building blocks (``secure_fl.data``,
-``secure_fl.models``, ``secure_fl.training``, ``secure_fl.runner.make_aggregator``,
-``secure_fl.server_opt``). ``secure_fl`` depends on ``audits``, so it is imported
-lazily inside the functions that re-run a job, never at module import.
+Every test receives a :class:`audits.replay.JobReplay` from its caller: the object that
+re-runs the audited job's real aggregator, computes its released model's losses and
+takes one SGD step on one record. ``audits`` never imports the software that produced
+the run (``secure-fl audit`` passes the secure-fl runner's replay in).
 
 1. One-shot canary estimate
 ---------------------------
@@ -15,9 +15,10 @@ Andrew, Kairouz, Oh, Oprea, McMahan, Suriyakumar, "One-shot Empirical Privacy
 Estimation for Federated Learning", ICLR 2024 (arXiv:2302.03098). A small version of
 the configured job is re-run through the *real* aggregator (real clipping, noise shares,
 masking) with ``k`` extra canary clients whose update is always ``C u_c`` for a fixed
-random unit direction ``u_c`` in R^d (``C`` the clip bound, i.e. the sensitivity).
-Half the canaries are inserted ("seen"), half held out ("unseen"). With ``Delta`` the
-final model minus the initial one, the test statistic of canary ``c`` is
+random unit direction ``u_c`` in R^d (``C`` the clip bound, i.e. the sensitivity),
+drawn afresh for every audit from the CSPRNG. Half the canaries are inserted ("seen"),
+half held out ("unseen"). With ``Delta`` the final model minus the initial one, the
+test statistic of canary ``c`` is
 
     ``cos_c = <u_c, Delta> / ||Delta||``.
 
@@ -35,9 +36,30 @@ arXiv:2210.00597, as used by Andrew et al.). For equal variances this is the
 Gaussian mechanism with ``mu = |mu_1 - mu_0| / s``:
 ``delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)`` (Balle & Wang 2018).
 The estimate concerns the *final model only* (the released model), so it is expected to
-sit below the accountant's bound; a bootstrap interval accompanies it. The audit fails
-when the interval's lower end exceeds the claimed epsilon (or the bound of the re-run
-itself): the noise claimed is then not the noise present.
+sit below the accountant's bound.
+
+**When a run fails.** A point estimate from a few dozen seen canaries scatters widely
+(its standard error in ``mu`` is about ``1/sqrt(k_seen)``), so it never fails a run by
+itself. The audit fails a run only when a *one-sided lower confidence bound*
+``eps_low`` (level :data:`CANARY_CONFIDENCE` = 99 % by default) exceeds the claimed
+epsilon or the accountant's bound for the re-run itself: only then is there
+statistically significant evidence that the claimed noise is not the noise present.
+The bound (:func:`canary_lower_bound`) is the equal-variance estimate evaluated at
+
+    ``mu_low = max(|m_1 - m_0| - t_{1-a/4, nu} SE, 0) / s_high``,
+    ``SE = sqrt(s_1^2/k_1 + s_0^2/k_0)`` (Welch 1947, ``nu`` by Welch-Satterthwaite),
+    ``s_high = s sqrt((k_1 + k_0 - 2) / chi2_{a/2, k_1 + k_0 - 2})``,
+
+``a = 1 - confidence`` split by Bonferroni between the mean shift (two tails of ``a/4``
+for ``|mu_1 - mu_0|``) and the pooled standard deviation ``s`` (one tail of ``a/2``).
+``eps(mu)`` is increasing in ``mu``, so ``P(eps_low > eps) <= a`` whenever the cosines
+are Gaussian given the re-run (the canaries are independent random directions; the
+Welch standard error does not assume that uneven canary participation leaves the seen
+variance equal to the unseen one). For an honest run the final-model ``mu`` is at most
+``sqrt(T) / z`` (``T`` aggregations, noise multiplier ``z``; a linear server optimizer
+and the other clients' updates only lower it), whose epsilon is below the RDP bound, so
+the false-alarm probability of one audit is at most ``a``; ``benchmarks/canary_false_alarms.py``
+measures it.
 
 2. Membership inference on records
 ----------------------------------
@@ -67,28 +89,30 @@ single-window SSIM against the true record.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from audits.epsilon_check import rerun_epsilon
 from audits.errors import LedgerError
+from audits.replay import JobFacts, JobReplay, Records
+from crypto.prg import Csprng
 from crypto.secagg.simulate import Interceptor
 
-if TYPE_CHECKING:
-    from torch import nn
-
 __all__ = [
+    "CANARY_CONFIDENCE",
+    "CanaryBound",
     "CanaryResult",
+    "EmpiricalError",
     "EmpiricalSizes",
     "InversionResult",
     "MiaAttack",
     "MiaResult",
     "canary_estimate",
+    "canary_lower_bound",
     "epsilon_two_gaussians",
     "gradient_inversion",
     "hockey_stick_two_gaussians",
@@ -101,6 +125,8 @@ __all__ = [
 
 Vec = npt.NDArray[np.float64]
 EPS_CAP = 1.0e4
+#: Level of the one-sided lower confidence bound that alone may fail a run.
+CANARY_CONFIDENCE = 0.99
 
 
 class EmpiricalError(LedgerError):
@@ -265,6 +291,65 @@ def image_quality(truth: npt.ArrayLike, guess: npt.ArrayLike) -> dict[str, float
     return {"correlation": corr, "mse": mse, "ssim": float(ssim)}
 
 
+@dataclass(frozen=True)
+class CanaryBound:
+    """One-sided lower confidence bound on the canary epsilon (:func:`canary_lower_bound`)."""
+
+    epsilon_low: float
+    confidence: float
+    mu_hat: float
+    mu_low: float
+    shift: float
+    shift_low: float
+    standard_error: float
+    welch_df: float
+    sd_pooled: float
+    sd_high: float
+    seen: int
+    unseen: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {k: float(v) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+def canary_lower_bound(
+    seen: Sequence[float] | Vec, unseen: Sequence[float] | Vec, *, delta: float,
+    confidence: float = CANARY_CONFIDENCE,
+) -> CanaryBound:
+    """Lower confidence bound ``eps_low`` with ``P(eps_low > eps) <= 1 - confidence``.
+
+    ``eps`` is the equal-variance Gaussian-fit epsilon of :func:`one_shot_epsilon`;
+    the bound is that epsilon at ``mu_low = max(|m_1 - m_0| - t SE, 0) / s_high`` (Welch's
+    t for the mean shift, a chi-square upper bound for the pooled standard deviation,
+    Bonferroni between them; see the module docstring for the formulas).
+    """
+    from scipy import stats
+
+    s, u = np.asarray(seen, dtype=np.float64), np.asarray(unseen, dtype=np.float64)
+    if s.size < 2 or u.size < 2:
+        raise EmpiricalError("need at least 2 seen and 2 unseen canaries", location="canaries")
+    if not 0.5 < confidence < 1.0:
+        raise EmpiricalError(f"confidence must be in (0.5, 1), got {confidence}", location="canary bound")
+    alpha = 1.0 - confidence
+    k1, k0 = s.size, u.size
+    v1, v0 = float(s.var(ddof=1)), float(u.var(ddof=1))
+    shift = abs(float(s.mean()) - float(u.mean()))
+    se = math.sqrt(v1 / k1 + v0 / k0)
+    num = (v1 / k1 + v0 / k0) ** 2
+    den = (v1 / k1) ** 2 / (k1 - 1) + (v0 / k0) ** 2 / (k0 - 1)
+    nu = num / den if den > 0 else float(k1 + k0 - 2)
+    shift_low = max(shift - float(stats.t.ppf(1.0 - alpha / 4.0, nu)) * se, 0.0)
+    df = k1 + k0 - 2
+    sd = max(math.sqrt(((k1 - 1) * v1 + (k0 - 1) * v0) / df), 1e-12)
+    sd_high = sd * math.sqrt(df / float(stats.chi2.ppf(alpha / 2.0, df)))
+    mu_low = shift_low / sd_high
+    eps_low = epsilon_two_gaussians(0.0, 1.0, mu_low, 1.0, delta=delta) if mu_low > 0 else 0.0
+    return CanaryBound(
+        epsilon_low=eps_low, confidence=confidence, mu_hat=shift / sd, mu_low=mu_low, shift=shift,
+        shift_low=shift_low, standard_error=se, welch_df=nu, sd_pooled=sd, sd_high=sd_high, seen=k1, unseen=k0,
+    )
+
+
 # ============================================================================ sizes
 
 
@@ -280,7 +365,6 @@ class EmpiricalSizes:
     canary_real_clients: int = 10
     canaries_seen: int = 40
     canaries_unseen: int = 1000
-    bootstrap: int = 400
     reference_models: int = 4
     reference_epochs: int = 15
 
@@ -291,32 +375,12 @@ class EmpiricalSizes:
             canary_real_clients=4,
             canaries_seen=24,
             canaries_unseen=500,
-            bootstrap=200,
             reference_models=2,
             reference_epochs=10,
         )
 
 
-# ============================================================================ re-runs
-
-
-def _load_run_config(run_dir: Path) -> Any:
-    from secure_fl.config import load_config
-
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        raise EmpiricalError("config.toml is missing", location=str(path))
-    return load_config(path)
-
-
-def _initial_model(config: Any, data: Any) -> nn.Module:
-    import torch
-
-    from secure_fl.models import build_model
-
-    torch.manual_seed(config.seed)  # the runner's initialisation
-    model: nn.Module = build_model(config.model, data.feature_shape, data.num_classes)
-    return model
+# ============================================================================ canaries
 
 
 @dataclass(frozen=True)
@@ -324,8 +388,7 @@ class CanaryResult:
     """Outcome of the one-shot canary estimate (see the module docstring)."""
 
     epsilon: float
-    interval: tuple[float, float]
-    lower: float
+    bound: CanaryBound
     delta: float
     claimed_epsilon: float | None
     rerun_bound: float
@@ -337,14 +400,20 @@ class CanaryResult:
     flagged: bool
     verdict: str
 
+    @property
+    def lower(self) -> float:
+        """The one-sided lower confidence bound on epsilon (the only figure that may fail a run)."""
+        return self.bound.epsilon_low
+
     def to_json(self) -> dict[str, Any]:
         def f(x: float | None) -> float | str | None:
             return None if x is None else ("inf" if math.isinf(x) else x)
 
         return {
             "epsilon_estimate": f(self.epsilon),
-            "interval_95": [f(self.interval[0]), f(self.interval[1])],
-            "lower_99": f(self.lower),
+            "epsilon_lower_bound": f(self.bound.epsilon_low),
+            "confidence": self.bound.confidence,
+            "lower_bound": self.bound.to_json(),
             "delta": self.delta,
             "claimed_epsilon": f(self.claimed_epsilon),
             "rerun_epsilon_bound": f(self.rerun_bound),
@@ -358,79 +427,88 @@ class CanaryResult:
         }
 
 
+def _canary_directions(rng: Csprng, count: int, dim: int) -> Vec:
+    """``count`` independent uniform unit vectors in R^dim (normalised Gaussians, CSPRNG)."""
+    directions = rng.standard_normal(count * dim).reshape(count, dim)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return directions
+
+
+def _canary_verdict(
+    eps_hat: float, bound: CanaryBound, claimed: float | None, rerun: float, delta: float
+) -> tuple[bool, str]:
+    """``(flagged, verdict)``: flagged only when the lower confidence bound exceeds a claim."""
+    level = f"{bound.confidence:.0%} lower confidence bound"
+    basis = f"{bound.seen} seen and {bound.unseen} unseen canaries"
+    low = bound.epsilon_low
+    exceeded = []
+    if claimed is not None and low > claimed:
+        exceeded.append(f"the claimed epsilon {claimed:.3g}")
+    if math.isfinite(rerun) and low > rerun:
+        exceeded.append(f"the re-run's own accountant bound {rerun:.3g}")
+    if exceeded:
+        return True, (
+            f"FAIL: the {level} {low:.3g} on the canary epsilon (estimate {eps_hat:.3g}; {basis}) exceeds "
+            + " and ".join(exceeded)
+            + ": statistically significant evidence that the claimed noise is not the noise present"
+        )
+    limits = [x for x in (claimed, rerun if math.isfinite(rerun) else None) if x is not None]
+    if not limits:
+        return False, (
+            f"no epsilon claimed; the released model leaks like epsilon ~ {eps_hat:.3g} at delta={delta:g} "
+            f"({level} {low:.3g}; {basis})"
+        )
+    limit = min(limits)
+    if eps_hat > limit:
+        return False, (
+            f"pass: the estimate {eps_hat:.3g} is above {limit:.3g}, but its {level} {low:.3g} ({basis}) is not: "
+            "no significant evidence against the claim (a point estimate from this few canaries scatters widely)"
+        )
+    return False, f"pass: estimate {eps_hat:.3g}, {level} {low:.3g} ({basis}), below {limit:.3g}"
+
+
 def canary_estimate(
-    run_dir: str | Path,
+    replay: JobReplay,
     *,
     claimed_epsilon: float | None,
     delta: float | None,
     sizes: EmpiricalSizes | None = None,
-    seed: int = 0,
+    confidence: float = CANARY_CONFIDENCE,
+    seed: bytes | None = None,
 ) -> CanaryResult:
     """Re-run a reduced version of the configured job with canary clients; estimate epsilon.
 
-    The re-run keeps the configured model, data, local training, protocol, mechanism,
-    clip, noise multiplier, field bits and server optimizer, and reduces the number of
-    aggregations and of real clients per aggregation (``sizes``). Each seen canary joins
-    an aggregation with the configured participation rate ``clients.per_round /
-    clients.num``. Support sparsity, dropouts and the asynchronous mode are not
-    reproduced (full support, synchronous rounds, no dropout): the estimate concerns the
-    mechanism and the code that applies it.
-    """
-    from crypto.prg import Csprng
-    from secure_fl.aggregation import ClientUpdate
-    from secure_fl.data import load_federated_data
-    from secure_fl.models import get_flat, set_flat
-    from secure_fl.runner import make_aggregator
-    from secure_fl.server_opt import ServerOptimizer
-    from secure_fl.training import train_local
+    The re-run (:meth:`JobReplay.canary_rerun`) keeps the configured model, data, local
+    training, protocol, mechanism, clip, noise multiplier, field bits and server
+    optimizer, and reduces the number of aggregations and of real clients per
+    aggregation (``sizes``). Each seen canary joins an aggregation with the configured
+    participation rate ``clients.per_round / clients.num``. Support sparsity, dropouts
+    and the asynchronous mode are not reproduced (full support, synchronous rounds, no
+    dropout): the estimate concerns the mechanism and the code that applies it.
 
+    ``seed`` (32 bytes; fresh OS entropy by default, recorded in the result) drives the
+    canary directions, their participation and the re-run's choice of clients; the
+    re-run's DP noise is the job's own (CSPRNG).
+    """
     sizes = sizes or EmpiricalSizes()
-    root = Path(run_dir)
-    config = _load_run_config(root)
-    if config.sparsity.kind != "none":
-        config = config.model_copy(update={"sparsity": config.sparsity.model_copy(update={"kind": "none"})})
-    data = load_federated_data(config)
-    model = _initial_model(config, data)
-    w0 = get_flat(model).astype(np.float64)
-    dim = w0.size
-    rng = np.random.default_rng([seed, 0xCA9A])
+    facts: JobFacts = replay.facts
+    seed = seed if seed is not None else Csprng.from_entropy().random_bytes(32)
+    rng = Csprng(seed)
+    dim = facts.dimension
     k_seen, k_unseen = sizes.canaries_seen, sizes.canaries_unseen
-    directions = rng.standard_normal((k_seen + k_unseen, dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    clip = float(config.dp.clip)
-    q = min(1.0, config.cohort_size / config.clients.num)
-    rounds = max(1, min(config.rounds, sizes.canary_rounds))
-    m_real = max(1, min(config.cohort_size, sizes.canary_real_clients, len(data.clients)))
-    privacy_rng = (
-        Csprng(bytes(32)) if config.simulation.reproducible_noise else Csprng.from_entropy()
-    )
-    aggregator = make_aggregator(config, dim=dim, rng=privacy_rng)
-    server = ServerOptimizer(config.server)
-    weights = w0.copy()
-    events: list[Any] = []
+    directions = _canary_directions(rng, k_seen + k_unseen, dim)
+    clip = float(facts.clip)
+    q = min(1.0, facts.cohort_size / facts.num_clients)
+    rounds = max(1, min(facts.rounds, sizes.canary_rounds))
+    m_real = max(1, min(facts.cohort_size, sizes.canary_real_clients))
     joined = np.zeros(k_seen, dtype=np.int64)
-    for version in range(1, rounds + 1):
-        cohort = rng.choice(len(data.clients), size=m_real, replace=False)
-        updates = []
-        for cid in cohort:
-            client = data.clients[int(cid)]
-            set_flat(model, weights.astype(np.float32))
-            train_local(model, client.x_train, client.y_train, config.train, seed=int(rng.integers(2**31)))
-            delta_w = get_flat(model).astype(np.float64) - weights
-            updates.append(ClientUpdate(int(cid), delta_w.astype(np.float32), 1.0))
-        for j in range(k_seen):
-            if q >= 1.0 or rng.random() < q:
-                joined[j] += 1
-                updates.append(
-                    ClientUpdate(config.clients.num + j, (clip * directions[j]).astype(np.float32), 1.0)
-                )
-        order = rng.permutation(len(updates))
-        outcome = aggregator.aggregate([updates[i] for i in order], round_index=version)
-        if outcome.mean is None:
-            continue
-        events.append(outcome.dp_event)
-        weights = server.step(weights, outcome.mean)
-    final_delta = weights - w0
+    canaries: list[list[tuple[int, Vec]]] = []
+    for _ in range(rounds):
+        takes = np.ones(k_seen, dtype=bool) if q >= 1.0 else rng.uniform01(k_seen) < q
+        joined += takes
+        canaries.append([(facts.num_clients + int(j), clip * directions[j]) for j in np.flatnonzero(takes)])
+    rerun = replay.canary_rerun(canaries, real_clients=m_real, seed=int.from_bytes(rng.random_bytes(4), "little"))
+    final_delta = np.asarray(rerun.final, dtype=np.float64) - np.asarray(rerun.initial, dtype=np.float64)
     norm = float(np.linalg.norm(final_delta))
     if norm == 0.0 or not math.isfinite(norm):
         raise EmpiricalError("the re-run did not move the model", location="canary re-run")
@@ -438,44 +516,20 @@ def canary_estimate(
     seen, unseen = cosines[:k_seen], cosines[k_seen:]
     dlt = delta if delta is not None else 1e-5
     eps_hat = one_shot_epsilon(seen, unseen, delta=dlt)
-    boot = []
-    for _ in range(sizes.bootstrap):
-        bs = rng.choice(seen, size=seen.size, replace=True)
-        bu = rng.choice(unseen, size=unseen.size, replace=True)
-        boot.append(one_shot_epsilon(bs, bu, delta=dlt))
-    lo, hi = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))) if boot else (eps_hat, eps_hat)
-    # Flag only on the 99% lower end: a correct run's final-model leakage can sit close
-    # to the accountant's bound, and a false FAIL costs a compliance team as much as a miss.
-    lower = float(np.quantile(boot, 0.005)) if boot else eps_hat
+    bound = canary_lower_bound(seen, unseen, delta=dlt, confidence=confidence)
     eps_separate = one_shot_epsilon(seen, unseen, delta=dlt, equal_variance=False)
     eps_null = epsilon_two_gaussians(0.0, dim**-0.5, float(seen.mean()), max(float(seen.std(ddof=1)), 1e-12), delta=dlt)
     try:
-        bound = rerun_epsilon(events, delta=dlt) if events else math.inf
+        rerun_bound = rerun_epsilon(rerun.dp_events, delta=dlt) if rerun.dp_events else math.inf
     except LedgerError:
-        bound = math.nan
-    flagged = False
-    reasons = []
-    if claimed_epsilon is not None and lower > claimed_epsilon:
-        flagged = True
-        reasons.append(
-            f"the estimate {eps_hat:.3g} (99% lower end {lower:.3g}) exceeds the claimed epsilon {claimed_epsilon:.3g}"
-        )
-    if math.isfinite(bound) and lower > bound:
-        flagged = True
-        reasons.append(f"the estimate exceeds the re-run's own epsilon bound {bound:.3g}")
-    if flagged:
-        verdict = "FAIL: " + "; ".join(reasons) + " (the claimed noise is not the noise present)"
-    elif claimed_epsilon is None:
-        verdict = f"no epsilon claimed; the released model leaks like epsilon ~ {eps_hat:.3g} at delta={dlt:g}"
-    else:
-        verdict = f"pass: estimate {eps_hat:.3g} (95% interval {lo:.3g}-{hi:.3g}) is below the claimed {claimed_epsilon:.3g}"
+        rerun_bound = math.nan
+    flagged, verdict = _canary_verdict(eps_hat, bound, claimed_epsilon, rerun_bound, dlt)
     return CanaryResult(
         epsilon=eps_hat,
-        interval=(lo, hi),
-        lower=lower,
+        bound=bound,
         delta=dlt,
         claimed_epsilon=claimed_epsilon,
-        rerun_bound=bound,
+        rerun_bound=rerun_bound,
         seen_cosines=tuple(float(v) for v in seen),
         unseen_cosines=tuple(float(v) for v in unseen),
         fit={
@@ -488,21 +542,22 @@ def canary_estimate(
         },
         epsilon_null_theory=eps_null,
         setup={
-            "aggregations": rounds,
+            "aggregations": rerun.aggregations,
             "real_clients_per_aggregation": m_real,
             "canaries_seen": k_seen,
             "canaries_unseen": k_unseen,
             "canary_participation_rate": q,
             "canary_aggregations_joined_mean": float(joined.mean()) if k_seen else 0.0,
             "canary_norm": clip,
+            "canary_seed": seed.hex(),
             "dimension": dim,
-            "protocol": config.protocol,
-            "mechanism": config.dp.mechanism,
-            "noise_multiplier": config.dp.noise_multiplier,
-            "bootstrap_resamples": sizes.bootstrap,
-            "configured_aggregations": config.rounds,
-            "configured_cohort": config.cohort_size,
+            "protocol": facts.protocol,
+            "mechanism": facts.mechanism,
+            "noise_multiplier": facts.noise_multiplier,
+            "configured_aggregations": facts.rounds,
+            "configured_cohort": facts.cohort_size,
             "statistic": "cosine of the canary direction with the final model delta (final model only)",
+            "decision": f"fail only if the {confidence:.0%} one-sided lower confidence bound exceeds a claim",
         },
         flagged=flagged,
         verdict=verdict,
@@ -550,73 +605,47 @@ class MiaResult:
         }
 
 
-def _losses(model: nn.Module, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> Vec:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.from_numpy(np.ascontiguousarray(x)))
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y), reduction="none")
-    result: Vec = loss.double().numpy()
-    return result
-
-
 def _attack(name: str, member: Vec, nonmember: Vec) -> MiaAttack:
     fpr, tpr, auc = roc_curve(member, nonmember)
     return MiaAttack(name, auc, _tpr_at(fpr, tpr, 1e-3), tuple(map(float, fpr)), tuple(map(float, tpr)))
 
 
-def membership_inference(
-    run_dir: str | Path, *, sizes: EmpiricalSizes | None = None, seed: int = 0
-) -> MiaResult:
-    """Loss-threshold and reference-calibrated attacks on the released ``model.pt``."""
-    import torch
+def membership_inference(replay: JobReplay, *, sizes: EmpiricalSizes | None = None, seed: int = 0) -> MiaResult:
+    """Loss-threshold and reference-calibrated attacks on the released model.
 
-    from secure_fl.data import load_federated_data
-    from secure_fl.training import train_local
-
+    ``seed`` picks which member records are evaluated and which train the reference
+    models (evaluation sampling, not privacy noise).
+    """
     sizes = sizes or EmpiricalSizes()
-    root = Path(run_dir)
-    config = _load_run_config(root)
-    data = load_federated_data(config)
-    target = _initial_model(config, data)
-    try:
-        state = torch.load(root / "model.pt", map_location="cpu", weights_only=True)
-        target.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError) as exc:
-        raise EmpiricalError(f"cannot load the released model: {exc}", location=str(root / "model.pt")) from exc
     rng = np.random.default_rng([seed, 0x4D1A])
-    xm = np.concatenate([c.x_train for c in data.clients if c.num_train])
-    ym = np.concatenate([c.y_train for c in data.clients if c.num_train])
-    xn = np.concatenate([data.x_test, *[c.x_test for c in data.clients if c.y_test.size]])
-    yn = np.concatenate([data.y_test, *[c.y_test for c in data.clients if c.y_test.size]])
-    perm = rng.permutation(ym.size)
-    n_eval = min(yn.size, ym.size // 2)
+    members, nonmembers = replay.member_records(), replay.nonmember_records()
+    if members.size < 2 or nonmembers.size < 1:
+        raise EmpiricalError("too few member or non-member records", location="membership inference")
+    perm = rng.permutation(members.size)
+    n_eval = min(nonmembers.size, members.size // 2)
     ev, ref = perm[:n_eval], perm[n_eval:]
-    xm_eval, ym_eval = xm[ev], ym[ev]
-    loss_m, loss_n = _losses(target, xm_eval, ym_eval), _losses(target, xn, yn)
+    evaluated = Records(members.x[ev], members.y[ev])
+    loss_m, loss_n = replay.released_losses(evaluated), replay.released_losses(nonmembers)
     attacks = [_attack("loss threshold (Yeom et al. 2018)", -loss_m, -loss_n)]
     ref_m = np.zeros_like(loss_m)
     ref_n = np.zeros_like(loss_n)
-    train_cfg = config.train.model_copy(update={"local_epochs": sizes.reference_epochs})
-    for r in range(sizes.reference_models):
-        torch.manual_seed(int(rng.integers(2**31)))
-        from secure_fl.models import build_model
-
-        ref_model = build_model(config.model, data.feature_shape, data.num_classes)
+    for _ in range(sizes.reference_models):
         sub = rng.choice(ref, size=max(1, ref.size // 2), replace=False)
-        train_local(ref_model, xm[sub], ym[sub], train_cfg, seed=int(rng.integers(2**31)) + r)
-        ref_m += _losses(ref_model, xm_eval, ym_eval)
-        ref_n += _losses(ref_model, xn, yn)
+        lm, ln = replay.reference_losses(
+            Records(members.x[sub], members.y[sub]), [evaluated, nonmembers],
+            epochs=sizes.reference_epochs, seed=int(rng.integers(2**31)),
+        )
+        ref_m += lm
+        ref_n += ln
     if sizes.reference_models:
         ref_m /= sizes.reference_models
         ref_n /= sizes.reference_models
         attacks.append(
             _attack("reference-calibrated loss (Watson et al. 2022)", ref_m - loss_m, ref_n - loss_n)
         )
-    resolution = 1.0 / max(yn.size, 1)
+    resolution = 1.0 / nonmembers.size
     note = (
-        f"{n_eval} members vs {yn.size} non-members; the smallest non-zero FPR is 1/{yn.size} = "
+        f"{n_eval} members vs {nonmembers.size} non-members; the smallest non-zero FPR is 1/{nonmembers.size} = "
         f"{resolution:.3%}"
         + (
             ", coarser than 0.1%: 'TPR at 0.1% FPR' is the TPR at FPR = 0 (no false positive at all)"
@@ -628,7 +657,7 @@ def membership_inference(
     return MiaResult(
         tuple(attacks),
         members=int(n_eval),
-        nonmembers=int(yn.size),
+        nonmembers=int(nonmembers.size),
         reference_models=sizes.reference_models,
         reference_records=int(ref.size // 2) if ref.size else 0,
         fpr_resolution=resolution,
@@ -671,17 +700,6 @@ class InversionResult:
         }
 
 
-def _first_linear(model: nn.Module) -> tuple[int, int, int] | None:
-    """(offset in the flat vector, out_features, in_features) of the first layer, if linear."""
-    from torch import nn as tnn
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    first = next((m for m in model.modules() if isinstance(m, tnn.Linear | tnn.Conv2d | tnn.Conv1d)), None)
-    if not isinstance(first, tnn.Linear) or first.bias is None or params[0] is not first.weight:
-        return None
-    return 0, int(first.out_features), int(first.in_features)
-
-
 class _MaskedCapture(Interceptor):
     """Protocol interceptor that keeps the masked vector one client uploads (read only)."""
 
@@ -700,27 +718,24 @@ class _MaskedCapture(Interceptor):
         return [(sender, frame)]
 
 
-def _secagg_server_view(
-    config: Any, updates: list[Vec], target: int, decode_as: Callable[..., Vec] | None = None
-) -> Vec:
+def _secagg_server_view(facts: JobFacts, updates: list[Vec], target: int) -> Vec:
     """Run the real SecAgg round on ``updates`` encoded as the configured pipeline does
     and return the target's masked upload, decoded as if it were unmasked."""
     from crypto.fixedpoint import decode, encode, max_scale
-    from crypto.prg import Csprng
     from crypto.secagg import simulate_round
     from privacy.clipping import clip_l2
     from privacy.mechanisms.distributed import DistributedDiscreteGaussian, DistributedSkellam
 
-    bits = int(config.secagg.bits)
-    clip = float(config.dp.clip)
+    bits = int(facts.bits)
+    clip = float(facts.clip)
     n = len(updates)
     rng = Csprng.from_entropy()
     dim = updates[0].size
     capture = _MaskedCapture(target)
-    if config.dp.mechanism in ("discrete_gaussian", "skellam"):
-        cls = DistributedDiscreteGaussian if config.dp.mechanism == "discrete_gaussian" else DistributedSkellam
+    if facts.mechanism in ("discrete_gaussian", "skellam"):
+        cls = DistributedDiscreteGaussian if facts.mechanism == "discrete_gaussian" else DistributedSkellam
         mech = cls.create(
-            dim=dim, clip=clip, bits=bits, noise_multiplier=float(config.dp.noise_multiplier),
+            dim=dim, clip=clip, bits=bits, noise_multiplier=float(facts.noise_multiplier),
             num_clients=n, threshold=n,
         )
         seed = rng.random_bytes(32)
@@ -742,57 +757,29 @@ def _secagg_server_view(
     return decoded
 
 
-def gradient_inversion(run_dir: str | Path, *, seed: int = 0, peers: int = 3) -> InversionResult:
+def gradient_inversion(replay: JobReplay, *, peers: int = 3) -> InversionResult:
     """Invert one single-record client update: in the clear, and as the server saw it.
 
-    The victim holds one training record (client 0's first), takes one SGD step from
-    the released model with the configured learning rate, and uploads its update.
-    ``plain``: the server received exactly that update. ``secagg``: the server received
-    the masked vector of a real round with ``peers`` other clients (their updates come
-    from their own first records). ``ckks``: ciphertexts under a key the server does not
-    hold; the attack is not run.
+    The victim holds one training record (the first client's first), takes one SGD
+    step from the released model with the configured learning rate, and uploads its
+    update. ``plain``: the server received exactly that update. ``secagg``: the server
+    received the masked vector of a real round with ``peers`` other clients (their
+    updates come from their own first records). ``ckks``: ciphertexts under a key the
+    server does not hold; the attack is not run.
     """
-    import torch
-
-    from secure_fl.data import load_federated_data
-    from secure_fl.models import get_flat
-
-    root = Path(run_dir)
-    config = _load_run_config(root)
-    data = load_federated_data(config)
-    model = _initial_model(config, data)
-    try:
-        model.load_state_dict(torch.load(root / "model.pt", map_location="cpu", weights_only=True))
-    except (OSError, RuntimeError, KeyError):
-        pass  # the initial model is as good a starting point for the attack
-    layout = _first_linear(model)
-    shape = tuple(int(s) for s in data.feature_shape)
-    records = [c for c in data.clients if c.num_train]
+    facts = replay.facts
+    layout = replay.first_linear_layer()
+    shape = tuple(int(s) for s in facts.feature_shape)
+    records = replay.first_records(1 + peers)
     if layout is None or not records:
         return InversionResult(
-            config.protocol, False, (), shape, (), None, {}, None, "", False,
+            facts.protocol, False, (), shape, (), None, {}, None, "", False,
             "the analytic attack needs a first fully connected layer with bias (mlp / logreg)",
         )
-    _, h, d_in = layout
-    w_global = get_flat(model).astype(np.float64)
-
-    def single_record_update(x: npt.NDArray[np.float32], y: int) -> Vec:
-        m = _initial_model(config, data)
-        m.load_state_dict(model.state_dict())
-        m.train()
-        m.zero_grad()
-        loss = torch.nn.functional.cross_entropy(m(torch.from_numpy(x[None])), torch.tensor([y]))
-        params = [p for p in m.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.sub_(config.train.lr * g)
-        return get_flat(m).astype(np.float64) - w_global
-
-    victim = records[0]
-    x_true = np.asarray(victim.x_train[0], dtype=np.float32).reshape(-1)
-    label = int(victim.y_train[0])
-    update = single_record_update(x_true, label)
+    h, d_in = layout
+    x_true, label = records[0]
+    x_true = np.asarray(x_true, dtype=np.float32).reshape(-1)
+    update = replay.one_step_update(x_true, label)
 
     def attack(vec: Vec) -> Vec:
         w = vec[: h * d_in].reshape(h, d_in)
@@ -803,24 +790,23 @@ def gradient_inversion(run_dir: str | Path, *, seed: int = 0, peers: int = 3) ->
     q_plain = image_quality(x_true, recovered_plain)
     server_view: Vec | None = None
     q_view: dict[str, float] | None = None
-    if config.protocol == "plain":
+    if facts.protocol == "plain":
         server_view, q_view = recovered_plain, q_plain
         saw = "the client's update in the clear (float32 bytes)"
         note = "plain protocol: the server holds every individual update, so it recovers the record"
-    elif config.protocol == "secagg":
-        others = [single_record_update(np.asarray(c.x_train[0], dtype=np.float32).reshape(-1), int(c.y_train[0]))
-                  for c in records[1 : 1 + peers]]
-        view_update = _secagg_server_view(config, [update, *others], 0)
+    elif facts.protocol == "secagg":
+        others = [replay.one_step_update(np.asarray(x, dtype=np.float32).reshape(-1), y) for x, y in records[1:]]
+        view_update = _secagg_server_view(facts, [update, *others], 0)
         server_view = attack(view_update)
         q_view = image_quality(x_true, server_view)
-        saw = f"the masked vector y = x + masks mod 2^{config.secagg.bits} of a real SecAgg round ({1 + len(others)} clients)"
+        saw = f"the masked vector y = x + masks mod 2^{facts.bits} of a real SecAgg round ({1 + len(others)} clients)"
         note = "secagg: the masked upload is uniform; decoding it as an update yields noise"
     else:
         saw = "CKKS ciphertexts under a public key; the secret key is held by a separate key holder"
         note = "ckks: no plaintext update reaches the server; the attack needs the key holder's secret key"
     recovered = bool(q_view is not None and q_view["correlation"] > 0.8)
     return InversionResult(
-        protocol=config.protocol,
+        protocol=facts.protocol,
         applicable=True,
         truth=tuple(map(float, x_true)),
         image_shape=shape,
@@ -831,5 +817,5 @@ def gradient_inversion(run_dir: str | Path, *, seed: int = 0, peers: int = 3) ->
         server_saw=saw,
         recovered=recovered,
         note=note,
-        label=label,
+        label=int(label),
     )

@@ -53,7 +53,9 @@ an edit, an inserted entry that is unsigned or signed with another key, an alter
 signature, a ledger re-signed with a different key (``bad_signature``), a deleted entry
 (``index_gap``), moved entries (``reordered``), a copied entry (``duplicate``), a
 garbled line (``malformed``), a torn last line (``truncated``), two different signed
-entries for one index, or a chain that does not link (``broken_chain``).
+entries for one index, a chain that does not link (``broken_chain``), and, against the
+roster's keys, a released entry missing a survivor's valid countersignature
+(``unwitnessed``).
 
 *Not detected* without extra information:
 
@@ -61,14 +63,19 @@ entries for one index, or a chain that does not link (``broken_chain``).
   shorter prefix of a valid chain is itself valid. Pass ``expected_entries`` and/or
   ``expected_head`` (e.g. from ``summary.json``, or better from somewhere the server
   cannot rewrite) to detect it.
-* A server that holds its own signing key can rewrite the *whole* ledger consistently:
-  every entry re-hashed and re-signed with the same key verifies. The signature only
-  proves "the key holder wrote this", not "this is what happened". What binds the
-  server is anchoring the head hash outside its control: clients countersign each
-  entry's hash (a countersignature on entry k commits to entries 0..k through the
-  chain), or the head is published / sent to the auditor as the run progresses.
-* Stripping countersignatures: they are outside the hash, so removing one is not
-  detected; adding or altering one is (it will not verify under the client's key).
+* Without the clients' keys: a server that holds its own signing key can rewrite the
+  *whole* ledger consistently: every entry re-hashed and re-signed with the same key
+  verifies. The signature only proves "the key holder wrote this", not "this is what
+  happened". What binds the server is the clients' countersignatures: each survivor
+  countersigns its entry's hash (a countersignature on entry k commits to entries 0..k
+  through the chain). With ``client_public_keys`` (the roster's keys, passed in as data)
+  and ``require_witnesses=True``, an entry that records a release without a valid
+  countersignature of every survivor is reported ``unwitnessed``: a rewritten,
+  re-signed ledger and a stripped countersignature are both detected. Entries that
+  record no release (aborted) remain vouched for by the server alone.
+* Stripping countersignatures *without* ``require_witnesses``: they are outside the
+  hash, so removing one is not detected; adding or altering one is (it will not verify
+  under the client's key).
 * Whether the body is *true* (e.g. that the noise recorded was the noise added): that is
   for the other audits (epsilon recomputation, transcript statistics).
 
@@ -139,6 +146,7 @@ ProblemKind = Literal[
     "reordered",
     "duplicate",
     "truncated",
+    "unwitnessed",
 ]
 
 _HEX = frozenset("0123456789abcdef")
@@ -590,6 +598,10 @@ class LedgerReport:
     head: str | None
     problems: tuple[LedgerProblem, ...]
     lines: int = 0
+    #: With ``require_witnesses``: entries whose every survivor countersigned validly,
+    #: and the number of valid countersignatures verified.
+    witnessed: int = 0
+    countersignatures: int = 0
 
     @property
     def first_problem(self) -> LedgerProblem | None:
@@ -695,6 +707,7 @@ def verify_ledger(
     client_public_keys: Mapping[int, Ed25519PublicKey | bytes]
     | Mapping[str, Ed25519PublicKey | bytes]
     | None = None,
+    require_witnesses: bool = False,
 ) -> LedgerReport:
     """Verify ``ledger.jsonl`` at ``path`` under the server's ``public_key``.
 
@@ -723,6 +736,13 @@ def verify_ledger(
     6. Anchors: ``expected_entries`` (entry count) and ``expected_head`` (hash of the
        last entry), e.g. from ``summary.json``: a shorter chain or an unknown head
        -> ``truncated``; extra entries after the anchor -> ``broken_chain``.
+    7. Witnesses (``require_witnesses``, with ``client_public_keys`` = the roster's
+       keys, passed in as data): every entry that records a release (a non-empty
+       ``body.survivors`` and no ``body.aborted``) must carry a valid countersignature
+       of each survivor -> otherwise ``unwitnessed``, naming the entry and the
+       survivors whose signature is missing or invalid. A ledger the server rewrote and
+       re-signed with its own key fails here: the clients' signatures are over the
+       original entry hashes, which the rewrite changed.
     """
     pub = _as_public_key(public_key)
     _check_anchors(expected_entries, expected_head)
@@ -740,6 +760,7 @@ def verify_ledger(
         expected_entries,
         expected_head,
         client_keys if client_public_keys is not None else None,
+        require_witnesses,
     )
 
 
@@ -750,8 +771,13 @@ def _verify_data(
     expected_entries: int | None,
     expected_head: str | None,
     client_keys: dict[str, Ed25519PublicKey] | None,
+    require_witnesses: bool = False,
 ) -> LedgerReport:
+    if require_witnesses and client_keys is None:
+        raise LedgerError("require_witnesses needs the roster's client_public_keys", location="client_public_keys")
     problems: list[LedgerProblem] = []
+    witnessed = 0
+    valid_countersignatures = 0
     raw_lines = data.split(b"\n")
     terminated = data.endswith(b"\n") or not data
     if terminated:
@@ -795,26 +821,34 @@ def _verify_data(
             )
             continue
         if client_keys is not None:
+            valid: set[str] = set()
+            bad: list[LedgerProblem] = []
             for cid, sig in sorted(parsed.countersignatures.items()):
                 ckey = client_keys.get(cid)
                 if ckey is None:
-                    problems.append(
-                        LedgerProblem(
-                            number,
-                            parsed.index,
-                            "bad_signature",
-                            f"countersignature from unknown client {cid}",
-                        )
+                    why = f"countersignature from unknown client {cid}"
+                elif verify_countersignature(parsed.entry_hash, sig, ckey):
+                    valid.add(cid)
+                    continue
+                else:
+                    why = f"countersignature of client {cid} does not verify"
+                bad.append(LedgerProblem(number, parsed.index, "bad_signature", why))
+            valid_countersignatures += len(valid)
+            absent = _unwitnessed(parsed.body, valid) if require_witnesses else []
+            if absent is None:
+                witnessed += 1
+            elif absent:  # first, so the report names the entry before its details
+                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+                problems.append(
+                    LedgerProblem(
+                        number,
+                        parsed.index,
+                        "unwitnessed",
+                        f"entry {parsed.index} lacks valid countersignatures of survivors {shown} "
+                        "(rewritten by the server, or a countersignature removed)",
                     )
-                elif not verify_countersignature(parsed.entry_hash, sig, ckey):
-                    problems.append(
-                        LedgerProblem(
-                            number,
-                            parsed.index,
-                            "bad_signature",
-                            f"countersignature of client {cid} does not verify",
-                        )
-                    )
+                )
+            problems.extend(bad)
         if parsed.entry_hash in seen_hashes:
             line.status = "duplicate"
             problems.append(
@@ -978,7 +1012,19 @@ def _verify_data(
             )
 
     problems.sort(key=lambda p: p.line)
-    return LedgerReport(path, not problems, accepted, final_head, tuple(problems), len(lines))
+    return LedgerReport(
+        path, not problems, accepted, final_head, tuple(problems), len(lines), witnessed, valid_countersignatures
+    )
+
+
+def _unwitnessed(body: Mapping[str, Any], valid: set[str]) -> list[str] | None:
+    """Survivors of a released aggregation without a valid countersignature (``[]``:
+    nothing released, nothing to witness; ``None``: every survivor countersigned)."""
+    survivors = body.get("survivors")
+    if body.get("aborted") or not isinstance(survivors, list) or not survivors:
+        return []
+    missing = [str(s) for s in survivors if str(s) not in valid]
+    return missing or None
 
 
 def _raise_if_bad(report: LedgerReport) -> None:

@@ -45,6 +45,13 @@ figcaption{font-size:.85em;color:#555}.small{font-size:.85em;color:#555}
 """
 
 
+def _roster_line(roster: Any) -> str:
+    """The roster the countersignatures were verified against, and where it came from."""
+    if not isinstance(roster, dict):
+        return "none"
+    return f"{roster.get('members')} members, from {roster.get('source')}, SHA-256 {str(roster.get('sha256'))[:16]}..."
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -278,6 +285,8 @@ def render_report(doc: Mapping[str, Any], extras: Mapping[str, Any], path: str |
                 ("Anchors checked", _e(ledger.get("anchors"))),
                 ("Public key", f"<code>{_e(ledger.get('public_key_sha256'))}</code> (SHA-256 of the PEM)"),
                 ("Configuration hash", _e(ledger.get("config_check"))),
+                ("Client countersignatures", _e(ledger.get("witnesses"))),
+                ("Roster", _e(_roster_line(ledger.get("roster")))),
             ]
         )
     )
@@ -292,7 +301,7 @@ def render_report(doc: Mapping[str, Any], extras: Mapping[str, Any], path: str |
             )
             + "</table>"
         )
-    parts.append(f"<p class='small'>{_e(ledger.get('limits', ''))}</p>")
+    parts.append(f"<p class='small'><b>What the signatures prove.</b> {_e(ledger.get('limits', ''))}</p>")
 
     # --- epsilon
     eps = doc.get("epsilon", {})
@@ -365,7 +374,11 @@ def render_report(doc: Mapping[str, Any], extras: Mapping[str, Any], path: str |
                 [
                     ("Verdict", _e(can.get("verdict"))),
                     ("Estimated epsilon (released model)", _e(f"{_fmt(_as_float(can.get('epsilon_estimate')))} "
-                     f"(95% bootstrap interval {_fmt(_as_float(can['interval_95'][0]))}–{_fmt(_as_float(can['interval_95'][1]))}) at delta={can.get('delta')}")),
+                     f"at delta={can.get('delta')} (point estimate: never fails a run by itself)")),
+                    ("One-sided lower confidence bound (decides the verdict)", _e(
+                     f"{_fmt(_as_float(can.get('epsilon_lower_bound')))} at {float(can.get('confidence') or 0):.0%} "
+                     f"confidence, from {setup.get('canaries_seen')} seen and {setup.get('canaries_unseen')} unseen "
+                     "canaries; the run fails only if it exceeds the claimed epsilon or the re-run's bound")),
                     ("Claimed epsilon", _e(_fmt(_as_float(can.get("claimed_epsilon"))))),
                     ("Accountant bound of the re-run itself", _e(_fmt(_as_float(can.get("rerun_epsilon_bound"))))),
                     ("Separate-variance fit (paper's estimator)", _e(_fmt(can.get("fit", {}).get("epsilon_separate_variances")))),

@@ -33,24 +33,32 @@ from crypto.ckks import (  # noqa: E402
     DEFAULT_PARAMS,
     NVFLARE_PARAMS,
     Aggregator,
+    CkksClient,
     CkksParams,
     KeyHolder,
     PublicContext,
     encrypt_vector,
 )
+from crypto.prg import Csprng  # noqa: E402
+from crypto.signatures import generate_identity, identity_public_bytes  # noqa: E402
 
 PARAM_SETS: dict[str, CkksParams] = {"secure-fl": DEFAULT_PARAMS, "nvflare": NVFLARE_PARAMS}
 
 
 def _measure(params: CkksParams, d: int, n: int, *, bound: float, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
+    entropy = Csprng.from_entropy()
+    client_keys = [generate_identity(entropy) for _ in range(n)]
     t0 = time.perf_counter()
-    kh = KeyHolder.generate(params)
+    kh = KeyHolder.generate(params, members=[identity_public_bytes(k) for k in client_keys])
     keygen_s = time.perf_counter() - t0
-    pub_bytes = kh.public_context_bytes()
-    client = PublicContext.from_bytes(pub_bytes, params)
-    server = PublicContext.from_bytes(pub_bytes, params)
-    agg = Aggregator(server, d, bound=bound)
+    signed = kh.signed_context()
+    pub_bytes = signed.to_bytes()
+    clients = [CkksClient(signed, key_holder=kh.identity_public_key, identity_key=k, params=params)
+               for k in client_keys]
+    client = clients[0].context
+    server = PublicContext.from_bytes(signed.context, params)
+    agg = Aggregator(server, d, bound=bound, session_id=signed.session_id)
     ref = np.zeros(d)
     enc_s = ser_s = agg_s = 0.0
     upload = 0
@@ -61,8 +69,9 @@ def _measure(params: CkksParams, d: int, n: int, *, bound: float, seed: int) -> 
         vec = encrypt_vector(client, x, bound=bound)
         t1 = time.perf_counter()
         blob = vec.to_bytes()
+        receipt = clients[i].sign_upload(blob, round=0)  # the client's signed receipt (issue 14)
         t2 = time.perf_counter()
-        agg.add(blob, sender=i)  # streaming: added on receipt, O(d) server memory
+        agg.add(blob, sender=i, receipt=receipt)  # streaming: added on receipt, O(d) server memory
         t3 = time.perf_counter()
         enc_s += t1 - t0
         ser_s += t2 - t1

@@ -8,16 +8,27 @@ could replace it without touching the roles below.
 Roles and keys (see ``docs/threat-model.md``)
 ---------------------------------------------
 * **KeyHolder** runs :meth:`KeyHolder.generate`: it owns the secret key, exports the
-  *public* context (public key only, no secret, relinearization or Galois keys) with
-  :meth:`KeyHolder.public_context_bytes`, and decrypts only aggregates
-  (:meth:`KeyHolder.decrypt_aggregate`). Secret material is written only by
+  *public* context (public key only, no secret, relinearization or Galois keys) signed
+  with its Ed25519 identity for a session id it draws itself
+  (:meth:`KeyHolder.signed_context`), and decrypts only aggregates
+  (:meth:`KeyHolder.decrypt_aggregate`), **counting them itself**: the number of
+  distinct roster members (``members``) whose signed :class:`UploadReceipt` over
+  (session, round, key id, SHA-256 of the upload) came with the aggregate; it refuses
+  below ``min_summands`` or when the server's declared count differs, and each key
+  decrypts once whatever round is declared. Secret material is written only by
   :meth:`KeyHolder.save_secret` (mode 0600, never overwrites).
-* **Clients** load the public context (:meth:`PublicContext.from_bytes`), weight their
-  own update by their staleness weight, and call :func:`encrypt_vector`.
+* **Clients** (:class:`CkksClient`) accept only a context signed by the key holder
+  identity they pin (and, optionally, a pinned key id), weight their own update by
+  their staleness weight, encrypt, and sign a receipt for the bytes they upload.
 * **Server** holds the same public context; :class:`Aggregator` adds each upload into a
-  running sum on receipt (memory O(d), not O(n d)), rejects malformed uploads naming
-  the sender, and hands only the summed ciphertext (:class:`EncryptedAggregate`) to the
-  key holder. The server's context cannot decrypt.
+  running sum on receipt (memory O(d), not O(n d)), rejects malformed uploads or
+  uploads without a valid receipt naming the sender, and hands only the summed
+  ciphertext with the receipts (:class:`EncryptedAggregate`) to the key holder. The
+  server's context cannot decrypt.
+
+What the receipts do not give: the key holder sees only the sum, so a server that sums
+a *subset* of the signed uploads while forwarding every receipt is not detected here;
+and the key holder must not collude with the server (``docs/threat-model.md``).
 
 Only additions are performed (staleness weights are applied by each client before
 encryption), so multiplicative depth 0 suffices and no relinearization or rotation keys
@@ -95,6 +106,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crypto.errors import (
     CryptoError,
@@ -105,6 +117,7 @@ from crypto.errors import (
     RoundAbortedError,
 )
 from crypto.prg import Csprng
+from crypto.signatures import generate_identity, identity_public_bytes, sign, verify
 
 __all__ = [
     "DEFAULT_FLOOD_BITS",
@@ -112,14 +125,19 @@ __all__ = [
     "HE_STANDARD_128_MAX_LOG_Q",
     "NVFLARE_PARAMS",
     "Aggregator",
+    "CONTEXT_SIGNATURE",
+    "UPLOAD_SIGNATURE",
     "CkksBackend",
+    "CkksClient",
     "CkksParams",
     "CkksRoundResult",
     "EncryptedAggregate",
     "EncryptedVector",
     "KeyHolder",
     "PublicContext",
+    "SignedContext",
     "TenSEALBackend",
+    "UploadReceipt",
     "encrypt_vector",
     "simulate_ckks_round",
 ]
@@ -150,8 +168,16 @@ _MAGIC: Final = b"SFLCKKS"
 _VERSION: Final = 1
 _HEADER = struct.Struct("<7sB32sQdI")
 _CHUNK_LEN = struct.Struct("<I")
-_AGG_HEADER = struct.Struct("<7sBQIQ")  # magic, version, round, count, len(ciphertext)
+_AGG_HEADER = struct.Struct("<7sBQIQI")  # magic, version, round, count, len(ciphertext), receipts
 _AGG_MAGIC: Final = b"SFLCKAG"
+_AGG_VERSION: Final = 2
+_SIGNED_MAGIC: Final = b"SFLCKSC"
+_SIGNED_HEADER = struct.Struct("<7sB32s32s64s")  # magic, version, session id, holder key, signature
+#: Signature context (crypto.signatures) of the key holder over ``key_id || session_id``.
+CONTEXT_SIGNATURE: Final = b"ckks-public-context"
+#: Signature context of a client over ``session_id || round u64 || key_id || SHA-256(upload)``.
+UPLOAD_SIGNATURE: Final = b"ckks-upload"
+_RECEIPT_BYTES: Final = 32 + 32 + 64
 
 
 # --------------------------------------------------------------------------------------
@@ -466,26 +492,155 @@ class PublicContext:
         return self._backend.has_secret_key(self._handle)
 
 
-class KeyHolder:
-    """Owner of the CKKS secret key; decrypts only aggregates.
+def _receipt_message(session_id: bytes, round: int, key_id: bytes, digest: bytes) -> bytes:
+    return session_id + struct.pack("<Q", round) + key_id + digest
 
-    ``min_summands`` is a **policy** check, not a cryptographic one: the key holder
-    cannot verify how many ciphertexts a server actually summed, so a server that lies
-    about the count could still obtain one client's update. The guarantee rests on the
-    key holder not colluding with the server (see ``docs/threat-model.md``). The key
-    holder also refuses to decrypt twice for the same round number (same caveat).
+
+@dataclass(frozen=True)
+class SignedContext:
+    """The key holder's public context, bound to its identity and to one session.
+
+    ``signature`` is the key holder's Ed25519 signature (context
+    :data:`CONTEXT_SIGNATURE`) over ``key_id || session_id``, where ``key_id`` is the
+    SHA-256 of ``context`` (the same id every ciphertext header carries). A client pins
+    the key holder's identity key ``holder_key`` (and, optionally, an expected
+    ``key_id``) and accepts nothing else, so a context the server made itself is refused
+    (:class:`CkksClient`).
+    """
+
+    context: bytes
+    session_id: bytes
+    holder_key: bytes
+    signature: bytes
+
+    @property
+    def key_id(self) -> bytes:
+        return _key_id(self.context)
+
+    def to_bytes(self) -> bytes:
+        return _SIGNED_HEADER.pack(_SIGNED_MAGIC, _VERSION, self.session_id, self.holder_key, self.signature) + self.context
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedContext:
+        if not isinstance(data, bytes) or len(data) <= _SIGNED_HEADER.size:
+            raise CryptoError("invalid signed CKKS context")
+        magic, version, session, holder, sig = _SIGNED_HEADER.unpack_from(data, 0)
+        if magic != _SIGNED_MAGIC or version != _VERSION:
+            raise CryptoError("invalid signed CKKS context")
+        return cls(data[_SIGNED_HEADER.size :], session, holder, sig)
+
+
+@dataclass(frozen=True)
+class UploadReceipt:
+    """A client's signed statement "I uploaded the ciphertext with SHA-256 ``digest`` in
+    session ``s``, round ``r``, under key ``key_id``" (context :data:`UPLOAD_SIGNATURE`).
+
+    The key holder counts summands from these, not from the server's declaration.
+    Wire form: ``client_key 32 B | digest 32 B | signature 64 B``.
+    """
+
+    client_key: bytes
+    digest: bytes
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.client_key + self.digest + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UploadReceipt:
+        if not isinstance(data, bytes) or len(data) != _RECEIPT_BYTES:
+            raise DecryptionError()
+        return cls(data[:32], data[32:64], data[64:])
+
+    def valid_for(self, *, session_id: bytes, round: int, key_id: bytes) -> bool:
+        """Whether the signature verifies for this session, round and key."""
+        try:
+            verify(self.client_key, self.signature, _receipt_message(session_id, round, key_id, self.digest),
+                   context=UPLOAD_SIGNATURE)
+        except CryptoError:
+            return False
+        return True
+
+
+class CkksClient:
+    """A client's CKKS role: encrypt under a context the pinned key holder signed, and
+    sign a receipt for each upload.
+
+    Refuses (:class:`~crypto.errors.CryptoError`) a context whose signature does not
+    verify under the pinned ``key_holder`` identity key, or whose ``key_id`` differs from
+    the pinned ``key_id`` when one is given (client configuration or roster): the server
+    cannot substitute a context whose secret key it holds.
+    """
+
+    def __init__(
+        self,
+        signed: SignedContext,
+        *,
+        key_holder: bytes,
+        identity_key: Ed25519PrivateKey,
+        params: CkksParams = DEFAULT_PARAMS,
+        key_id: bytes | None = None,
+        backend: CkksBackend | None = None,
+    ) -> None:
+        if not isinstance(signed, SignedContext):
+            raise CryptoError("CkksClient takes a SignedContext")
+        if signed.holder_key != key_holder:
+            raise CryptoError("the CKKS context is not signed by the pinned key holder")
+        verify(key_holder, signed.signature, signed.key_id + signed.session_id, context=CONTEXT_SIGNATURE)
+        if key_id is not None and signed.key_id != key_id:
+            raise CryptoError("the CKKS context's key id is not the pinned one")
+        self.context = PublicContext.from_bytes(signed.context, params, backend=backend)
+        self.session_id = signed.session_id
+        self._identity = identity_key
+        self.identity = identity_public_bytes(identity_key)
+
+    def encrypt(self, x: npt.ArrayLike, *, bound: float = 1.0, round: int) -> tuple[bytes, UploadReceipt]:
+        """The upload bytes of ``x`` and the client's signed receipt for them."""
+        blob = encrypt_vector(self.context, x, bound=bound).to_bytes()
+        return blob, self.sign_upload(blob, round=round)
+
+    def sign_upload(self, blob: bytes, *, round: int) -> UploadReceipt:
+        """The client's receipt for the upload bytes ``blob`` in ``round`` of this session."""
+        digest = hashlib.sha256(bytes(blob)).digest()
+        sig = sign(self._identity, _receipt_message(self.session_id, round, self.context.key_id, digest),
+                   context=UPLOAD_SIGNATURE)
+        return UploadReceipt(self.identity, digest, sig)
+
+
+class KeyHolder:
+    """Owner of the CKKS secret key; decrypts only aggregates, and counts them itself.
+
+    Accountability (DESIGN.md section 5a: the server never decides alone what the key
+    holder decrypts):
+
+    * The public context is published signed with the key holder's Ed25519 identity
+      (:meth:`signed_context`), for a session id the key holder draws itself.
+    * :meth:`decrypt_aggregate` ignores the server's declared ``count``: it recomputes it
+      as the number of **distinct roster members** (``members``: the clients' identity
+      public keys, given to the key holder, not by the server) with a valid
+      :class:`UploadReceipt` for (this session, the aggregate's round, this key id), and
+      refuses below ``min_summands`` or when the declaration differs.
+    * Each key decrypts **once**, whatever round number is declared.
+
+    What remains (``docs/threat-model.md``): the key holder sees only the sum, so it
+    cannot check that the sum contains every signed upload; a server that sums a subset
+    while forwarding all receipts is not detected here. And the key holder must not
+    collude with the server: together they decrypt every individual ciphertext.
     """
 
     __slots__ = (
         "_backend",
-        "_decrypted_rounds",
+        "_identity",
         "_public_bytes",
         "_rng",
         "_secret",
+        "_spent",
         "flood_bits",
         "key_id",
+        "members",
         "min_summands",
         "params",
+        "session_id",
     )
 
     def __init__(
@@ -495,6 +650,8 @@ class KeyHolder:
         *,
         min_summands: int,
         backend: CkksBackend,
+        members: Collection[bytes] | None = None,
+        identity_key: Ed25519PrivateKey | None = None,
         flood_bits: int | None = DEFAULT_FLOOD_BITS,
         rng: Csprng | None = None,
     ) -> None:
@@ -506,6 +663,8 @@ class KeyHolder:
             raise FieldOverflowError(
                 f"min_summands {min_summands} exceeds the capacity {params.max_summands}"
             )
+        if members is not None and not all(isinstance(m, bytes) and len(m) == 32 for m in members):
+            raise CryptoError("members are 32-byte Ed25519 identity public keys")
         self.params = params
         self.min_summands = min_summands
         self.flood_bits = flood_bits
@@ -514,7 +673,10 @@ class KeyHolder:
         self._secret = secret_handle
         self._public_bytes = backend.export_context(secret_handle, secret=False)
         self.key_id = _key_id(self._public_bytes)
-        self._decrypted_rounds: set[int] = set()
+        self.members: frozenset[bytes] | None = None if members is None else frozenset(members)
+        self._identity = identity_key or generate_identity(self._rng)
+        self.session_id = self._rng.random_bytes(32)
+        self._spent: int | None = None
 
     @classmethod
     def generate(
@@ -522,6 +684,8 @@ class KeyHolder:
         params: CkksParams = DEFAULT_PARAMS,
         *,
         min_summands: int = 2,
+        members: Collection[bytes] | None = None,
+        identity_key: Ed25519PrivateKey | None = None,
         flood_bits: int | None = DEFAULT_FLOOD_BITS,
         rng: Csprng | None = None,
         backend: CkksBackend | None = None,
@@ -530,7 +694,8 @@ class KeyHolder:
 
         Generating a fresh key pair per round is cheap (~10 ms, a ~108 KB public context)
         and limits every secret key to one released decryption (see
-        :meth:`decrypt_aggregate`).
+        :meth:`decrypt_aggregate`). ``members`` are the identity keys of the clients whose
+        receipts count; without them the key holder refuses to decrypt (fails closed).
         """
         be = backend or _DEFAULT_BACKEND
         return cls(
@@ -538,9 +703,16 @@ class KeyHolder:
             be.generate(params),
             min_summands=min_summands,
             backend=be,
+            members=members,
+            identity_key=identity_key,
             flood_bits=flood_bits,
             rng=rng,
         )
+
+    @property
+    def identity_public_key(self) -> bytes:
+        """The key holder's Ed25519 identity (what clients pin)."""
+        return identity_public_bytes(self._identity)
 
     def public_context_bytes(self) -> bytes:
         """The public context to distribute to the server and clients (no secret key)."""
@@ -549,6 +721,11 @@ class KeyHolder:
     def public_context(self) -> PublicContext:
         """The public context as the other roles load it (round-trips through bytes)."""
         return PublicContext.from_bytes(self._public_bytes, self.params, backend=self._backend)
+
+    def signed_context(self) -> SignedContext:
+        """The public context signed over ``key_id || session_id`` (what clients accept)."""
+        sig = sign(self._identity, self.key_id + self.session_id, context=CONTEXT_SIGNATURE)
+        return SignedContext(self._public_bytes, self.session_id, self.identity_public_key, sig)
 
     def save_secret(self, path: str | os.PathLike[str]) -> None:
         """Write the secret context to a new file readable only by its owner (0600).
@@ -567,28 +744,53 @@ class KeyHolder:
         params: CkksParams = DEFAULT_PARAMS,
         *,
         min_summands: int = 2,
+        members: Collection[bytes] | None = None,
+        identity_key: Ed25519PrivateKey | None = None,
         flood_bits: int | None = DEFAULT_FLOOD_BITS,
         rng: Csprng | None = None,
         backend: CkksBackend | None = None,
     ) -> KeyHolder:
-        """Load a secret context written by :meth:`save_secret`; refuse lax permissions."""
+        """Load a secret context written by :meth:`save_secret`; refuse lax permissions.
+
+        The "decrypts once" record lives in the object: a key reloaded from disk must
+        not be used for a second aggregate (generate a key per aggregation).
+        """
         p = Path(path)
         if p.stat().st_mode & 0o077:
             raise CryptoError("secret key file must not be accessible by group or others")
         be = backend or _DEFAULT_BACKEND
         handle = be.load_context(p.read_bytes(), params, secret=True)
         return cls(
-            params, handle, min_summands=min_summands, backend=be, flood_bits=flood_bits, rng=rng
+            params, handle, min_summands=min_summands, backend=be, members=members,
+            identity_key=identity_key, flood_bits=flood_bits, rng=rng,
         )
 
-    def decrypt_aggregate(self, agg: EncryptedAggregate) -> FloatArray:
-        """Decrypt a server aggregate of ``agg.count`` summands into a float64 vector.
+    def signed_count(self, agg: EncryptedAggregate) -> int:
+        """Distinct roster members with a valid receipt for (session, ``agg.round``,
+        key id), each counted once, and at most once per ciphertext digest."""
+        members = self.members or frozenset()
+        keys: set[bytes] = set()
+        digests: set[bytes] = set()
+        for r in agg.receipts:
+            if r.client_key in members and r.client_key not in keys and r.digest not in digests and r.valid_for(
+                session_id=self.session_id, round=agg.round, key_id=self.key_id
+            ):
+                keys.add(r.client_key)
+                digests.add(r.digest)
+        return len(keys)
 
-        Refuses (``LocalProtocolError``) a count below ``min_summands`` or a round already
-        decrypted; raises the opaque ``DecryptionError`` for a ciphertext that does not
-        parse under this key, and also when the plaintext exceeds ``count * bound`` in
-        any coordinate: a summand under another key (or a corrupted one) decrypts to
-        noise of magnitude ~2^(data bits - scale bits), which this catches w.h.p.
+    def decrypt_aggregate(self, agg: EncryptedAggregate) -> FloatArray:
+        """Decrypt a server aggregate into a float64 vector, after counting it.
+
+        Refuses (``LocalProtocolError``) when the key holder has no ``members`` roster,
+        when this key already decrypted an aggregate (whatever round is declared), when
+        fewer than ``min_summands`` distinct roster members signed receipts for this
+        session, round and key (:meth:`signed_count`), or when the server's declared
+        ``count`` differs from that signed count. Raises the opaque
+        ``DecryptionError`` for a ciphertext that does not parse under this key, and also
+        when the plaintext exceeds ``count * bound`` in any coordinate: a summand under
+        another key (or a corrupted one) decrypts to noise of magnitude
+        ~2^(data bits - scale bits), which this catches w.h.p.
 
         Noise flooding. A CKKS decryption is ``c0 + c1 * s mod q`` up to decoding; whoever
         holds the ciphertext (the server) and sees the full-precision result obtains
@@ -600,20 +802,32 @@ class KeyHolder:
         noise (default 2^-25 ~ 3e-8 of the bound; the fresh noise of one ciphertext is
         ~3e-9). This is a heuristic hardening, not the statistical flooding
         (~2^40 x the noise) that would make the release provably simulatable and would
-        destroy the 1e-6 precision target; a fresh key per round remains the structural
-        mitigation. The flooding is not differential privacy either.
+        destroy the 1e-6 precision target; a fresh key per aggregation (each key
+        decrypts once) remains the structural mitigation. The flooding is not
+        differential privacy either.
         """
         if not isinstance(agg, EncryptedAggregate):
             raise LocalProtocolError("decrypt_aggregate takes an EncryptedAggregate")
-        if agg.count < self.min_summands:
+        if self._spent is not None:
             raise LocalProtocolError(
-                f"key holder refuses to decrypt an aggregate of {agg.count} summand(s); "
-                f"policy minimum is {self.min_summands}"
+                f"this key already decrypted an aggregate (declared round {self._spent}); each key decrypts once"
             )
-        if agg.count > self.params.max_summands:
+        if self.members is None:
+            raise LocalProtocolError(
+                "the key holder has no roster of client identity keys, so it cannot count summands itself"
+            )
+        count = self.signed_count(agg)
+        if count < self.min_summands:
+            raise LocalProtocolError(
+                f"key holder refuses to decrypt: {count} distinct roster member(s) signed for this "
+                f"session, round {agg.round} and key; policy minimum is {self.min_summands}"
+            )
+        if agg.count != count:
+            raise LocalProtocolError(
+                f"the server declares {agg.count} summands but {count} roster members signed receipts"
+            )
+        if count > self.params.max_summands:
             raise LocalProtocolError("aggregate count exceeds the parameters' capacity")
-        if agg.round in self._decrypted_rounds:
-            raise LocalProtocolError(f"round {agg.round} was already decrypted")
         vec = _parse_vector(
             self.params,
             self.key_id,
@@ -623,12 +837,12 @@ class KeyHolder:
             dim=agg.dim,
             bound=agg.bound,
         )
+        self._spent = agg.round  # spent even if the plaintext check below fails
         parts = [self._backend.decrypt(self._secret, ct) for ct in vec._cts]
         out = np.concatenate(parts)[: agg.dim] if parts else np.zeros(0)
-        limit = agg.count * agg.bound * (1.0 + 1e-6) + 1e-3 * agg.bound
+        limit = count * agg.bound * (1.0 + 1e-6) + 1e-3 * agg.bound
         if out.shape != (agg.dim,) or not np.all(np.abs(out) <= limit):
             raise DecryptionError()
-        self._decrypted_rounds.add(agg.round)
         if self.flood_bits is not None:
             sigma = agg.bound * 2.0**-self.flood_bits
             out = out + sigma * self._rng.standard_normal(agg.dim)
@@ -763,10 +977,12 @@ def encrypt_vector(ctx: PublicContext, x: npt.ArrayLike, *, bound: float = 1.0) 
 
 @dataclass(frozen=True)
 class EncryptedAggregate:
-    """The server's sum of ``count`` uploads for one round: all the key holder receives.
+    """The server's sum of uploads for one round: all the key holder receives.
 
-    ``ciphertext`` is in the :class:`EncryptedVector` wire format; ``count`` is declared
-    by the server (not verifiable by the key holder).
+    ``ciphertext`` is in the :class:`EncryptedVector` wire format; ``count`` and
+    ``round`` are declared by the server and ``receipts`` are the clients' signed
+    :class:`UploadReceipt` of the summed uploads: the key holder recomputes the count
+    from them (:meth:`KeyHolder.signed_count`) and never trusts ``count`` alone.
     """
 
     ciphertext: bytes
@@ -774,25 +990,38 @@ class EncryptedAggregate:
     dim: int
     bound: float = 1.0
     round: int = 0
+    receipts: tuple[UploadReceipt, ...] = ()
 
     def to_bytes(self) -> bytes:
-        """Wire form for the server -> key holder hop."""
-        head = _AGG_HEADER.pack(_AGG_MAGIC, _VERSION, self.round, self.count, len(self.ciphertext))
-        return head + self.ciphertext
+        """Wire form for the server -> key holder hop (version 2: receipts appended)."""
+        head = _AGG_HEADER.pack(
+            _AGG_MAGIC, _AGG_VERSION, self.round, self.count, len(self.ciphertext), len(self.receipts)
+        )
+        return head + self.ciphertext + b"".join(r.to_bytes() for r in self.receipts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EncryptedAggregate:
         """Parse :meth:`to_bytes`; dim and bound are read from the embedded ciphertext."""
         if not isinstance(data, bytes) or len(data) < _AGG_HEADER.size + _HEADER.size:
             raise DecryptionError()
-        magic, version, rnd, count, ln = _AGG_HEADER.unpack_from(data, 0)
-        body = data[_AGG_HEADER.size :]
-        if magic != _AGG_MAGIC or version != _VERSION or ln != len(body):
+        magic, version, rnd, count, ln, n_receipts = _AGG_HEADER.unpack_from(data, 0)
+        body = data[_AGG_HEADER.size : _AGG_HEADER.size + ln]
+        tail = data[_AGG_HEADER.size + ln :]
+        if (
+            magic != _AGG_MAGIC
+            or version != _AGG_VERSION
+            or ln != len(body)
+            or len(body) < _HEADER.size
+            or len(tail) != n_receipts * _RECEIPT_BYTES
+        ):
             raise DecryptionError()
         _, _, _, dim, bound, _ = _HEADER.unpack_from(body, 0)
         if not (math.isfinite(bound) and bound > 0 and dim > 0):
             raise DecryptionError()
-        return cls(body, count, dim, bound, rnd)
+        receipts = tuple(
+            UploadReceipt.from_bytes(tail[i : i + _RECEIPT_BYTES]) for i in range(0, len(tail), _RECEIPT_BYTES)
+        )
+        return cls(body, count, dim, bound, rnd, receipts)
 
 
 class Aggregator:
@@ -800,17 +1029,24 @@ class Aggregator:
 
     ``add`` rejects a malformed, foreign or duplicate upload with
     :class:`~crypto.errors.RemoteProtocolError` carrying ``sender`` and leaves the running
-    sum untouched, so the round continues without the offender.
+    sum untouched, so the round continues without the offender. With ``session_id`` set
+    (the key holder's, from its :class:`SignedContext`) every upload must come with its
+    client's :class:`UploadReceipt` for this session and round, over exactly these bytes;
+    the receipts travel with the aggregate so the key holder can count it itself.
     """
 
-    def __init__(self, ctx: PublicContext, dim: int, *, bound: float = 1.0, round: int = 0) -> None:
+    def __init__(
+        self, ctx: PublicContext, dim: int, *, bound: float = 1.0, round: int = 0, session_id: bytes | None = None
+    ) -> None:
         _check_dim_bound(dim, bound)
         self._ctx = ctx
         self.dim = dim
         self.bound = float(bound)
         self.round = round
+        self.session_id = session_id
         self._acc: EncryptedVector | None = None
         self._senders: list[int] = []
+        self._receipts: list[UploadReceipt] = []
 
     @property
     def count(self) -> int:
@@ -822,14 +1058,23 @@ class Aggregator:
         """Senders whose uploads are in the sum, in order of receipt."""
         return tuple(self._senders)
 
-    def add(self, data: bytes, *, sender: int) -> None:
-        """Validate one upload completely, then add it into the running sum."""
+    def add(self, data: bytes, *, sender: int, receipt: UploadReceipt | None = None) -> None:
+        """Validate one upload (and its receipt) completely, then add it into the running sum."""
         if sender in self._senders:
             raise RemoteProtocolError("duplicate upload", sender=sender)
         if self.count >= self._ctx.params.max_summands:
             raise FieldOverflowError(
                 f"more than {self._ctx.params.max_summands} summands could wrap the sum"
             )
+        if self.session_id is not None:
+            if (
+                not isinstance(receipt, UploadReceipt)
+                or receipt.digest != hashlib.sha256(bytes(data)).digest()
+                or not receipt.valid_for(session_id=self.session_id, round=self.round, key_id=self._ctx.key_id)
+            ):
+                raise RemoteProtocolError("upload without a valid signed receipt", sender=sender)
+            if any(r.client_key == receipt.client_key for r in self._receipts):
+                raise RemoteProtocolError("a second upload under one client identity", sender=sender)
         try:
             vec = EncryptedVector.from_bytes(self._ctx, data, dim=self.dim, bound=self.bound)
         except CryptoError as exc:
@@ -841,13 +1086,15 @@ class Aggregator:
             for acc_ct, ct in zip(self._acc._cts, vec._cts, strict=True):
                 be.add_inplace(acc_ct, ct)
         self._senders.append(sender)
+        if receipt is not None:
+            self._receipts.append(receipt)
 
     def result(self) -> EncryptedAggregate:
-        """The summed ciphertext with its declared count, for the key holder."""
+        """The summed ciphertext with its declared count and the receipts, for the key holder."""
         if self._acc is None:
             raise LocalProtocolError("no upload was aggregated")
         return EncryptedAggregate(
-            self._acc.to_bytes(), self.count, self.dim, self.bound, self.round
+            self._acc.to_bytes(), self.count, self.dim, self.bound, self.round, tuple(self._receipts)
         )
 
 
@@ -882,9 +1129,16 @@ def simulate_ckks_round(
     drop: Collection[int] | Mapping[int, str] | None = None,
     tamper: Mapping[int, Callable[[bytes], bytes]] | None = None,
     key_holder: KeyHolder | None = None,
+    client_keys: Sequence[Ed25519PrivateKey] | None = None,
     round: int = 0,
 ) -> CkksRoundResult:
     """Run key holder, clients and server in memory over ``inputs`` (already weighted).
+
+    The accountable flow of :class:`KeyHolder`: the key holder signs its public context;
+    each client (identity ``client_keys[i]``, fresh keys when omitted) accepts it only
+    under the key holder's pinned identity, encrypts and signs a receipt; the server sums
+    uploads with their receipts; the key holder counts the receipts of its ``members``
+    (by default exactly the clients' identities) and decrypts once.
 
     ``drop`` lists clients that go silent before uploading (a mapping index -> stage is
     accepted for symmetry with ``crypto.secagg.simulate_round``; the only CKKS stage is
@@ -903,26 +1157,37 @@ def simulate_ckks_round(
         if any(stage != "upload" for stage in drop.values()):
             raise LocalProtocolError("the only CKKS drop stage is 'upload'")
     dropped = set(drop or ())
-    kh = key_holder or KeyHolder.generate(params or DEFAULT_PARAMS)
+    if client_keys is None:
+        entropy = Csprng.from_entropy()
+        client_keys = [generate_identity(entropy) for _ in vecs]
+    if len(client_keys) != len(vecs):
+        raise LocalProtocolError("one client identity key per input")
+    kh = key_holder or KeyHolder.generate(
+        params or DEFAULT_PARAMS, members=[identity_public_bytes(k) for k in client_keys]
+    )
     if params is not None and kh.params != params:
         raise LocalProtocolError("key_holder.params differ from params")
-    pub_bytes = kh.public_context_bytes()
-    server_ctx = PublicContext.from_bytes(pub_bytes, kh.params)
-    client_ctx = PublicContext.from_bytes(pub_bytes, kh.params)
-    agg = Aggregator(server_ctx, dim, bound=bound, round=round)
+    signed = kh.signed_context()
+    pub_bytes = signed.to_bytes()
+    server_ctx = PublicContext.from_bytes(signed.context, kh.params)
+    agg = Aggregator(server_ctx, dim, bound=bound, round=round, session_id=signed.session_id)
     uploads: dict[int, int] = {}
     digests: dict[int, str] = {}
     excluded: dict[int, str] = {}
+    pinned = kh.identity_public_key  # the clients' configuration (roster: ckks_key_holder)
     for i, v in enumerate(vecs):
         if i in dropped:
             continue
-        blob = encrypt_vector(client_ctx, v, bound=bound).to_bytes()
+        client = CkksClient(
+            SignedContext.from_bytes(pub_bytes), key_holder=pinned, identity_key=client_keys[i], params=kh.params
+        )
+        blob, receipt = client.encrypt(v, bound=bound, round=round)
         if tamper and i in tamper:
             blob = tamper[i](blob)
         uploads[i] = len(blob)
         digests[i] = hashlib.sha256(blob).hexdigest()
         try:
-            agg.add(blob, sender=i)
+            agg.add(blob, sender=i, receipt=receipt)
         except RemoteProtocolError as exc:
             excluded[i] = str(exc)
     if agg.count < kh.min_summands:

@@ -1,4 +1,4 @@
-"""``secure-fl bench``: the DESIGN.md section 8 benchmarks, one table of figures vs targets.
+"""``secure-fl bench``: the performance benchmarks (benchmarks/RESULTS.md), one table of figures vs targets.
 
 Runs the benchmark scripts of the repository's ``benchmarks/`` directory (SecAgg+ against
 the AES-CTR keystream bound and Flower's SecAgg+, CKKS against NVFlare's parameters,
@@ -6,7 +6,7 @@ semi-async against synchronous rounds with stragglers, plus the upload of a 90%-
 secure aggregation) and prints one table of measured figures, the target of each and
 whether it is met, followed by the full JSON.
 
-    secure-fl bench [--quick] [--only secagg,ckks,async] [--json PATH] [--no-flower]
+    secure-fl bench [--quick] [--only secagg,ckks,async] [--json PATH|-] [--no-flower]
 
 ``--quick`` is a laptop size (a couple of minutes on 2 cores): ratios at small d are
 dominated by fixed costs and are indicative only; the targets are defined at the full
@@ -370,14 +370,15 @@ def format_table(rows: Sequence[TargetRow | dict[str, Any]]) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="secure-fl bench",
-        description="Run the DESIGN.md section 8 benchmarks; print measured figures vs targets and JSON.",
+        description="Run the performance benchmarks (benchmarks/RESULTS.md); print measured figures vs targets "
+        "(and write the JSON result with --json PATH).",
     )
     p.add_argument("--quick", action="store_true", help="laptop size (< 3 minutes on 2 cores); ratios indicative only")
     p.add_argument(
         "--only", default=",".join(BENCHMARKS), metavar="LIST",
         help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)",
     )
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the JSON result here")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the JSON result to PATH ('-' for stdout); the table is always printed")
     p.add_argument("--no-flower", action="store_true", help="skip the Flower SecAgg+ comparison")
     p.add_argument("--repo", type=Path, default=None, help="source checkout holding benchmarks/ (default: this one)")
     return p
@@ -412,11 +413,14 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             "the targets are defined at the full size (run without --quick)."
         )
     print(f"\nwall time: {result['seconds']['total']:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in result['seconds'].items() if k != 'total')})")
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n", encoding="utf-8")
+        text = json.dumps(result, indent=2, default=float)
+        if str(args.json) == "-":
+            print(text)
+        else:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n", encoding="utf-8")
+            print(f"JSON result: {args.json}")
     correct = result.get("secagg", {}).get("correct", True)
     return 0 if correct else 1
 

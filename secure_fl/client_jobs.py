@@ -24,7 +24,7 @@ from secure_fl.data import FederatedData
 from secure_fl.models import get_flat, set_flat
 from secure_fl.personalization import LocalLayers
 from secure_fl.simulator import TrainResult
-from secure_fl.training import train_local, train_local_dp
+from secure_fl.training import LossFn, train_local, train_local_dp
 from secure_fl.workers import SharedArray
 
 __all__ = ["ClientTrainer", "TrainJob", "TrainOutput"]
@@ -62,11 +62,13 @@ class ClientTrainer:
         local: LocalLayers,
         *,
         dim: int,
+        loss_fn: LossFn | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self.data = data
         self.local = local
+        self.loss_fn = loss_fn
         self.max_train = max(c.num_train for c in data.clients) or 1
         self.weights = SharedArray(dim, np.float32)
         self.frozen = SharedArray(dim, np.bool_)
@@ -102,11 +104,18 @@ class ClientTrainer:
                 noise_multiplier=config.dp.record_noise_multiplier,
                 max_grad_norm=config.dp.record_clip,
                 rng=Csprng(job.dp_seed),
+                loss_fn=self.loss_fn,
             )
         else:
             frozen = self.frozen.array.copy() if job.frozen else None
             steps = train_local(
-                model, client.x_train, client.y_train, config.train, seed=job.seed, frozen=frozen
+                model,
+                client.x_train,
+                client.y_train,
+                config.train,
+                seed=job.seed,
+                frozen=frozen,
+                loss_fn=self.loss_fn,
             )
         self.local.save(model, job.client_id)
         delta = get_flat(model) - w_global

@@ -6,19 +6,30 @@ plus ``--set key=value`` overrides with the dotted keys of DESIGN.md section 7
 impossible values raise :class:`secure_fl.errors.ConfigError` naming the field.
 
 Validation is done by pydantic models with ``extra="forbid"`` and ``frozen=True``;
-cross-field rules (e.g. ``clients.per_round <= clients.num``) live in model validators
-so that they are checked whatever the source of the values.
+cross-field rules (e.g. ``clients.per_round <= clients.num``, a target epsilon needs a
+mechanism, record-level DP-SGD excludes batch norm) live in model validators so that
+they are checked whatever the source of the values.
+
+Private by default: a user's TOML file (or ``--set`` overrides) that does not choose a
+protocol or a DP mechanism inherits the embedded default's protection, secure
+aggregation with distributed DP calibrated to the default target epsilon
+(:func:`inherit_protection`). Each protection is turned off by its own key, explicitly:
+``protocol = "plain"`` and ``dp.mechanism = "none"``. ``RunConfig()`` built directly in
+Python is the bare schema (plaintext, no DP) for tests and research code; derive
+configurations with :meth:`RunConfig.with_overrides`, which validates (and so does
+``model_copy(update=...)`` here, unlike pydantic's).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,15 +39,47 @@ from secure_fl.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "RunConfig",
+    "build_config",
     "config_hash",
+    "inherit_protection",
     "load_config",
     "parse_overrides",
     "to_toml",
 ]
 
+_log = logging.getLogger(__name__)
+
+
+class _FieldConflict(ValueError):
+    """A cross-field rule failed; ``fields`` are the dotted names involved (the first
+    one is reported as :attr:`ConfigError.field`)."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied, validated like any other configuration
+        (pydantic's own ``model_copy`` skips validation). A mapping given for a section
+        updates that section key by key (``update={"dp": {"clip": 0.5}}``). Raises
+        :class:`ConfigError`; :meth:`RunConfig.with_overrides` is the friendlier form."""
+        if not update:
+            return super().model_copy(deep=deep)
+        fields: dict[str, Any] = dict(self)
+        for key, value in update.items():
+            current = fields.get(key)
+            if isinstance(value, Mapping) and isinstance(current, BaseModel):
+                fields[key] = _merge(current.model_dump(), value)
+            else:
+                fields[key] = value
+        try:
+            return self.model_validate(fields)
+        except ValidationError as err:
+            raise _format_validation_error(err) from None
 
 
 class ClientsConfig(_Section):
@@ -292,7 +335,87 @@ class RunConfig(_Section):
             )
         if self.data.partition == "dominant_class" and self.data.dominant_fraction <= 0:
             raise ValueError("data.dominant_fraction must be > 0 for the dominant_class partition")
+        self._check_protection()
+        self._check_switches()
         return self
+
+    def _check_protection(self) -> None:
+        """Contradictory or incompatible privacy settings, named by both fields."""
+        dp = self.dp
+        if dp.mechanism == "none":
+            if dp.target_epsilon is not None:
+                raise _FieldConflict(
+                    f"dp.target_epsilon = {dp.target_epsilon:g} has no effect with dp.mechanism = "
+                    "'none' (no noise, epsilon infinite): choose a mechanism or remove "
+                    "dp.target_epsilon",
+                    "dp.target_epsilon",
+                    "dp.mechanism",
+                )
+            if dp.noise_multiplier > 0:
+                raise _FieldConflict(
+                    f"dp.noise_multiplier = {dp.noise_multiplier:g} has no effect with "
+                    "dp.mechanism = 'none': choose a mechanism or remove dp.noise_multiplier",
+                    "dp.noise_multiplier",
+                    "dp.mechanism",
+                )
+            if dp.budget_cap is not None or dp.site_caps:
+                key = "dp.budget_cap" if dp.budget_cap is not None else "dp.site_caps"
+                raise _FieldConflict(
+                    f"{key} caps the client-level epsilon, which is infinite with "
+                    "dp.mechanism = 'none': choose a mechanism or remove the cap",
+                    key,
+                    "dp.mechanism",
+                )
+        elif dp.target_epsilon is None and dp.noise_multiplier == 0:
+            raise _FieldConflict(
+                f"dp.mechanism = {dp.mechanism!r} with dp.noise_multiplier = 0 and no "
+                "dp.target_epsilon adds no noise: set dp.target_epsilon (or a positive "
+                "dp.noise_multiplier), or dp.mechanism = 'none'",
+                "dp.mechanism",
+                "dp.noise_multiplier",
+            )
+        allowed = _MECHANISMS_OF[self.protocol]
+        if dp.mechanism not in allowed:
+            why = {
+                "secagg": "SecAgg+ sums integers in Z_2^b, so the noise must be an exact "
+                "integer mechanism",
+                "ckks": "CKKS sums real numbers under encryption; integer noise belongs to secagg",
+                "plain": "the distributed integer mechanisms need secure aggregation",
+            }[self.protocol]
+            raise _FieldConflict(
+                f"dp.mechanism = {dp.mechanism!r} does not work with protocol = "
+                f"{self.protocol!r} ({why}); with {self.protocol!r} use "
+                + " or ".join(repr(m) for m in allowed),
+                "dp.mechanism",
+                "protocol",
+            )
+        if dp.record_level and self.model.batch_norm:
+            raise _FieldConflict(
+                "model.batch_norm = true cannot be combined with dp.record_level = true: "
+                "DP-SGD needs per-example gradients and batch norm mixes the examples of a "
+                "batch (Opacus refuses BatchNorm layers); turn one of them off",
+                "model.batch_norm",
+                "dp.record_level",
+            )
+
+    def _check_switches(self) -> None:
+        """Settings changed from their default while the switch that uses them is off."""
+        dp, defaults = self.dp, DPConfig.model_fields
+        groups = (
+            ("record_level", ("record_noise_multiplier", "record_clip")),
+            ("adaptive_clip", ("clip_target_quantile", "clip_learning_rate", "clip_count_stddev")),
+        )
+        for switch, keys in groups:
+            if getattr(dp, switch):
+                continue
+            for key in keys:
+                if getattr(dp, key) != defaults[key].default:
+                    raise _FieldConflict(
+                        f"dp.{key} = {getattr(dp, key)!r} has no effect while dp.{switch} is "
+                        f"false: set dp.{switch} = true or remove dp.{key}",
+                        f"dp.{key}",
+                        f"dp.{switch}",
+                    )
 
     @property
     def cohort_size(self) -> int:
@@ -308,8 +431,76 @@ class RunConfig(_Section):
             return max(1, math.ceil(0.85 * self.cohort_size))
         return max(1, self.cohort_size // 2)
 
+    def with_overrides(
+        self, overrides: Sequence[str] | Mapping[str, Any] = (), /, **fields: Any
+    ) -> RunConfig:
+        """A new, validated configuration: this one with ``overrides`` applied.
+
+        ``overrides`` are ``"dotted.key=value"`` strings (as with ``--set``) or a nested
+        mapping; keyword arguments are top-level keys or whole sections given as
+        mappings (``dp={"clip": 0.5}``). Sections merge key by key::
+
+            cfg = secure_fl.load_config().with_overrides(["rounds=5", "dp.clip=0.5"])
+            cfg = cfg.with_overrides(clients={"num": 20}, seed=3)
+
+        Raises :class:`ConfigError` naming the field, like :func:`load_config`. No
+        protection is inherited here: ``self`` already says what it protects.
+        """
+        extra = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        tree = _apply(self.model_dump(mode="python"), extra)
+        return build_config(_apply(tree, fields))
+
 
 DEFAULT_CONFIG_PATH = Path(str(resources.files("secure_fl") / "default.toml"))
+
+#: The DP mechanisms each protocol can carry (noise must survive the aggregation).
+_MECHANISMS_OF: dict[str, tuple[str, ...]] = {
+    "plain": ("none", "gaussian"),
+    "secagg": ("none", "discrete_gaussian", "skellam"),
+    "ckks": ("none", "gaussian"),
+}
+#: The noise a protocol inherits when the user's file names no dp.mechanism: each client
+#: adds its share (distributed DP); under ``plain`` the server adds it (central DP).
+_INHERITED_MECHANISM = {"secagg": "discrete_gaussian", "ckks": "gaussian", "plain": "gaussian"}
+
+
+def _embedded_default_tree() -> dict[str, Any]:
+    return tomllib.loads(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+
+
+def inherit_protection(tree: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Fill in the protection a user's configuration leaves unsaid, from the embedded
+    default; return the completed tree and the inherited ``key = value`` settings.
+
+    * no ``protocol``: the embedded default's (``secagg``, SecAgg+);
+    * no ``dp.mechanism``: the protocol's distributed mechanism (``discrete_gaussian``
+      under ``secagg``, ``gaussian`` under ``ckks``; central ``gaussian`` under an
+      explicit ``plain``);
+    * a mechanism but neither ``dp.target_epsilon`` nor ``dp.noise_multiplier``: the
+      embedded default's target epsilon (and its ``dp.delta`` when absent).
+
+    Turning protection off is explicit: ``protocol = "plain"``, ``dp.mechanism = "none"``.
+    """
+    default = _embedded_default_tree()
+    out = dict(tree)
+    inherited: list[str] = []
+    if "protocol" not in out:
+        out["protocol"] = default["protocol"]
+        inherited.append(f"protocol = {out['protocol']!r}")
+    raw_dp = out.get("dp", {})
+    dp = dict(raw_dp) if isinstance(raw_dp, Mapping) else raw_dp
+    if isinstance(dp, dict) and isinstance(out["protocol"], str):
+        if "mechanism" not in dp and out["protocol"] in _INHERITED_MECHANISM:
+            dp["mechanism"] = _INHERITED_MECHANISM[out["protocol"]]
+            inherited.append(f"dp.mechanism = {dp['mechanism']!r}")
+        if dp.get("mechanism") != "none" and not {"target_epsilon", "noise_multiplier"} & set(dp):
+            dp["target_epsilon"] = default["dp"]["target_epsilon"]
+            inherited.append(f"dp.target_epsilon = {dp['target_epsilon']:g}")
+            if "delta" not in dp:
+                dp["delta"] = default["dp"]["delta"]
+                inherited.append(f"dp.delta = {dp['delta']:g}")
+        out["dp"] = dp
+    return out, inherited
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -344,6 +535,37 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return tree
 
 
+def _apply(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with the later layer ``extra`` merged in. A later ``dp.mechanism =
+    "none"`` supersedes the noise settings of earlier layers (a file's target epsilon
+    would otherwise contradict it), unless the same layer sets them too; a later
+    ``protocol`` that cannot carry an earlier layer's mechanism takes its own distributed
+    mechanism at the same target (``--set protocol=ckks`` on the default)."""
+    extra_dp = extra.get("dp")
+    base_dp = base.get("dp")
+    protocol = extra.get("protocol")
+    if (
+        isinstance(protocol, str)
+        and protocol in _MECHANISMS_OF
+        and not (isinstance(extra_dp, Mapping) and "mechanism" in extra_dp)
+        and isinstance(base_dp, Mapping)
+        and base_dp.get("mechanism", "none") not in _MECHANISMS_OF[protocol]
+    ):
+        base_dp = {**base_dp, "mechanism": _INHERITED_MECHANISM[protocol]}
+        base = {**base, "dp": base_dp}
+    if (
+        isinstance(extra_dp, Mapping)
+        and extra_dp.get("mechanism") == "none"
+        and isinstance(base_dp, Mapping)
+    ):
+        base = {**base, "dp": {k: v for k, v in base_dp.items() if k not in _NOISE_KEYS}}
+    return _merge(base, extra)
+
+
+#: Settings that only mean something with a DP mechanism; see :func:`_apply`.
+_NOISE_KEYS = frozenset({"target_epsilon", "noise_multiplier"})
+
+
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -358,6 +580,10 @@ def _format_validation_error(err: ValidationError) -> ConfigError:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or None
     msg = str(first["msg"]).removeprefix("Value error, ")
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, _FieldConflict) and cause.fields:
+        prefix = ".".join(str(p) for p in first["loc"])
+        field = ".".join(p for p in (prefix, cause.fields[0]) if p)
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "literal_error":
@@ -384,7 +610,10 @@ def load_config(
     """Load a TOML configuration (default: the embedded one) and apply overrides.
 
     ``overrides`` is a list of ``"dotted.key=value"`` strings (values parsed as TOML,
-    bare words as strings) or an already nested mapping.
+    bare words as strings) or an already nested mapping. Protection the file and the
+    overrides leave unsaid is inherited from the embedded default
+    (:func:`inherit_protection`); with ``data.dataset = "csv"`` and no ``clients.num``,
+    there is one client per site file.
     """
     source = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
@@ -398,7 +627,26 @@ def load_config(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source} is not valid TOML: {err}") from None
     extra = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    config = build_config(_merge(tree, extra))
+    merged, inherited = inherit_protection(_apply(tree, extra))
+    clients = merged.get("clients", {})
+    data = merged.get("data", {})
+    if (
+        isinstance(data, Mapping)
+        and data.get("dataset") == "csv"
+        and isinstance(data.get("paths"), list | tuple)
+        and isinstance(clients, Mapping)
+        and "num" not in clients
+    ):
+        # One client per site file unless the user says otherwise.
+        merged["clients"] = {**clients, "num": len(data["paths"])}
+    config = build_config(merged)
+    if inherited:
+        _log.info(
+            "%s does not choose its protection; inherited from the embedded default: %s "
+            "(turn off with protocol = \"plain\" / dp.mechanism = \"none\")",
+            source.name,
+            ", ".join(inherited),
+        )
     if config.data.dataset == "csv" and path is not None:
         # Site files are resolved relative to the configuration file that names them.
         base = Path(path).resolve().parent

@@ -13,6 +13,14 @@ Partitions (the four distributions of the classic non-IID FedAvg study, McMahan 
   ``i mod C`` and the rest from the other classes.
 * ``one_class``: client i holds only class ``i mod C`` (clients sharing a class split it).
 
+Sites that bring their own data (CSV/NPZ files, or arrays and datasets handed to
+:func:`secure_fl.run` in Python, :func:`federated_data_from_sites`) are checked against
+each other before anything trains, because a site's export mistake otherwise trains
+silently: the same columns in the same order at every CSV site (header compared by
+name), the same number of features, labels ``0 .. C-1`` with no value that only one
+site uses and that leaves a gap (a binary data set must not become an 8-class model), at
+least two rows per site. An Excel UTF-8 byte-order mark before the header is ignored.
+
 Every training sample is assigned to exactly one client. A global test set is held out
 before partitioning; each client keeps ``client_test_fraction`` of its own share as a
 personal test split (for personalization metrics). numpy's generator is fine here: data
@@ -22,8 +30,11 @@ partitioning is simulation, not privacy-relevant randomness.
 from __future__ import annotations
 
 import csv
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,9 +45,19 @@ from secure_fl.errors import ConfigError, DataError
 __all__ = [
     "ClientData",
     "FederatedData",
+    "SiteSource",
+    "federated_data_from_sites",
     "load_federated_data",
     "partition_indices",
 ]
+
+_log = logging.getLogger(__name__)
+
+#: One site's own data in Python: ``(x, y)`` arrays (numpy arrays, torch tensors or
+#: nested lists; ``x`` of shape ``(n, features...)``, ``y`` integer labels of shape
+#: ``(n,)``), or a map-style dataset (``len`` and ``ds[i] -> (x_i, y_i)``, e.g. a
+#: ``torch.utils.data.Dataset``).
+SiteSource = Any
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -141,8 +162,35 @@ def synthetic_dataset(
     return x.reshape(num_samples, 1, side, side).astype(np.float32), y, (1, side, side)
 
 
+@dataclass(frozen=True)
+class _Site:
+    """One site's raw data before the cross-site checks: its name (a file name or
+    ``site i``), features, labels and, for a CSV file, the feature column names."""
+
+    name: str
+    x: FloatArray
+    y: IntArray
+    columns: tuple[str, ...] | None = None
+
+
+def _read_site(path: Path, label_column: str) -> _Site:
+    x, y, columns = _read_site_table(path, label_column)
+    return _Site(path.name, x, y, columns)
+
+
 def _read_site_file(path: Path, label_column: str) -> tuple[FloatArray, IntArray]:
     """Read one site's CSV (header row, numeric columns) or NPZ (arrays ``x`` and ``y``)."""
+    x, y, _ = _read_site_table(path, label_column)
+    return x, y
+
+
+def _read_site_table(
+    path: Path, label_column: str
+) -> tuple[FloatArray, IntArray, tuple[str, ...] | None]:
+    """:func:`_read_site_file` plus a CSV's feature column names (for the cross-site
+    header check; ``None`` for NPZ)."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a site file: give one CSV or NPZ file per site")
     if not path.is_file():
         raise DataError(f"site data file not found: {path}")
     if path.suffix.lower() == ".npz":
@@ -157,9 +205,10 @@ def _read_site_file(path: Path, label_column: str) -> tuple[FloatArray, IntArray
             raise DataError(f"{path}: 'x' must be (n, features...) and 'y' (n,), got {x.shape}, {y.shape}")
         if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
             raise DataError(f"{path}: 'x' and 'y' must be numeric")
-        return x.astype(np.float32), _as_labels(y.astype(np.float64), path, label_column)
+        return x.astype(np.float32), _as_labels(y.astype(np.float64), path, label_column), None
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel writes a byte-order mark before the header's first name.
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read CSV ({err})") from None
@@ -184,13 +233,109 @@ def _read_site_file(path: Path, label_column: str) -> tuple[FloatArray, IntArray
         raise DataError(f"{path}: contains NaN or infinite values")
     y = values[:, label_idx]
     x = np.delete(values, label_idx, axis=1).astype(np.float32)
-    return x, _as_labels(y, path, label_column)
+    columns = tuple(h for i, h in enumerate(header) if i != label_idx)
+    return x, _as_labels(y, path, label_column), columns
 
 
-def _as_labels(y: npt.NDArray[np.float64], path: Path, label_column: str) -> IntArray:
+def _as_labels(y: npt.NDArray[np.float64], path: Path | str, label_column: str) -> IntArray:
     if np.any(y != np.round(y)) or np.any(y < 0):
         raise DataError(f"{path}: labels in {label_column!r} must be non-negative integers")
     return y.astype(np.int64)
+
+
+def _site_from_python(index: int, source: SiteSource) -> _Site:
+    """Arrays or a map-style dataset handed to ``secure_fl.run(data=...)``."""
+    name = f"site {index}"
+    if isinstance(source, tuple | list) and len(source) == 2:
+        x_raw, y_raw = source
+    elif hasattr(source, "__len__") and hasattr(source, "__getitem__"):
+        if len(source) == 0:
+            raise DataError(f"{name}: the dataset is empty")
+        items = [source[i] for i in range(len(source))]
+        if not all(isinstance(it, tuple | list) and len(it) == 2 for it in items):
+            raise DataError(f"{name}: a dataset must yield (x, y) pairs")
+        x_raw = np.stack([_to_numpy(it[0]) for it in items])
+        y_raw = np.asarray([_to_numpy(it[1]).reshape(()) for it in items])
+    else:
+        raise DataError(
+            f"{name}: expected an (x, y) pair of arrays or a map-style dataset of (x, y), "
+            f"got {type(source).__name__}"
+        )
+    x, y = _to_numpy(x_raw), _to_numpy(y_raw)
+    if y.dtype == np.bool_:
+        y = y.astype(np.int64)
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise DataError(f"{name}: x must be (n, features...) and y (n,), got {x.shape}, {y.shape}")
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{name}: x and y must be numeric")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{name}: x contains NaN or infinite values")
+    return _Site(name, x.astype(np.float32), _as_labels(y.astype(np.float64), name, "y"))
+
+
+def _to_numpy(value: Any) -> npt.NDArray[Any]:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _check_sites(sites: Sequence[_Site]) -> int:
+    """The cross-site checks of the module docstring; returns the number of classes."""
+    for s in sites:
+        if s.y.shape[0] < 2:
+            raise DataError(
+                f"{s.name}: only {s.y.shape[0]} data row; a site needs at least 2 (a training "
+                "row and a held-out row); merge it with another site or leave it out"
+            )
+    shapes = {s.x.shape[1:] for s in sites}
+    if len(shapes) != 1:
+        per_site = ", ".join(f"{s.name} has {int(np.prod(s.x.shape[1:]))}" for s in sites)
+        raise DataError(f"site files disagree on the number of features: {per_site}")
+    headed = [(s.name, s.columns) for s in sites if s.columns is not None]
+    for name, columns in headed[1:]:
+        ref_name, ref = headed[0]
+        if columns == ref:
+            continue
+        missing = [c for c in ref if c not in columns]
+        extra = [c for c in columns if c not in ref]
+        if missing or extra:
+            detail = f"{name} lacks {missing} and has {extra} instead"
+        else:
+            moved = [c for c, d in zip(ref, columns, strict=True) if c != d]
+            detail = f"the same columns in another order ({', '.join(moved)} moved)"
+        raise DataError(
+            f"the header of {name} differs from {ref_name}: {detail}; every site must "
+            f"export the same columns in the same order ({', '.join(ref)})"
+        )
+    labels = [set(np.unique(s.y).tolist()) for s in sites]
+    union: set[int] = set().union(*labels)
+    if len(union) < 2:
+        raise DataError("site files contain a single class; nothing to learn")
+    num_classes = int(max(union)) + 1
+    absent = sorted(set(range(num_classes)) - union)
+    if absent:
+        culprits = [
+            f"{s.name} has {sorted(v for v in lab if v > absent[0])}"
+            for s, lab in zip(sites, labels, strict=True)
+            if any(v > absent[0] for v in lab)
+        ]
+        raise DataError(
+            f"labels must be 0 .. C-1 across sites, but {absent} appear at no site while "
+            f"{'; '.join(culprits)}: {num_classes} classes would be trained; check the "
+            "label coding of each site"
+        )
+    if len(sites) > 2:
+        for i, (s, lab) in enumerate(zip(sites, labels, strict=True)):
+            others = set().union(*(o for j, o in enumerate(labels) if j != i))
+            only_here = sorted(lab - others)
+            if only_here:
+                _log.warning(
+                    "%s holds labels %s that no other site has; check its label coding "
+                    "(fine for deliberately non-IID sites)",
+                    s.name,
+                    only_here,
+                )
+    return num_classes
 
 
 # -- partitions ----------------------------------------------------------------------
@@ -308,48 +453,75 @@ def load_federated_data(config: RunConfig) -> FederatedData:
     rng = np.random.default_rng([config.seed, 0xDA7A])
     k = config.clients.num
     if dc.dataset == "csv":
-        sites = [_read_site_file(Path(p), dc.label_column) for p in dc.paths]
-        shapes = {s[0].shape[1:] for s in sites}
-        if len(shapes) != 1:
-            raise DataError(f"site files disagree on the number of features: {sorted(shapes)}")
-        feature_shape = tuple(int(v) for v in shapes.pop())
-        num_classes = int(max(int(s[1].max()) for s in sites) + 1)
-        if num_classes < 2:
-            raise DataError("site files contain a single class; nothing to learn")
-        parts_xy = []
-        test_x, test_y = [], []
-        for x, y in sites:
-            xtr, ytr, xte, yte = _split(x, y, dc.test_fraction, rng)
-            parts_xy.append((xtr, ytr))
-            test_x.append(xte)
-            test_y.append(yte)
-        x_test, y_test = np.concatenate(test_x), np.concatenate(test_y)
+        return _from_sites([_read_site(Path(p), dc.label_column) for p in dc.paths], config)
+    if dc.dataset == "digits":
+        x, y, feature_shape = _load_digits()
+    elif dc.dataset == "breast_cancer":
+        x, y, feature_shape = _load_breast_cancer()
     else:
-        if dc.dataset == "digits":
-            x, y, feature_shape = _load_digits()
-        elif dc.dataset == "breast_cancer":
-            x, y, feature_shape = _load_breast_cancer()
-        else:
-            s = dc.synthetic
-            x, y, feature_shape = synthetic_dataset(
-                num_samples=s.num_samples,
-                num_features=s.num_features,
-                num_classes=s.num_classes,
-                image=s.image,
-                imbalance=s.imbalance,
-                seed=config.seed,
-            )
-        num_classes = int(y.max()) + 1
-        xtr, ytr, x_test, y_test = _split(x, y, dc.test_fraction, rng)
-        parts = partition_indices(
-            ytr,
-            num_clients=k,
-            scheme=dc.partition,
-            rng=rng,
-            alpha=dc.alpha,
-            dominant_fraction=dc.dominant_fraction,
+        s = dc.synthetic
+        x, y, feature_shape = synthetic_dataset(
+            num_samples=s.num_samples,
+            num_features=s.num_features,
+            num_classes=s.num_classes,
+            image=s.image,
+            imbalance=s.imbalance,
+            seed=config.seed,
         )
-        parts_xy = [(xtr[p], ytr[p]) for p in parts]
+    num_classes = int(y.max()) + 1
+    xtr, ytr, x_test, y_test = _split(x, y, dc.test_fraction, rng)
+    parts = partition_indices(
+        ytr,
+        num_clients=k,
+        scheme=dc.partition,
+        rng=rng,
+        alpha=dc.alpha,
+        dominant_fraction=dc.dominant_fraction,
+    )
+    parts_xy = [(xtr[p], ytr[p]) for p in parts]
+    return _finish(config, parts_xy, x_test, y_test, feature_shape, num_classes, dc.dataset, rng)
+
+
+def federated_data_from_sites(sites: Sequence[SiteSource], config: RunConfig) -> FederatedData:
+    """Federated data from each site's own arrays or dataset (:data:`SiteSource`), one
+    client per site, checked across sites like CSV site files; each site holds out
+    ``data.test_fraction`` of its rows for the global test set."""
+    if len(sites) != config.clients.num:
+        raise ConfigError(
+            f"{len(sites)} sites of data were given but clients.num is {config.clients.num}; "
+            f"set clients.num = {len(sites)}",
+            field="clients.num",
+        )
+    return _from_sites([_site_from_python(i, s) for i, s in enumerate(sites)], config, name="python")
+
+
+def _from_sites(sites: Sequence[_Site], config: RunConfig, *, name: str = "csv") -> FederatedData:
+    rng = np.random.default_rng([config.seed, 0xDA7A])
+    num_classes = _check_sites(sites)
+    feature_shape = tuple(int(v) for v in sites[0].x.shape[1:])
+    parts_xy = []
+    test_x, test_y = [], []
+    for site in sites:
+        xtr, ytr, xte, yte = _split(site.x, site.y, config.data.test_fraction, rng)
+        parts_xy.append((xtr, ytr))
+        test_x.append(xte)
+        test_y.append(yte)
+    x_test, y_test = np.concatenate(test_x), np.concatenate(test_y)
+    return _finish(config, parts_xy, x_test, y_test, feature_shape, num_classes, name, rng)
+
+
+def _finish(
+    config: RunConfig,
+    parts_xy: list[tuple[FloatArray, IntArray]],
+    x_test: FloatArray,
+    y_test: IntArray,
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    name: str,
+    rng: np.random.Generator,
+) -> FederatedData:
+    """Standardize with pooled training statistics and keep each client's test split."""
+    dc = config.data
     if dc.standardize:
         # Statistics of the pooled training data (as a shared preprocessing recipe would
         # fix them); the per-feature scale is public metadata, not an individual record.
@@ -375,5 +547,5 @@ def load_federated_data(config: RunConfig) -> FederatedData:
         y_test=y_test.astype(np.int64),
         feature_shape=tuple(int(v) for v in feature_shape),
         num_classes=num_classes,
-        name=dc.dataset,
+        name=name,
     )

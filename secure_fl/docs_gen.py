@@ -94,9 +94,19 @@ CROSS_FIELD_RULES: tuple[str, ...] = (
     "training concurrently (`clients.per_round`).",
     "`dp.site_caps` keys are client ids `0 .. clients.num - 1` and caps are > 0.",
     "`data.partition = \"dominant_class\"` needs `data.dominant_fraction` > 0.",
-    "When the run starts (and before any point of a sweep runs): `secagg` takes only "
-    "`dp.mechanism` `none`, `discrete_gaussian` or `skellam`; `plain` and `ckks` take "
-    "`none` or `gaussian`; `dp.target_epsilon` recalibrates `dp.noise_multiplier`.",
+    "`secagg` takes only `dp.mechanism` `none`, `discrete_gaussian` or `skellam`; `plain` "
+    "and `ckks` take `none` or `gaussian`. An override of `protocol` alone that cannot "
+    "carry the file's mechanism takes its own (`discrete_gaussian` under `secagg`, "
+    "`gaussian` otherwise).",
+    "`dp.mechanism = \"none\"` takes no `dp.target_epsilon`, no `dp.noise_multiplier` > 0 "
+    "and no `dp.budget_cap` / `dp.site_caps` (an override `dp.mechanism=none` drops the "
+    "file's noise settings); any other mechanism needs `dp.target_epsilon` or a "
+    "`dp.noise_multiplier` > 0. `dp.target_epsilon` recalibrates `dp.noise_multiplier` "
+    "when the run starts.",
+    "`dp.record_noise_multiplier` and `dp.record_clip` need `dp.record_level = true`; the "
+    "`dp.clip_*` settings of adaptive clipping need `dp.adaptive_clip = true`.",
+    "`model.batch_norm = true` excludes `dp.record_level = true` (DP-SGD needs "
+    "per-example gradients; batch norm mixes the examples of a batch).",
 )
 
 _HEADER = """\
@@ -112,10 +122,19 @@ values are read as TOML (`16`, `0.5`, `true`, `[64, 32]`, `"text"`); a bare word
 string. Unknown keys, wrong types and out-of-range values are rejected before anything
 runs, with an error naming the field (exit status 2).
 
-**Default** is the value used when a key is absent from your file. `secure-fl run`
-without a file uses the embedded default configuration shown at the end, which sets
-several keys differently (it runs SecAgg+ with distributed DP). `secure-fl config
-[FILE] [--set ...]` prints the fully resolved configuration.
+**Default** is the value used when a key is absent from your file, with one exception:
+**protection is inherited from the embedded default** (shown at the end). A file (or
+`--set` overrides) that names no `protocol` gets `secagg`; no `dp.mechanism` gets the
+protocol's distributed mechanism (`discrete_gaussian` under `secagg`, `gaussian` under
+`ckks`, central `gaussian` under an explicit `plain`); a mechanism with neither
+`dp.target_epsilon` nor `dp.noise_multiplier` gets the embedded target epsilon (and
+delta). Turning protection off is explicit: `protocol = "plain"` and
+`dp.mechanism = "none"`. A `dataset = "csv"` file without `clients.num` has one client
+per site file. `RunConfig()` built in Python is the bare schema (the defaults in the
+table: plaintext, no DP); start from `secure_fl.load_config()` instead and derive with
+`config.with_overrides(["key=value", ...])`, which validates. `secure-fl run` without a
+file uses the embedded default. `secure-fl config [FILE] [--set ...]` prints the fully
+resolved configuration.
 """
 
 

@@ -34,6 +34,7 @@ from crypto.fixedpoint import decode, encode, max_scale
 from crypto.prg import Csprng
 from crypto.secagg import default_neighbors, simulate_round
 from crypto.secagg.graph import effective_degree
+from crypto.signatures import generate_identity
 from privacy.events import DPEvent, NonPrivateEvent
 from privacy.mechanisms.distributed import DistributedDiscreteGaussian, DistributedSkellam
 from privacy.mechanisms.gaussian import GaussianShare
@@ -41,6 +42,7 @@ from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
 from secure_fl.client_encode import EncodeJob
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig
+from secure_fl.identities import ClientIdentities
 
 __all__ = ["CkksAggregator", "SecAggAggregator", "provisioned_survivors"]
 
@@ -80,19 +82,28 @@ class CkksAggregator:
     """Additively homomorphic aggregation under CKKS (TenSEAL via :mod:`crypto.ckks`).
 
     A fresh key pair per aggregation: the key holder generates it and publishes the
-    public context; clients encrypt; the server adds ciphertexts with the public context
-    only and forwards the aggregate; the key holder decrypts the aggregate alone.
+    public context signed with its identity (which the clients pin); clients encrypt and
+    sign a receipt (session, round, key id, SHA-256 of the upload) with their identity
+    keys; the server adds ciphertexts with the public context only and forwards the
+    aggregate with the receipts; the key holder counts the distinct roster members'
+    receipts itself and decrypts the aggregate alone, once (:mod:`crypto.ckks`).
     Dropouts before upload cost nothing: the sum simply has fewer summands.
     """
 
     name = "ckks"
     stages: tuple[str, ...] = ("upload",)
 
-    def __init__(self, config: RunConfig, *, dim: int, rng: Csprng) -> None:
+    def __init__(
+        self, config: RunConfig, *, dim: int, rng: Csprng, identities: ClientIdentities | None = None
+    ) -> None:
         self.config = config
         self.dim = dim
         self.rng = rng
         self.params = CkksParams(poly_modulus_degree=config.ckks.poly_modulus_degree)
+        #: The clients' identity keys (their receipts are what the key holder counts) and
+        #: the key holder's own identity, which every client pins.
+        self.identities = identities or ClientIdentities.generate(range(config.clients.num))
+        self._holder_identity = generate_identity(Csprng.from_entropy())
         self.clipper = ClipController(config, expected_clients=config.cohort_size)
         self.dp = config.dp.mechanism == "gaussian"
         self.threshold = provisioned_survivors(config, config.cohort_size)
@@ -137,7 +148,12 @@ class CkksAggregator:
                 params=self.params,
                 bound=bound,
                 drop=drop,
-                key_holder=KeyHolder.generate(self.params),
+                key_holder=KeyHolder.generate(
+                    self.params,
+                    members=list(self.identities.public_keys().values()),
+                    identity_key=self._holder_identity,
+                ),
+                client_keys=[self.identities.key(u.client_id) for u in updates],
                 round=round_index,
             )
         except ProtocolError as err:

@@ -22,6 +22,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -49,9 +50,15 @@ from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
 from secure_fl.client_jobs import ClientTrainer, TrainJob
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
-from secure_fl.data import FederatedData, load_federated_data
+from secure_fl.data import (
+    FederatedData,
+    SiteSource,
+    federated_data_from_sites,
+    load_federated_data,
+)
 from secure_fl.devices import draw_profiles
 from secure_fl.errors import ConfigError
+from secure_fl.identities import ClientIdentities
 from secure_fl.memory_budget import (
     TensorInfo,
     feasible_subsets,
@@ -67,7 +74,8 @@ from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.staleness import staleness_weight
-from secure_fl.training import Evaluation, evaluate, train_local
+from secure_fl.training import Evaluation, LossFn, evaluate, train_local
+from secure_fl.witness import Witness, witness_and_commit, write_run_roster
 from secure_fl.workers import WorkerPool, resolved_workers, single_torch_thread
 
 __all__ = ["RunResult", "make_aggregator", "run"]
@@ -79,6 +87,7 @@ RUN_FILES = (
     "ledger.jsonl",
     "transcript.json",
     "model.pt",
+    "roster.toml",
 )
 
 
@@ -93,10 +102,13 @@ class RunResult:
     model: nn.Module = field(repr=False)
 
 
-def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -> Aggregator:
+def make_aggregator(
+    config: RunConfig, *, dim: int, rng: Csprng | None = None, identities: ClientIdentities | None = None
+) -> Aggregator:
     """The aggregation factory: validated settings in, a protocol object out.
 
-    ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default).
+    ``rng`` is the CSPRNG for clients' noise and rounding (fresh OS entropy by default);
+    ``identities`` the clients' identity keys (CKKS upload receipts).
     """
     rng = rng or Csprng.from_entropy()
 
@@ -118,7 +130,7 @@ def make_aggregator(config: RunConfig, *, dim: int, rng: Csprng | None = None) -
                 "CKKS uses the continuous 'gaussian' mechanism",
                 field="dp.mechanism",
             )
-        return CkksAggregator(config, dim=dim, rng=rng)
+        return CkksAggregator(config, dim=dim, rng=rng, identities=identities)
     if config.protocol == "secagg":
         if dp.mechanism == "gaussian":
             raise ConfigError(
@@ -337,6 +349,10 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"output path {out_dir} exists and is not a directory")
     if out_dir.is_dir() and (out_dir / "summary.json").exists():
         raise ConfigError(f"{out_dir} already holds a finished run; choose another --out")
+    if out_dir.is_dir() and any((out_dir / name).exists() for name in (*RUN_FILES, PUBLIC_KEY_FILENAME)):
+        raise ConfigError(
+            f"{out_dir} already holds an unfinished run; choose another --out or use --resume"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -347,16 +363,31 @@ def run(
     model_fn: ModelFn | None = None,
     write: bool = True,
     progress: bool = True,
+    sites: Sequence[SiteSource] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> RunResult:
     """Run one federated job described by ``config``.
 
     ``model_fn(feature_shape, num_classes)`` plugs in any ``torch.nn.Module``;
-    ``write=False`` keeps everything in memory (no run directory). Clients' local training
-    runs in ``simulation.workers`` processes (:mod:`secure_fl.workers`); torch uses one
-    thread in each, and in this process for the duration of the run.
+    ``sites`` brings each site's own data, one client per entry, as ``(x, y)`` arrays or
+    a map-style dataset of ``(x, y)`` (:func:`secure_fl.data.federated_data_from_sites`;
+    ``config.data`` then only supplies ``test_fraction``, ``client_test_fraction`` and
+    ``standardize``); ``loss_fn(logits, targets)`` replaces the cross-entropy in local
+    training and evaluation; ``write=False`` keeps everything in memory (no run
+    directory). Clients' local training and DP encoding run in ``simulation.workers``
+    processes (:mod:`secure_fl.workers`); torch uses one thread in each, and in this
+    process for the duration of the run.
     """
     with single_torch_thread():
-        return _run(config, out_dir=out_dir, model_fn=model_fn, write=write, progress=progress)
+        return _run(
+            config,
+            out_dir=out_dir,
+            model_fn=model_fn,
+            write=write,
+            progress=progress,
+            sites=sites,
+            loss_fn=loss_fn,
+        )
 
 
 def _run(
@@ -366,17 +397,23 @@ def _run(
     model_fn: ModelFn | None,
     write: bool,
     progress: bool,
+    sites: Sequence[SiteSource] | None,
+    loss_fn: LossFn | None,
 ) -> RunResult:
     wall_start = time.perf_counter()
     config = calibrate_config(config)
     torch.manual_seed(config.seed)
-    data: FederatedData = load_federated_data(config)
+    data: FederatedData = (
+        load_federated_data(config) if sites is None else federated_data_from_sites(sites, config)
+    )
     model = (model_fn or (lambda s, c: build_model(config.model, s, c)))(
         data.feature_shape, data.num_classes
     )
     dim = num_parameters(model)
     dp_rng = _privacy_rng(config)
-    aggregator = make_aggregator(config, dim=dim, rng=dp_rng.fork())
+    identities = ClientIdentities.generate(range(config.clients.num))  # each client's own key
+    witnesses: dict[str, Witness] = {}
+    aggregator = make_aggregator(config, dim=dim, rng=dp_rng.fork(), identities=identities)
     privacy = RunPrivacy(config, aggregator)
     server_opt = ServerOptimizer(config.server)
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
@@ -411,6 +448,7 @@ def _run(
         server_key = generate_server_key()
         save_public_key(server_key, path / PUBLIC_KEY_FILENAME)
         ledger = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
+        write_run_roster(path, identities)  # the clients' public keys: who countersigns
     transcript = TranscriptWriter(config.protocol)
     versions = _library_versions()
     cfg_hash = config_hash(config)
@@ -490,9 +528,11 @@ def _run(
         global_evals = []
         for c in members:
             local.load(model, c)  # no-op without local layers
-            personal.append(evaluate(model, data.clients[c].x_test, data.clients[c].y_test))
+            personal.append(
+                evaluate(model, data.clients[c].x_test, data.clients[c].y_test, loss_fn=loss_fn)
+            )
             if local.enabled:
-                global_evals.append(evaluate(model, data.x_test, data.y_test))
+                global_evals.append(evaluate(model, data.x_test, data.y_test, loss_fn=loss_fn))
         if local.enabled:
             # FedBN: there is no global batch norm; the global test accuracy is the mean
             # over cohort clients of the shared model with each client's own layers.
@@ -502,7 +542,7 @@ def _run(
                 int(data.y_test.size),
             )
         else:
-            test = evaluate(model, data.x_test, data.y_test)
+            test = evaluate(model, data.x_test, data.y_test, loss_fn=loss_fn)
         personal_acc = [p.accuracy for p in personal if p.num_samples]
         up_total = sum(outcome.upload_bytes.values())
         hist: dict[str, int] = {}
@@ -557,12 +597,12 @@ def _run(
             body = pending.pop("entry")
             body["virtual_time_s"] = record["virtual_time_s"]
             body["test_accuracy"] = record["test_accuracy"]
-            ledger.append(body)
+            witness_and_commit(ledger, body, identities, witnesses=witnesses)  # survivors countersign
             # Metrics are the server's aggregate view only: never an individual update.
             metrics_fh.write(json.dumps(record) + "\n")
             metrics_fh.flush()
 
-    trainer = ClientTrainer(config, model, data, local, dim=dim)
+    trainer = ClientTrainer(config, model, data, local, dim=dim, loss_fn=loss_fn)
     # Client state that lives in the parent (FedBN layers) keeps training in-process.
     pool: WorkerPool[Any, Any] = WorkerPool(
         trainer.run, workers=1 if local.enabled else resolved_workers(config)
@@ -597,6 +637,7 @@ def _run(
         "rounds": config.rounds,
         "aggregations_completed": sum(1 for m in metrics if not m["aborted"]),
         "num_clients": config.clients.num,
+        **({"data_source": f"python ({len(sites)} sites)"} if sites is not None else {}),
         "num_parameters": dim,
         "client_memory_bytes_full_model": full_memory,
         **({"memory_budget": budget.report} if budget is not None else {}),

@@ -9,9 +9,12 @@ values, e.g. ``dp.target_epsilon=2__secagg.bits=16``). It then writes
   epsilon, delta, mean upload bytes per client, virtual and wall time, protocol and DP
   mechanism, and the point's run directory;
 * ``DIR/accuracy_vs_epsilon.png``, ``DIR/accuracy_vs_upload.png`` and
-  ``DIR/accuracy_vs_virtual_time.png``: one line per series (by default the protocol
-  and DP mechanism; ``--series KEY`` groups by grid keys instead, e.g. one line per
-  ``secagg.bits``).
+  ``DIR/accuracy_vs_virtual_time.png``. By default each combination of the grid axes
+  that a plot does not put on its x axis is one line: a grid over ``dp.target_epsilon``
+  and ``secagg.bits`` draws one accuracy-vs-epsilon line per bit-width and one
+  accuracy-vs-upload line per target (``--series KEY`` fixes the grouping instead).
+  Epsilon points carry their value; the virtual-time plot draws one curve per run and
+  its legend names each.
 
 Resumable: a point whose run directory holds ``summary.json`` is complete and skipped
 on restart, so an interrupted sweep continues where it stopped when the same command is
@@ -55,7 +58,10 @@ __all__ = [
     "SweepPoint",
     "SweepResult",
     "parse_grid",
+    "plot_sweep",
+    "plotted_axis",
     "point_name",
+    "series_of",
     "sweep",
     "sweep_main",
 ]
@@ -390,7 +396,7 @@ def sweep(
     ``grid`` is a list of :class:`GridAxis` or of ``"key=v1,v2"`` strings; ``overrides``
     are ``key=value`` settings applied to every point before the grid values.
     ``series`` names grid keys whose values make the lines of the plots (default: one
-    line per protocol and DP mechanism). ``run_fn`` replaces :func:`secure_fl.run`
+    line per combination of the grid axes a plot does not put on its x axis). ``run_fn`` replaces :func:`secure_fl.run`
     (same signature; tests use it to count runs).
     """
     axes: list[GridAxis] = []
@@ -463,19 +469,103 @@ def sweep(
             _write_csv(result.csv_path, grid_keys, result.rows)
     finally:
         bar.close()
-    result.plots = plot_sweep(points, result.rows, out, series=series)
+    result.plots = plot_sweep(points, result.rows, out, series=series, axes=axes)
     return result
 
 
 # --------------------------------------------------------------------------- plots
 
 
-def _series_label(point: SweepPoint, row: Mapping[str, Any], series: Sequence[str]) -> str:
+AxisKeys = tuple[str, ...]
+
+
+def _axis_keys(axes: Sequence[GridAxis], points: Sequence[SweepPoint]) -> list[AxisKeys]:
+    """The grid axes as key tuples (a linked axis ``a+b`` is one axis of two keys)."""
+    if axes:
+        return [tuple(a.key.split("+")) for a in axes]
+    return [(k,) for k, _ in points[0].values] if points else []
+
+
+def _axis_value(point: SweepPoint, axis: AxisKeys) -> str:
+    lookup = dict(point.values)
+    return ", ".join(f"{k}={_fmt_value(lookup[k])}" for k in axis if k in lookup)
+
+
+def _varying(axis_keys: Sequence[AxisKeys], points: Sequence[SweepPoint]) -> list[AxisKeys]:
+    return [a for a in axis_keys if len({_axis_value(p, a) for p in points}) > 1]
+
+
+def plotted_axis(
+    points: Sequence[SweepPoint], rows: Sequence[Mapping[str, Any]], xkey: str, axis_keys: Sequence[AxisKeys]
+) -> AxisKeys | None:
+    """The grid axis a plot's x quantity follows (e.g. ``dp.target_epsilon`` for
+    epsilon, ``secagg.bits`` for upload bytes).
+
+    For each varying axis, hold every other axis fixed and measure how far
+    ``row[xkey]`` moves along it (the mean range over those groups); the axis that moves
+    x the most is the plotted one, so a bit-width that shifts the calibrated epsilon by
+    0.01 does not take the place of the target epsilon. With x constant, the first
+    varying axis.
+    """
+    varying = _varying(axis_keys, points)
+    best: AxisKeys | None = varying[0] if varying else None
+    best_score = 0.0
+    for axis in varying:
+        seen: dict[tuple[str, ...], list[float]] = {}
+        for point, row in zip(points, rows, strict=False):
+            if not _is_number(row.get(xkey)):
+                continue
+            others = tuple(_axis_value(point, b) for b in varying if b != axis)
+            seen.setdefault(others, []).append(float(row[xkey]))
+        ranges = [max(xs) - min(xs) for xs in seen.values() if len(xs) > 1]
+        score = sum(ranges) / len(ranges) if ranges else 0.0
+        if score > best_score:
+            best, best_score = axis, score
+    return best
+
+
+def series_of(
+    points: Sequence[SweepPoint],
+    rows: Sequence[Mapping[str, Any]],
+    xkey: str,
+    *,
+    axis_keys: Sequence[AxisKeys],
+    series: Sequence[str] = (),
+) -> dict[str, list[tuple[SweepPoint, Mapping[str, Any]]]]:
+    """The lines of one plot: label -> its (point, row) pairs.
+
+    ``series`` (grid keys) fixes the grouping. By default each combination of the
+    grid axes other than the plotted one (:func:`plotted_axis`) is one line, so a grid
+    over ``dp.target_epsilon`` and ``secagg.bits`` draws one epsilon curve per
+    bit-width and one upload curve per target. With nothing else varying, the one line
+    is named by protocol and DP mechanism.
+    """
     if series:
-        lookup = dict(point.values)
-        return ", ".join(f"{k}={_fmt_value(lookup[k])}" for k in series)
-    mech = row["dp_mechanism"]
-    return f"{row['protocol']}" + ("" if mech == "none" else f" / {mech}")
+        def label(point: SweepPoint, row: Mapping[str, Any]) -> str:
+            return _axis_value(point, tuple(series))
+    else:
+        plotted = plotted_axis(points, rows, xkey, axis_keys)
+        rest = [a for a in _varying(axis_keys, points) if a != plotted]
+
+        def label(point: SweepPoint, row: Mapping[str, Any]) -> str:
+            if rest:
+                return "; ".join(_axis_value(point, a) for a in rest)
+            mech = row["dp_mechanism"]
+            return f"{row['protocol']}" + ("" if mech == "none" else f" / {mech}")
+
+    groups: dict[str, list[tuple[SweepPoint, Mapping[str, Any]]]] = {}
+    for point, row in zip(points, rows, strict=False):
+        groups.setdefault(label(point, row), []).append((point, row))
+    return groups
+
+
+def _legend_title(points: Sequence[SweepPoint], rows: Sequence[Mapping[str, Any]], xkey: str,
+                  axis_keys: Sequence[AxisKeys], series: Sequence[str]) -> str:
+    if series:
+        return ", ".join(series)
+    plotted = plotted_axis(points, rows, xkey, axis_keys)
+    rest = [k for a in _varying(axis_keys, points) if a != plotted for k in a]
+    return ", ".join(rest) if rest else "protocol / mechanism"
 
 
 def _curve(run_dir: Path) -> tuple[list[float], list[float]]:
@@ -498,13 +588,29 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _group(
-    points: Sequence[SweepPoint], rows: Sequence[Mapping[str, Any]], series: Sequence[str]
-) -> dict[str, list[tuple[SweepPoint, Mapping[str, Any]]]]:
-    groups: dict[str, list[tuple[SweepPoint, Mapping[str, Any]]]] = {}
-    for point, row in zip(points, rows, strict=False):
-        groups.setdefault(_series_label(point, row, series), []).append((point, row))
-    return groups
+def _label_points(ax: Any, labels: Sequence[tuple[float, float, str, Any]]) -> None:
+    """Write each point's label beside it; a label that would overlap one already
+    placed moves down (in axes fractions) and keeps a thin leader line to its point."""
+    ax.set_xlim(ax.get_xlim())  # freeze the autoscaled limits: positions are fractions of them
+    ax.set_ylim(ax.get_ylim())
+    to_axes = ax.transData + ax.transAxes.inverted()
+    placed: list[tuple[float, float]] = []
+    for x, y, text, color in labels:
+        fx, fy = (float(v) for v in to_axes.transform((x, y)))
+        tx = fx + 0.015 if fx < 0.86 else fx - 0.11
+        ty = fy + 0.02
+        while any(abs(tx - px) < 0.1 and abs(ty - py) < 0.04 for px, py in placed) and ty > -0.5:
+            ty -= 0.045
+        moved = abs(ty - (fy + 0.02)) > 1e-9
+        placed.append((tx, ty))
+        ax.annotate(
+            text, (x, y), xytext=(tx, ty), textcoords="axes fraction", fontsize="x-small", color=color,
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": color} if moved else None,
+        )
+
+
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def plot_sweep(
@@ -513,29 +619,33 @@ def plot_sweep(
     out_dir: Path,
     *,
     series: Sequence[str] = (),
+    axes: Sequence[GridAxis] = (),
 ) -> list[Path]:
     """Write the three trade-off plots; returns their paths.
 
-    * accuracy vs epsilon: final accuracy at each point's epsilon, a line per series;
-      points without DP (epsilon undefined) are drawn as a dashed horizontal line;
-    * accuracy vs upload bytes per client (mean over aggregations);
+    * accuracy vs epsilon: final accuracy at each point's epsilon, one line per series
+      (:func:`series_of`), each point labelled with its epsilon; points without DP
+      (epsilon undefined) are drawn as a dashed horizontal line;
+    * accuracy vs upload bytes per client (mean over aggregations), one line per series;
     * accuracy vs virtual time: the test-accuracy curve of every run (from its
-      ``metrics.jsonl``), coloured by series.
+      ``metrics.jsonl``); the colour is the run's epsilon-plot series, line style and
+      marker tell the runs of one series apart, and the legend names every run.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = _group(points, rows, series)
+    axis_keys = _axis_keys(axes, points)
     colors = plt.get_cmap("tab10")
-    color_of = {label: colors(i % 10) for i, label in enumerate(groups)}
-    legend_title = ", ".join(series) if series else "protocol / mechanism"
     paths: list[Path] = []
 
-    def scatter_plot(xkey: str, xlabel: str, fname: str, title: str) -> None:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+    def scatter_plot(xkey: str, xlabel: str, fname: str, title: str) -> dict[str, Any]:
+        groups = series_of(points, rows, xkey, axis_keys=axis_keys, series=series)
+        color_of = {label: colors(i % 10) for i, label in enumerate(groups)}
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
         xs_all: list[float] = []
+        point_labels: list[tuple[float, float, str, Any]] = []
         for label, members in groups.items():
             pts = sorted(
                 (float(r[xkey]), float(r["final_accuracy"]))
@@ -548,6 +658,8 @@ def plot_sweep(
                     [p[0] for p in pts], [p[1] for p in pts], marker="o",
                     color=color_of[label], label=label,
                 )
+                if xkey == "epsilon":
+                    point_labels += [(x, y, f"ε={x:.3g}", color_of[label]) for x, y in pts]
             if xkey == "epsilon":
                 no_dp = [float(r["final_accuracy"]) for _, r in members if r["epsilon"] is None]
                 if no_dp:
@@ -558,18 +670,22 @@ def plot_sweep(
         positive = [x for x in xs_all if x > 0]
         if positive and len(positive) == len(xs_all) and max(positive) / min(positive) >= 20:
             ax.set_xscale("log")
+        ax.margins(x=0.1, y=0.1)
+        _label_points(ax, point_labels)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("final test accuracy")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if groups:
-            ax.legend(title=legend_title, fontsize="small", title_fontsize="small")
+            title_text = _legend_title(points, rows, xkey, axis_keys, series)
+            ax.legend(title=title_text, fontsize="small", title_fontsize="small")
         fig.tight_layout()
         fig.savefig(out_dir / fname, dpi=110)
         plt.close(fig)
         paths.append(out_dir / fname)
+        return color_of
 
-    scatter_plot(
+    eps_colors = scatter_plot(
         "epsilon", "epsilon (client level, against the server)", PLOT_FILES[0],
         "Accuracy against privacy",
     )
@@ -578,30 +694,33 @@ def plot_sweep(
         "Accuracy against communication",
     )
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    labelled: set[str] = set()
-    few = len(points) <= 8
-    styles = ("-", "--", ":", "-.")
-    for label, members in groups.items():
-        for i, (point, _) in enumerate(members):
+    groups = series_of(points, rows, "epsilon", axis_keys=axis_keys, series=series)
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    drawn = 0
+    for i, (label, members) in enumerate(groups.items()):
+        for j, (point, row) in enumerate(members):
             xs, ys = _curve(point.run_dir)
             if not xs:
                 continue
-            text = point.label if few and point.values else label
-            show = few or label not in labelled
-            labelled.add(label)
-            # Runs of one series share a colour; line styles tell them apart.
+            mech = row["dp_mechanism"]
+            text = point.label or (f"{row['protocol']}" + ("" if mech == "none" else f" / {mech}"))
             ax.plot(
-                xs, ys, color=color_of[label], alpha=0.85, linewidth=1.4,
-                linestyle=styles[i % len(styles)] if few else "-",
-                label=text if show else None,
+                xs, ys, color=eps_colors.get(label, colors(i % 10)), alpha=0.9, linewidth=1.4,
+                linestyle=_LINESTYLES[j % len(_LINESTYLES)],
+                marker=_MARKERS[(j // len(_LINESTYLES)) % len(_MARKERS)],
+                markersize=3.5, markevery=max(1, len(xs) // 8), label=text,
             )
+            drawn += 1
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy against virtual time")
+    ax.set_title("Accuracy against virtual time (one curve per run)")
     ax.grid(alpha=0.3)
-    if labelled:
-        ax.legend(fontsize="x-small", loc="best")
+    if drawn:
+        ax.legend(
+            title="run (grid point)", fontsize="x-small", title_fontsize="x-small",
+            loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+            ncol=1 if drawn <= 16 else 2,
+        )
     fig.tight_layout()
     fig.savefig(out_dir / PLOT_FILES[2], dpi=110)
     plt.close(fig)
@@ -641,7 +760,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY",
-        help="grid key whose values make the plot lines (repeatable; default: protocol / mechanism)",
+        help="grid key whose values make the plot lines (repeatable; default: one line per "
+        "combination of the grid axes not on the plot's x axis)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p

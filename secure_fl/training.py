@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +18,12 @@ from crypto.prg import Csprng
 from privacy.events import DPEvent, NoOpEvent
 from secure_fl.config import TrainConfig
 
-__all__ = ["Evaluation", "evaluate", "train_local", "train_local_dp"]
+__all__ = ["Evaluation", "LossFn", "evaluate", "train_local", "train_local_dp"]
+
+#: A training loss ``loss_fn(logits, targets) -> scalar tensor`` averaged over the batch
+#: (``torch.nn.CrossEntropyLoss()`` by default). Under record-level DP-SGD it must be a
+#: mean over examples: Opacus scales per-example gradients accordingly.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -32,13 +41,14 @@ def train_local(
     *,
     seed: int,
     frozen: npt.NDArray[np.bool_] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> int:
     """Train ``model`` in place for ``config.local_epochs`` epochs of minibatch SGD.
 
     Batch order comes from a torch generator seeded by ``seed`` (simulation randomness;
     DP noise is never drawn here). ``frozen`` marks flat parameter positions that must not
-    change (pruned weights): their gradients are zeroed by hooks. Returns the number of
-    optimizer steps taken.
+    change (pruned weights): their gradients are zeroed by hooks. ``loss_fn`` replaces
+    the cross-entropy (:data:`LossFn`). Returns the number of optimizer steps taken.
     """
     if y.shape[0] == 0:
         return 0
@@ -55,7 +65,7 @@ def train_local(
     opt = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.train()
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     steps = 0
@@ -74,6 +84,24 @@ def train_local(
     return steps
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _without_hook_chatter(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Opacus's hooks make torch warn "Full backward hook is firing" on every step (the
+    input batch needs no gradient): nothing for the user, so it is filtered out."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_without_hook_chatter
 def train_local_dp(
     model: nn.Module,
     x: npt.NDArray[np.float32],
@@ -83,6 +111,7 @@ def train_local_dp(
     noise_multiplier: float,
     max_grad_norm: float,
     rng: Csprng,
+    loss_fn: LossFn | None = None,
 ) -> tuple[int, DPEvent]:
     """Record-level DP-SGD (Abadi et al. 2016) with Opacus, noise and Poisson batch
     sampling from the CSPRNG (:func:`privacy.dpsgd.make_private`).
@@ -109,7 +138,7 @@ def train_local_dp(
         work, opt, loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, rng=rng
     )
     module, dp_opt, dp_loader = private
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     for _ in range(config.local_epochs):
         for xb, yb in dp_loader:
             dp_opt.zero_grad(set_to_none=True)
@@ -125,13 +154,20 @@ def train_local_dp(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> Evaluation:
-    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``."""
+def evaluate(
+    model: nn.Module,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    *,
+    loss_fn: LossFn | None = None,
+) -> Evaluation:
+    """Accuracy (argmax of the logits) and mean loss (cross-entropy, or ``loss_fn``) of
+    ``model`` on ``(x, y)``."""
     if y.shape[0] == 0:
         return Evaluation(float("nan"), float("nan"), 0)
     model.eval()
     logits = model(torch.from_numpy(x))
     target = torch.from_numpy(y)
-    loss = nn.functional.cross_entropy(logits, target).item()
+    loss = (loss_fn or nn.functional.cross_entropy)(logits, target).item()
     acc = (logits.argmax(dim=1) == target).float().mean().item()
     return Evaluation(float(acc), float(loss), int(y.shape[0]))

@@ -1,7 +1,7 @@
 """``secure-fl audit`` end to end on small real runs (digits, 10 clients).
 
-* a correct secagg + distributed discrete Gaussian run passes, with the canary estimate
-  below the claimed epsilon;
+* a correct secagg + distributed discrete Gaussian run passes ``secure-fl audit`` (which
+  hands the secure-fl replay to the audit), its canary lower bound below the claim;
 * every tampering of the ledger (8 kinds) fails the audit and is located;
 * a forged run (no noise, epsilon claimed, ledger re-signed with a new key) fails both
   the epsilon recomputation and the canary estimate;
@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from audits.cli import audit_main
 from audits.empirical import gradient_inversion
 from audits.ledger import (
     LEDGER_FILENAME,
@@ -33,12 +32,19 @@ from audits.ledger import (
     generate_server_key,
     save_public_key,
 )
+from secure_fl.audit_rerun import RunReplay
+from secure_fl.cli import main as secure_fl_main
+
+
+def audit_main(argv: list[str]) -> int:
+    """``secure-fl audit ARGS`` through the real command line."""
+    return secure_fl_main(["audit", *argv])
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _run(out: Path, overrides: list[str]) -> Path:
-    import secure_fl  # lazily: audits must not depend on secure_fl at import time
+    import secure_fl
 
     config = secure_fl.load_config(None, ["clients.num=10", *overrides])
     secure_fl.run(config, out_dir=out, progress=False)
@@ -86,7 +92,8 @@ def test_correct_run_passes_with_estimate_below_claim(good_audit: tuple[int, str
     canary = doc["empirical"]["canary"]
     claimed = float(canary["claimed_epsilon"])
     assert not canary["flagged"]
-    assert float(canary["epsilon_estimate"]) < claimed
+    assert float(canary["epsilon_lower_bound"]) < claimed
+    assert canary["confidence"] == 0.99 and canary["setup"]["canaries_seen"] == 24
     # The runner records a top-bit histogram of every masked upload the server decoded
     # and the masked-vs-true correlation: both must look like uniform noise.
     assert doc["server_view"]["status"] == "pass"
@@ -255,11 +262,12 @@ def test_noise_disabled_but_epsilon_claimed_is_flagged(
     _forge_claims(run, 8.0)
     rc, text, doc = _audit(run, tmp_path / "audit", capsys, "--quick")
     assert rc == 1
-    assert doc["ledger"]["ok"]  # the re-signed ledger verifies...
-    assert doc["epsilon"]["status"] == "disagree"  # ...but its events do not support the claim
+    # the re-signed ledger carries no valid client countersignature (issue 14)...
+    assert not doc["ledger"]["ok"] and doc["ledger"]["problems"][0]["kind"] == "unwitnessed"
+    assert doc["epsilon"]["status"] == "disagree"  # ...and its events do not support the claim
     assert doc["epsilon"]["recomputed_epsilon"] == "inf"
     canary = doc["empirical"]["canary"]
-    assert canary["flagged"] and float(canary["epsilon_estimate"]) > 8.0
+    assert canary["flagged"] and float(canary["epsilon_lower_bound"]) > 8.0
     assert "canary estimate" in text and "epsilon:" in text
 
 
@@ -275,20 +283,66 @@ def test_claimed_noise_not_present_is_caught_by_canaries(
     monkeypatch.setattr(
         DistributedDiscreteGaussian, "_sample_noise", lambda self, size, rng: np.zeros(size, dtype=np.int64)
     )
-    result = audit_run(good_run, out_dir=tmp_path, quick=True)
+    result = audit_run(good_run, out_dir=tmp_path, quick=True, replay=RunReplay)
     assert not result.ok
     assert result.document["epsilon"]["status"] == "agree"
     assert result.document["empirical"]["canary"]["flagged"]
+
+
+# --------------------------------------------------------------------- run directories
+
+
+def _interrupt(run: Path, after: int) -> None:
+    """What an interrupted run leaves: ``after`` ledger entries and metrics lines, no
+    summary, transcript or model (the runner writes those when the run ends)."""
+    for name in ("summary.json", "transcript.json", "model.pt"):
+        (run / name).unlink()
+    for name in (LEDGER_FILENAME, "metrics.jsonl"):
+        lines = (run / name).read_text().splitlines(keepends=True)
+        (run / name).write_text("".join(lines[:after]))
+
+
+def test_interrupted_run_gets_an_incomplete_verdict(
+    good_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    _interrupt(run, 3)
+    rc = audit_main([str(run), "--quick", "--out", str(tmp_path / "audit")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    first = out.splitlines()[0]
+    assert first.startswith("AUDIT INCOMPLETE: incomplete run: 3 of 8 aggregations, no summary"), out
+    assert "the 3 ledger entries present verify" in first
+    assert "transcript.json" not in out and "Traceback" not in out
+    doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert doc["status"] == "incomplete" and doc["aggregations_recorded"] == 3 and not doc["ok"]
+
+
+@pytest.mark.parametrize("content", ["empty", "other files"])
+def test_directory_that_is_not_a_run_is_a_usage_error(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "notarun"
+    target.mkdir()
+    if content == "other files":
+        (target / "notes.txt").write_text("hello\n")
+        (target / "results.csv").write_text("a,b\n1,2\n")
+    rc = audit_main([str(target)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "not a run directory" in err and "config.toml" in err
+    assert not (target / "audit.json").exists()
 
 
 # --------------------------------------------------------------------- inversion
 
 
 def test_gradient_inversion_plain_vs_secagg(plain_run: Path, good_run: Path) -> None:
-    plain = gradient_inversion(plain_run)
+    plain = gradient_inversion(RunReplay(plain_run))
     assert plain.recovered and plain.server_view_quality is not None
     assert plain.server_view_quality["correlation"] > 0.99 and plain.server_view_quality["ssim"] > 0.95
-    masked = gradient_inversion(good_run)
+    masked = gradient_inversion(RunReplay(good_run))
     assert masked.unprotected_quality["correlation"] > 0.99  # the same update in the clear would leak
     assert masked.server_view_quality is not None and not masked.recovered
     assert abs(masked.server_view_quality["correlation"]) < 0.5

@@ -112,11 +112,27 @@ def _make_sites(root: Path, count: int = 3) -> list[Path]:
         cfg = root / f"site{k}.toml"
         cfg.write_text(
             f'[site]\nname = "site-{k}"\ndata = "data/s{k}.csv"\nkeys_dir = "keys/s{k}"\n'
-            "budget_cap = 50.0\nrequire_dp = true\n",
+            'budget_cap = 50.0\nrequire_dp = true\nroster = "roster.toml"\n',
             encoding="utf-8",
         )
         paths.append(cfg)
+    write_site_roster(paths, root / "roster.toml", min_cohort=2, min_threshold=2)
     return paths
+
+
+def write_site_roster(site_files: list[Path], out: Path, *, min_cohort: int, min_threshold: int) -> Path:
+    """What the sites do before a pilot: create identity keys, build one roster from
+    their identity.pub files (``secure-fl roster key`` / ``build``)."""
+    from secure_fl.roster import build_roster, write_roster
+    from secure_fl.transport.flower.site import load_site_config
+
+    keys = {}
+    for path in site_files:
+        site = load_site_config(path)
+        keys[site.name] = client_app.load_identity_key(site).public_key().public_bytes_raw()
+    return write_roster(
+        build_roster(keys, min_cohort=min_cohort, min_threshold=min_threshold), out, overwrite=True
+    )
 
 
 def _pilot_config(root: Path, rounds: int) -> Path:
@@ -182,13 +198,18 @@ def _no_dp() -> Any:
     return NonPrivateEvent()
 
 
-def _verify_run(out: Path, *, rounds: int, min_survivors: int) -> dict[str, Any]:
+def _verify_run(out: Path, *, rounds: int, min_survivors: int, roster: Path | None = None) -> dict[str, Any]:
+    from audits.audit import load_roster_keys
+
     summary = json.loads((out / "summary.json").read_text())
+    # every survivor countersigned every entry, verified against the sites' roster (issue 14)
     report = verify_ledger(
         out / "ledger.jsonl", load_public_key(out / summary["ledger_public_key"]),
         expected_entries=summary["ledger_entries"], expected_head=summary["ledger_head"],
+        client_public_keys=load_roster_keys(roster or out.parent / "roster.toml"), require_witnesses=True,
     )
     assert report.ok, report.first_problem
+    assert report.witnessed == rounds
     entries = [json.loads(line)["body"] for line in (out / "ledger.jsonl").read_text().splitlines()]
     assert len(entries) == rounds
     for e in entries:
@@ -240,12 +261,13 @@ def _copy_example(dst: Path) -> Path:
     import importlib.util
     import shutil
 
-    shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("data", "keys", "__pycache__"))
+    shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("data", "keys", "roster.toml", "__pycache__"))
     spec = importlib.util.spec_from_file_location("make_site_data", dst / "make_site_data.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.write_sites(dst / "data")
+    write_site_roster(sorted((dst / "sites").glob("site_*.toml")), dst / "roster.toml", min_cohort=3, min_threshold=2)
     return dst
 
 
@@ -273,7 +295,7 @@ def test_shipped_pilot_example_completes_with_its_own_sites_and_budgets(tmp_path
         text = "\n".join(lines)
         assert "refused" not in text and "left out" not in text and "ABORTED" not in text, text
         assert "secure-fl: done: 2 of 2 aggregations completed" in text, text
-        summary = _verify_run(out, rounds=2, min_survivors=3)
+        summary = _verify_run(out, rounds=2, min_survivors=3, roster=app_dir / "roster.toml")
         assert summary["aggregations_completed"] == 2
         for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
             assert m["excluded"] == {} and m["aborted"] is None

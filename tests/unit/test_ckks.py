@@ -10,17 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crypto.ckks import (
     DEFAULT_PARAMS,
     NVFLARE_PARAMS,
     Aggregator,
     CkksBackend,
+    CkksClient,
     CkksParams,
     EncryptedAggregate,
     EncryptedVector,
     KeyHolder,
     PublicContext,
+    SignedContext,
     TenSEALBackend,
     encrypt_vector,
     simulate_ckks_round,
@@ -40,12 +43,28 @@ DIM = 2 * SLOTS + 37  # three chunks, the last one partial
 TOL = 1e-6  # DESIGN.md section 8: aggregate error relative to the update's scale
 
 
-@pytest.fixture(scope="module")
+CLIENT_KEYS = [Ed25519PrivateKey.generate() for _ in range(100)]
+MEMBERS = [k.public_key().public_bytes_raw() for k in CLIENT_KEYS]
+
+
+@pytest.fixture
 def key_holder() -> KeyHolder:
-    return KeyHolder.generate()
+    """A fresh key per test: each key decrypts once."""
+    return KeyHolder.generate(members=MEMBERS)
 
 
-@pytest.fixture(scope="module")
+def _signed_aggregate(kh: KeyHolder, xs: list[np.ndarray], *, round: int, bound: float = 1.0) -> Aggregator:
+    """The accountable flow: clients of CLIENT_KEYS encrypt under the signed context."""
+    signed = kh.signed_context()
+    agg = Aggregator(kh.public_context(), int(xs[0].size), bound=bound, round=round, session_id=signed.session_id)
+    for i, x in enumerate(xs):
+        client = CkksClient(signed, key_holder=kh.identity_public_key, identity_key=CLIENT_KEYS[i])
+        blob, receipt = client.encrypt(x, bound=bound, round=round)
+        agg.add(blob, sender=i, receipt=receipt)
+    return agg
+
+
+@pytest.fixture
 def pub(key_holder: KeyHolder) -> PublicContext:
     return PublicContext.from_bytes(key_holder.public_context_bytes(), DEFAULT_PARAMS)
 
@@ -96,7 +115,7 @@ def test_backend_satisfies_protocol() -> None:
 def test_aggregate_matches_plaintext_sum(key_holder: KeyHolder, n: int) -> None:
     d = DIM if n <= 10 else SLOTS + 11
     xs = _inputs(n, d, seed=n)
-    r = simulate_ckks_round(xs, key_holder=key_holder, round=1000 + n)
+    r = simulate_ckks_round(xs, key_holder=key_holder, client_keys=CLIENT_KEYS[:n], round=1000 + n)
     assert r.survivors == tuple(range(n))
     assert r.excluded == {}
     assert r.total.shape == (d,)
@@ -106,7 +125,8 @@ def test_aggregate_matches_plaintext_sum(key_holder: KeyHolder, n: int) -> None:
 @pytest.mark.parametrize("bound", [1e-3, 25.0])
 def test_error_is_relative_to_the_public_bound(key_holder: KeyHolder, bound: float) -> None:
     xs = _inputs(10, 500, bound=bound, seed=7)
-    r = simulate_ckks_round(xs, key_holder=key_holder, bound=bound, round=2000 + int(bound))
+    r = simulate_ckks_round(xs, key_holder=key_holder, client_keys=CLIENT_KEYS[: len(xs)], bound=bound,
+                            round=2000 + int(bound))
     assert _rel_err(r.total, np.sum(xs, axis=0), bound) <= TOL
 
 
@@ -166,36 +186,113 @@ def test_secret_saved_0600_and_reloadable(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(FileExistsError):
         key_holder.save_secret(path)
-    kh2 = KeyHolder.load_secret(path, DEFAULT_PARAMS)
+    kh2 = KeyHolder.load_secret(path, DEFAULT_PARAMS, members=MEMBERS)
     assert kh2.key_id == key_holder.key_id
-    agg = Aggregator(pub, 5, round=1)
-    for i in range(2):
-        agg.add(encrypt_vector(pub, np.full(5, 0.25)).to_bytes(), sender=i)
+    agg = _signed_aggregate(kh2, [np.full(5, 0.25)] * 2, round=1)
     assert np.allclose(kh2.decrypt_aggregate(agg.result()), 0.5, atol=1e-6)
     path.chmod(0o644)
     with pytest.raises(CryptoError):
         KeyHolder.load_secret(path, DEFAULT_PARAMS)
 
 
-def test_key_holder_policy(pub: PublicContext) -> None:
-    kh = KeyHolder.generate(min_summands=2)
-    ctx = kh.public_context()
-    one = Aggregator(ctx, 8, round=1)
-    one.add(encrypt_vector(ctx, np.ones(8)).to_bytes(), sender=0)
+def test_key_holder_policy() -> None:
+    kh = KeyHolder.generate(min_summands=2, members=MEMBERS)
+    one = _signed_aggregate(kh, [np.ones(8)], round=1)
     with pytest.raises(LocalProtocolError):  # an individual update is never decrypted
         kh.decrypt_aggregate(one.result())
-    two = Aggregator(ctx, 8, round=2)
-    for i in range(2):
-        two.add(encrypt_vector(ctx, np.ones(8)).to_bytes(), sender=i)
+    two = _signed_aggregate(kh, [np.ones(8)] * 2, round=2)
     res = two.result()
     assert np.allclose(kh.decrypt_aggregate(res), 2.0, atol=1e-6)
-    with pytest.raises(LocalProtocolError):  # once per round
+    with pytest.raises(LocalProtocolError, match="decrypts once"):
         kh.decrypt_aggregate(res)
-    # wire round trip of the server -> key holder message
+    # wire round trip of the server -> key holder message, receipts included
     back = EncryptedAggregate.from_bytes(res.to_bytes())
     assert (back.count, back.dim, back.bound, back.round) == (2, 8, 1.0, 2)
+    assert back.receipts == res.receipts and len(back.receipts) == 2
     with pytest.raises(DecryptionError):
         EncryptedAggregate.from_bytes(res.to_bytes()[:-1])
+    with pytest.raises(LocalProtocolError, match="no roster"):  # fails closed without members
+        kh_open = KeyHolder.generate()
+        kh_open.decrypt_aggregate(_signed_aggregate(kh_open, [np.ones(8)] * 2, round=1).result())
+
+
+# -- the accountable key holder (issue 14, problem 3) ---------------------------------------
+def test_round_number_replay_is_refused() -> None:
+    """The same key decrypted a single victim's ciphertext at round 0, then again at
+    round 1. Now: each key decrypts once, whatever round the server declares."""
+    kh = KeyHolder.generate(members=MEMBERS)
+    agg = _signed_aggregate(kh, [np.full(8, 0.5)] * 2, round=0)
+    res = agg.result()
+    kh.decrypt_aggregate(res)
+    replay = EncryptedAggregate(res.ciphertext, res.count, res.dim, res.bound, 1, res.receipts)
+    with pytest.raises(LocalProtocolError, match="decrypts once"):
+        kh.decrypt_aggregate(replay)
+
+
+def test_inflated_declared_count_is_refused() -> None:
+    """One victim's ciphertext declared as count = 2 (with or without a forged receipt)."""
+    kh = KeyHolder.generate(members=MEMBERS)
+    victim = _signed_aggregate(kh, [np.full(8, 0.5)], round=3).result()
+    inflated = EncryptedAggregate(victim.ciphertext, 2, victim.dim, victim.bound, victim.round, victim.receipts)
+    with pytest.raises(LocalProtocolError, match="1 distinct roster member"):
+        kh.decrypt_aggregate(inflated)
+    # the victim's receipt twice, a Sybil's receipt (not a member), a receipt for another round
+    sybil = Ed25519PrivateKey.generate()
+    signed = kh.signed_context()
+    _, sybil_receipt = CkksClient(signed, key_holder=kh.identity_public_key, identity_key=sybil).encrypt(
+        np.zeros(8), round=3
+    )
+    _, stale = CkksClient(signed, key_holder=kh.identity_public_key, identity_key=CLIENT_KEYS[5]).encrypt(
+        np.zeros(8), round=2
+    )
+    for extra in (victim.receipts[0], sybil_receipt, stale):
+        forged = EncryptedAggregate(victim.ciphertext, 2, victim.dim, victim.bound, 3, (*victim.receipts, extra))
+        assert kh.signed_count(forged) == 1
+        with pytest.raises(LocalProtocolError, match="policy minimum is 2"):
+            kh.decrypt_aggregate(forged)
+    # a correct count of 2 from the receipts but a declared 3: refused as inconsistent
+    two = _signed_aggregate(kh, [np.ones(8)] * 2, round=4).result()
+    with pytest.raises(LocalProtocolError, match="declares 3 summands but 2"):
+        kh.decrypt_aggregate(EncryptedAggregate(two.ciphertext, 3, two.dim, two.bound, 4, two.receipts))
+
+
+def test_server_made_context_is_refused_by_clients() -> None:
+    """The server generates its own key pair and hands clients its public context:
+    a client pinning the key holder's identity (or key id) refuses it."""
+    real = KeyHolder.generate(members=MEMBERS)
+    server_kh = KeyHolder.generate(members=MEMBERS)  # the server's own key holder
+    forged = server_kh.signed_context()
+    with pytest.raises(CryptoError, match="not signed by the pinned key holder"):
+        CkksClient(forged, key_holder=real.identity_public_key, identity_key=CLIENT_KEYS[0])
+    # claiming the real key holder's identity does not help: the signature fails
+    relabelled = SignedContext(forged.context, forged.session_id, real.identity_public_key, forged.signature)
+    with pytest.raises(CryptoError):
+        CkksClient(relabelled, key_holder=real.identity_public_key, identity_key=CLIENT_KEYS[0])
+    # a real, signed context with another key id than the pinned one
+    with pytest.raises(CryptoError, match="key id"):
+        CkksClient(real.signed_context(), key_holder=real.identity_public_key, identity_key=CLIENT_KEYS[0],
+                   key_id=server_kh.key_id)
+    ok = CkksClient(real.signed_context(), key_holder=real.identity_public_key, identity_key=CLIENT_KEYS[0],
+                    key_id=real.key_id)
+    assert ok.context.key_id == real.key_id
+    # the wire form round-trips
+    assert SignedContext.from_bytes(real.signed_context().to_bytes()) == real.signed_context()
+
+
+def test_upload_without_valid_receipt_is_excluded() -> None:
+    kh = KeyHolder.generate(members=MEMBERS)
+    signed = kh.signed_context()
+    agg = Aggregator(kh.public_context(), 8, round=1, session_id=signed.session_id)
+    client = CkksClient(signed, key_holder=kh.identity_public_key, identity_key=CLIENT_KEYS[0])
+    blob, receipt = client.encrypt(np.ones(8), round=1)
+    with pytest.raises(RemoteProtocolError, match="receipt"):
+        agg.add(blob, sender=0)
+    with pytest.raises(RemoteProtocolError, match="receipt"):
+        agg.add(blob[:-1] + b"\x00", sender=0, receipt=receipt)
+    agg.add(blob, sender=0, receipt=receipt)
+    blob2, receipt2 = client.encrypt(np.ones(8), round=1)
+    with pytest.raises(RemoteProtocolError, match="one client identity"):
+        agg.add(blob2, sender=1, receipt=receipt2)
 
 
 def test_key_holder_rejects_aggregate_with_foreign_key_summand(key_holder: KeyHolder) -> None:
@@ -204,10 +301,15 @@ def test_key_holder_rejects_aggregate_with_foreign_key_summand(key_holder: KeyHo
     # far outside count * bound, which the key holder detects and refuses.
     ctx = key_holder.public_context()
     other = KeyHolder.generate().public_context()
-    agg = Aggregator(ctx, 64, round=77)
-    agg.add(encrypt_vector(ctx, np.zeros(64)).to_bytes(), sender=0)
+    signed = key_holder.signed_context()
+    agg = Aggregator(ctx, 64, round=77, session_id=signed.session_id)
+    clients = [CkksClient(signed, key_holder=key_holder.identity_public_key, identity_key=CLIENT_KEYS[i])
+               for i in range(2)]
+    blob, receipt = clients[0].encrypt(np.zeros(64), round=77)
+    agg.add(blob, sender=0, receipt=receipt)
     forged = _relabel(encrypt_vector(other, np.zeros(64)).to_bytes(), ctx.key_id)
-    agg.add(forged, sender=1)
+    # client 1 signs a receipt for the relabelled ciphertext (e.g. it is malicious)
+    agg.add(forged, sender=1, receipt=clients[1].sign_upload(forged, round=77))
     with pytest.raises(DecryptionError):
         key_holder.decrypt_aggregate(agg.result())
 
@@ -284,7 +386,8 @@ def test_round_completes_without_offenders(key_holder: KeyHolder, pub: PublicCon
     xs = _inputs(n, DIM, seed=11)
     cases = list(_malformed_cases(pub).values())
     tamper = {i: cases[i] for i in (1, 4, 6)}
-    r = simulate_ckks_round(xs, key_holder=key_holder, drop={8: "upload"}, tamper=tamper, round=6)
+    r = simulate_ckks_round(xs, key_holder=key_holder, client_keys=CLIENT_KEYS[:n], drop={8: "upload"},
+                            tamper=tamper, round=6)
     expect = [i for i in range(n) if i not in (1, 4, 6, 8)]
     assert r.survivors == tuple(expect)
     assert set(r.excluded) == {1, 4, 6}
@@ -294,14 +397,15 @@ def test_round_completes_without_offenders(key_holder: KeyHolder, pub: PublicCon
 
 def test_round_aborts_below_minimum(key_holder: KeyHolder) -> None:
     with pytest.raises(RoundAbortedError):
-        simulate_ckks_round(_inputs(3, 10), key_holder=key_holder, drop=[0, 1], round=7)
+        simulate_ckks_round(_inputs(3, 10), key_holder=key_holder, client_keys=CLIENT_KEYS[:3], drop=[0, 1],
+                            round=7)
 
 
 @pytest.mark.slow
 def test_one_million_parameters(key_holder: KeyHolder) -> None:
     d, n = 1_000_000, 3
     xs = _inputs(n, d, seed=21)
-    r = simulate_ckks_round(xs, key_holder=key_holder, round=8)
+    r = simulate_ckks_round(xs, key_holder=key_holder, client_keys=CLIENT_KEYS[:n], round=8)
     assert _rel_err(r.total, np.sum(xs, axis=0), 1.0) <= TOL
     assert max(r.upload_bytes.values()) / d <= 33
 
@@ -311,12 +415,9 @@ def test_key_holder_floods_released_decryptions(pub: PublicContext) -> None:
     # secret key to whoever holds the ciphertext. The released sum carries fresh noise.
     outs = []
     for flood in (25, None):
-        kh = KeyHolder.generate(flood_bits=flood, rng=Csprng(bytes(32)))
-        ctx = kh.public_context()
+        kh = KeyHolder.generate(flood_bits=flood, rng=Csprng(bytes(32)), members=MEMBERS)
         xs = _inputs(2, SLOTS, seed=5)
-        agg = Aggregator(ctx, SLOTS, round=1)
-        for i, x in enumerate(xs):
-            agg.add(encrypt_vector(ctx, x).to_bytes(), sender=i)
+        agg = _signed_aggregate(kh, xs, round=1)
         outs.append(kh.decrypt_aggregate(agg.result()) - np.sum(xs, axis=0))
     flooded, exact = (float(np.std(o)) for o in outs)
     assert exact < 2e-8  # decryption noise of 2 fresh ciphertexts at scale 2^38

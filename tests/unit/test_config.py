@@ -19,7 +19,9 @@ def test_default_config_loads_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_toml_values() -> None:
-    config = load_config(None, ["clients.num=20", "model.hidden=[32, 16]", "dp.clip=0.5", "protocol=plain"])
+    config = load_config(
+        None, ["clients.num=20", "model.hidden=[32, 16]", "dp.clip=0.5", "protocol=plain", "dp.mechanism=gaussian"]
+    )
     assert config.clients.num == 20
     assert config.model.hidden == (32, 16)
     assert config.dp.clip == 0.5

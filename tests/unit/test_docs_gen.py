@@ -84,9 +84,12 @@ def test_documented_defaults_allowed_values_and_bounds_match_the_schema() -> Non
     assert docs["dp.target_epsilon"].type == "float or unset"
     # Each documented allowed value is accepted by the loader; the documented
     # bound is enforced.
+    # (A continuous mechanism needs a protocol that carries it: the default is secagg.)
+    companion = {"gaussian": ["protocol=ckks"]}
     for key in ("protocol", "data.partition", "dp.mechanism", "staleness.fn"):
         for value in docs[key].allowed.replace("`", "").split(", "):
-            assert load_config(None, [f"{key}={value}"]) is not None
+            extra = companion.get(value, []) if key == "dp.mechanism" else []
+            assert load_config(None, [f"{key}={value}", *extra]) is not None
 
 
 def test_fallbacks_and_validator_notes_name_real_fields() -> None:

@@ -190,3 +190,92 @@ def test_sweep_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "dp.bogus" in capsys.readouterr().err
     assert sweep_main(args) == 2  # no --grid
     assert sweep_main(["--grid", "train.lr=0.1", "--series", "rounds", *args]) == 2
+
+
+# --------------------------------------------------------------------- plots (issue 16, section 6)
+
+
+class ScriptedRun:
+    """Writes the summary and metrics a run would, without training: epsilon follows
+    dp.target_epsilon, upload bytes follow secagg.bits, accuracy rises with both."""
+
+    def __call__(self, config: Any, *, out_dir: Path, **kwargs: Any) -> Any:
+        out = Path(out_dir)
+        out.mkdir(parents=True)
+        eps, bits = float(config.dp.target_epsilon), int(config.secagg.bits)
+        acc = 0.5 + 0.03 * eps + 0.005 * bits
+        summary = {
+            "final_accuracy": acc, "best_accuracy": acc, "epsilon": eps, "epsilon_released_model": eps,
+            "delta": 1e-5, "upload_bytes_per_client_mean": bits * 1000.0, "virtual_time_s": 10.0,
+            "wall_time_s": 1.0, "protocol": config.protocol,
+        }
+        (out / "summary.json").write_text(json.dumps(summary))
+        with (out / "metrics.jsonl").open("w") as fh:
+            for v in range(1, 6):
+                fh.write(json.dumps({"version": v, "virtual_time_s": 2.0 * v, "test_accuracy": acc * v / 5}) + "\n")
+
+        class Result:
+            pass
+
+        result = Result()
+        result.summary = summary  # type: ignore[attr-defined]
+        return result
+
+
+def _sweep_figures(tmp_path: Path, grid: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from matplotlib.figure import Figure
+
+    figures: dict[str, Any] = {}
+    original = Figure.savefig
+
+    def keep(self: Figure, fname: Any, *args: Any, **kwargs: Any) -> Any:
+        figures[Path(fname).name] = self
+        return original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    base = ["rounds=2", "clients.num=4", "protocol=secagg", "dp.mechanism=discrete_gaussian"]
+    sweep(None, grid, out_dir=tmp_path / "sweep", overrides=base, progress=False, run_fn=ScriptedRun())
+    return figures
+
+
+def _lines(fig: Any) -> dict[str, list[tuple[float, float]]]:
+    ax = fig.axes[0]
+    return {
+        line.get_label(): list(zip(line.get_xdata(), line.get_ydata(), strict=True))
+        for line in ax.get_lines()
+    }
+
+
+BITS_BY_EPS = ["secagg.bits=16,20,24", "dp.target_epsilon=2.0,8.0"]
+
+
+def test_default_series_are_the_axes_not_on_the_x_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = _sweep_figures(tmp_path, BITS_BY_EPS, monkeypatch)
+    eps_lines = _lines(figures["accuracy_vs_epsilon.png"])
+    # One accuracy-vs-epsilon line per bit-width (not one zig-zag over all six points).
+    assert sorted(eps_lines) == ["secagg.bits=16", "secagg.bits=20", "secagg.bits=24"]
+    assert all([x for x, _ in pts] == [2.0, 8.0] for pts in eps_lines.values())
+    upload_lines = _lines(figures["accuracy_vs_upload.png"])
+    assert sorted(upload_lines) == ["dp.target_epsilon=2.0", "dp.target_epsilon=8.0"]
+    assert all([x for x, _ in pts] == [16000.0, 20000.0, 24000.0] for pts in upload_lines.values())
+    legend = figures["accuracy_vs_epsilon.png"].axes[0].get_legend()
+    assert legend.get_title().get_text() == "secagg.bits"
+
+
+def test_epsilon_points_are_labelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = _sweep_figures(tmp_path, BITS_BY_EPS, monkeypatch)
+    texts = [t.get_text() for t in figures["accuracy_vs_epsilon.png"].axes[0].texts]
+    assert sorted(texts) == ["ε=2"] * 3 + ["ε=8"] * 3
+
+
+def test_virtual_time_legend_tells_every_curve_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = ["secagg.bits=16,20,24", "dp.target_epsilon=1.0,2.0,4.0,8.0"]  # 12 runs
+    figures = _sweep_figures(tmp_path, grid, monkeypatch)
+    ax = figures["accuracy_vs_virtual_time.png"].axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == 12
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(labels) == 12 and len(set(labels)) == 12
+    assert "secagg.bits=16, dp.target_epsilon=1.0" in labels
+    styles = {(str(line.get_color()), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(styles) == 12  # no two curves drawn alike

@@ -12,14 +12,19 @@ ClientApp process for each message, so everything between messages lives in
     The signed-key cohort set-up (:class:`~crypto.secagg.messages.RoundConfig` fields,
     this site's index, public round seed, public staleness weight, resolved run
     configuration), the global model and the ``RoundStart`` frame. The site checks the
-    set-up (its own key at its index; pinned peers; the DP parameters it can re-derive;
-    its budget cap against the worst case that can complete), evaluates the incoming
+    set-up (against its roster: its own key at its index, every member, n, t, the noise
+    provisioning; the DP parameters it can re-derive; its budget cap against the worst
+    case that can complete), evaluates the incoming
     model on its local test split, trains, forms ``u = w * clip_l2(delta, C)``, encodes it
     with the distributed discrete Gaussian / Skellam mechanism (or fixed point with a
     secret weight coordinate without DP), starts a :class:`~crypto.secagg.SecAggClient`
     and answers ``AdvertiseKeys``.
 ``query.secure_fl_secagg``
     Later protocol frames, fed to the same client; the replies go back as frames.
+``query.secure_fl_witness``
+    The ledger entry of the aggregation the site survived: the site checks it (version,
+    session, its own name among the survivors), recomputes its hash and countersigns it
+    with its identity key (:mod:`secure_fl.witness`).
 
 Between messages the client is *replayed*: the state keeps the round's secret inputs
 (the encoded noisy vector, a private 32-byte RNG seed) and the server frames received so
@@ -66,6 +71,8 @@ from secure_fl.errors import (
     RemoteProtocolError,
     SecureFLError,
 )
+from secure_fl.hello import sign_hello
+from secure_fl.roster import load_roster
 from secure_fl.transport.flower.codec import (
     Envelope,
     FieldValue,
@@ -78,25 +85,30 @@ from secure_fl.transport.flower.codec import (
 from secure_fl.transport.flower.site import (
     SiteBudget,
     SiteConfig,
+    check_site_setup,
     load_identity_key,
     load_site_config,
     load_site_data,
 )
+from secure_fl.witness import WitnessRequest, remember_round, site_countersign
 
 __all__ = [
     "HELLO",
     "SECAGG",
     "SETUP",
+    "WITNESS",
     "app",
     "handle_evaluate",
     "handle_hello",
     "handle_secagg",
     "handle_setup",
+    "handle_witness",
     "mechanism_for",
     "start_round",
 ]
 
 HELLO = "query.secure_fl_hello"
+WITNESS = "query.secure_fl_witness"
 SETUP = "train.secure_fl_setup"
 SECAGG = "query.secure_fl_secagg"
 STATE_KEY = "secure_fl.secagg"
@@ -245,31 +257,22 @@ def _step(state: Any, site: SiteConfig, frames: tuple[bytes, ...]) -> list[bytes
 
 # -- handlers (Flower-free signatures: envelope in, envelope out) -----------------------------------
 def handle_hello(env: Envelope, site: SiteConfig) -> Envelope:
-    """Public site metadata for the cohort set-up."""
+    """Public site metadata for the cohort set-up, with a proof of possession of the
+    identity key over the server's fresh challenge (:mod:`secure_fl.hello`). A site
+    without a valid roster refuses to start (fail closed)."""
+    load_roster(site.roster)
     data = load_site_data(site)
     key = load_identity_key(site)
     return Envelope(
         fields={
             "site": site.name,
             "identity_key": key.public_key().public_bytes_raw(),
+            "signature": sign_hello(key, env.get("challenge", bytes), name=site.name),
             "feature_shape": list(data.feature_shape),
             "num_classes": data.num_classes,
             "num_train": int(data.y_train.shape[0]),
         }
     )
-
-
-def _check_setup(env: Envelope, site: SiteConfig, config: RoundConfig, index: int) -> None:
-    own = load_identity_key(site).public_key().public_bytes_raw()
-    if not 0 <= index < config.n or config.identity_keys[index] != own:
-        raise RemoteProtocolError(f"site {site.name}: the cohort set-up does not list this site's key at {index}")
-    if site.trusted_peers is not None:
-        pinned = set(site.trusted_peers) | {own}
-        unknown = [i for i, k in enumerate(config.identity_keys) if k not in pinned]
-        if unknown:
-            raise RemoteProtocolError(
-                f"site {site.name}: cohort members {unknown} are not among this site's trusted peers"
-            )
 
 
 def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
@@ -282,18 +285,21 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     drop_state(state, STATE_KEY)  # a new round supersedes any unfinished one
     config = round_config_from(env)
     index = env.get("index", int)
-    _check_setup(env, site, config, index)
     try:
         run_cfg = build_config(tomllib.loads(env.get("config_toml", str)))
     except tomllib.TOMLDecodeError as exc:
         raise RemoteProtocolError(f"unreadable run configuration: {exc}") from exc
+    provisioned = env.get("provisioned", int)
+    checked = check_site_setup(
+        site, identity_keys=config.identity_keys, index=index, threshold=config.threshold,
+        provisioned=provisioned, run_max_colluders=run_cfg.threat.max_colluders,
+    )
     if run_cfg.protocol != "secagg" or run_cfg.secagg.bits != config.bits:
         raise RemoteProtocolError("the run configuration does not match the cohort set-up")
     weights = env.arrays.get("weights")
     if weights is None or weights.ndim != 1:
         raise RemoteProtocolError("the set-up carries no global model")
     dim = int(weights.size)
-    provisioned = env.get("provisioned", int)
     mech = mechanism_for(run_cfg, dim=dim, num_clients=config.n, provisioned=provisioned)
     weight = float(env.get("weight", float))
     if not 0 < weight <= 1:
@@ -301,8 +307,9 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     if mech is not None:
         if abs(mech.gamma - env.get("gamma", float)) > 1e-12 * mech.gamma or mech.padded_dim != config.length:
             raise RemoteProtocolError("the server's DP parameters differ from the ones this site derives")
-        # Worst case that can still complete: only `threshold` noise shares in the sum.
-        budget_event: DPEvent = mech.event(num_survivors=min(config.threshold, config.n))
+        # Worst case that can still complete: `threshold` survivors, `max_colluders` of
+        # them adding no noise (secure_fl.roster.check_setup).
+        budget_event: DPEvent = mech.event(num_survivors=min(checked.counted_shares, config.n))
     else:
         budget_event = NonPrivateEvent()
         if config.length != dim + 1:
@@ -312,8 +319,11 @@ def handle_setup(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
     if why is not None:
         return Envelope(fields={"refused": why, "refusal": "budget", "site": site.name})
 
+    remember_round(state, version=config.round_number, session_id=config.session_id, put=put_state, get=get_state)
     data = load_site_data(site)
     shape = tuple(int(v) for v in env.get("feature_shape", list))
+    if data.num_classes > env.get("num_classes", int) or shape != data.feature_shape:
+        raise RemoteProtocolError("the set-up's feature shape or num_classes does not fit this site's data")
     torch.manual_seed(secrets.randbits(62))
     model = build_model(run_cfg.model, shape, env.get("num_classes", int))
     set_flat(model, weights.astype(np.float32))
@@ -373,6 +383,15 @@ def handle_evaluate(env: Envelope, site: SiteConfig) -> Envelope:
             "eval_samples": int(ev.num_samples),
         }
     )
+
+
+def handle_witness(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
+    """Countersign the ledger entry of the aggregation this site took part in (:mod:`secure_fl.witness`)."""
+    import json
+
+    request = WitnessRequest(env.get("index", int), env.get("prev_hash", str), json.loads(env.get("body", str)))
+    sig = site_countersign(state, request, load_identity_key(site), member=site.name, put=put_state, get=get_state)
+    return Envelope(fields={"site": site.name, "countersignature": sig})
 
 
 def handle_secagg(env: Envelope, site: SiteConfig, state: Any) -> Envelope:
@@ -438,6 +457,11 @@ def _setup(msg: Message, context: Context) -> Message:
 @app.evaluate("secure_fl_eval")
 def _evaluate(msg: Message, context: Context) -> Message:
     return _serve(msg, context, lambda env, site, _state: handle_evaluate(env, site))
+
+
+@app.query("secure_fl_witness")
+def _witness(msg: Message, context: Context) -> Message:
+    return _serve(msg, context, handle_witness)
 
 
 @app.query("secure_fl_secagg")

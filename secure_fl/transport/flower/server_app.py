@@ -2,8 +2,10 @@
 
 Each aggregation (server model version ``v``) of a deployment:
 
-1. **cohort**: the sites that answered ``hello`` (identity public key, feature shape)
-   and are still connected; ``n >= 2``.
+1. **cohort**: the sites that answered ``hello`` with a proof of possession of their
+   identity key over a fresh challenge and data that fit the run
+   (:mod:`secure_fl.hello`), and are still connected; ``n >= 2``. Each site checks the
+   set-up against its own roster (:mod:`secure_fl.roster`).
 2. **set-up** (``train.secure_fl_setup``): a fresh :class:`~crypto.secagg.RoundConfig`
    (random session id and graph seed, the sites' identity keys, threshold ``t``), the
    public DP parameters and round seed, the global model and each site's ``RoundStart``
@@ -16,13 +18,15 @@ Each aggregation (server model version ``v``) of a deployment:
 4. **unmasking**: the server learns only the sum mod 2^b of the survivors' vectors,
    decodes it, divides by the public sum of weights, applies the server optimizer.
 5. **records**: a signed, hash-chained ledger entry (cohort, survivors, DP event,
-   digests), the transcript (SHA-256 and size of every frame received, top-bit
+   digests) that every survivor countersigns (``query.secure_fl_witness``,
+   :mod:`secure_fl.witness`), the transcript (SHA-256 and size of every frame received, top-bit
    histograms of the masked uploads; never a vector), one ``metrics.jsonl`` line.
 
 Run configuration (``[tool.flwr.app.config]`` or ``flwr run --run-config``):
 ``config`` (secure-fl TOML; relative paths resolve against the working directory of
 the SuperLink), ``overrides`` (space-separated ``key=value``), ``out-dir``,
-``min-nodes``, ``connect-timeout``, ``train-timeout``, ``stage-timeout``.
+``min-nodes``, ``num-classes`` (the model's output size: nodes reporting more are
+excluded at hello), ``connect-timeout``, ``train-timeout``, ``stage-timeout``.
 """
 
 from __future__ import annotations
@@ -48,9 +52,12 @@ from audits.events_codec import encode_event
 from audits.ledger import (
     LEDGER_FILENAME,
     PUBLIC_KEY_FILENAME,
+    LedgerEntry,
     LedgerWriter,
+    canonical_json,
     generate_server_key,
     save_public_key,
+    verify_countersignature,
 )
 from audits.transcript import TranscriptWriter
 from crypto.fixedpoint import decode as fixed_decode
@@ -76,10 +83,12 @@ from privacy.events import DPEvent, NonPrivateEvent
 from secure_fl import __version__
 from secure_fl.config import RunConfig, config_hash, load_config, to_toml
 from secure_fl.errors import ConfigError, ProtocolError, RemoteProtocolError, SecureFLError
+from secure_fl.hello import HelloReply, new_challenge, screen_hellos
 from secure_fl.transport.flower.client_app import (
     HELLO,
     SECAGG,
     SETUP,
+    WITNESS,
     mechanism_for,
     round_config_fields,
 )
@@ -109,6 +118,7 @@ class DeploymentSettings:
     train_timeout: float = 300.0
     stage_timeout: float = 60.0
     poll_interval: float = 0.25
+    num_classes: int = 2
 
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any], *, base_dir: Path | None = None) -> DeploymentSettings:
@@ -134,7 +144,14 @@ class DeploymentSettings:
             connect_timeout=num("connect-timeout", 120.0),
             train_timeout=num("train-timeout", 300.0),
             stage_timeout=num("stage-timeout", 60.0),
+            num_classes=_num_classes(rc.get("num-classes", 2)),
         )
+
+
+def _num_classes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 100_000:
+        raise ConfigError(f"must be an integer in [2, 100000], got {value!r}", field="num-classes")
+    return value
 
 
 # -- moving messages ---------------------------------------------------------------------------
@@ -196,7 +213,7 @@ class SecureSumResult:
         """Why each of the ``n`` cohort members whose input is not in the sum was left out.
 
         In order of precedence: the site's own refusal or failure (budget cap,
-        ``require_dp``, untrusted peer, unreadable data, a ClientApp error: its reason as
+        ``require_dp``, a cohort its roster does not allow, unreadable data, a ClientApp error: its reason as
         the site sent it), an exclusion by the server (malformed or forged frames), the
         first stage it did not answer in time, or the round's abort.
         """
@@ -243,7 +260,7 @@ def secure_sum(
     signatures bind keys to the sites' identities on top of that.
 
     A site that refuses (its reply carries ``refused``: budget cap, ``require_dp``,
-    untrusted peer) or whose ClientApp fails is recorded with its reason and the stage
+    a cohort its roster does not allow) or whose ClientApp fails is recorded with its reason and the stage
     (``refused``, ``refused_at``; ``on_refusal(i, stage, reason)`` is called at once);
     :meth:`SecureSumResult.left_out` names the reason of every member not in the sum.
     """
@@ -375,9 +392,13 @@ def _hello(grid: Grid, settings: DeploymentSettings, log: Callable[[str], None])
             f"only {len(nodes)} SuperNodes connected within {settings.connect_timeout:g} s; "
             f"min-nodes is {settings.min_nodes}"
         )
-    msgs = [Message(pack(), n, HELLO, group_id="hello", ttl=settings.stage_timeout + 60) for n in nodes]
+    challenge = new_challenge()
+    msgs = [
+        Message(pack(fields={"challenge": challenge}), n, HELLO, group_id="hello", ttl=settings.stage_timeout + 60)
+        for n in nodes
+    ]
     replies = exchange(grid, msgs, timeout=settings.stage_timeout, poll_interval=settings.poll_interval)
-    sites: list[_Site] = []
+    answers: list[HelloReply] = []
     for node in nodes:
         reply = replies.get(node)
         if reply is None:
@@ -387,28 +408,59 @@ def _hello(grid: Grid, settings: DeploymentSettings, log: Callable[[str], None])
             env = _reply_envelope(reply)
             if "refused" in env.fields:
                 raise RemoteProtocolError(str(env.fields["refused"]))
-            key = env.get("identity_key", bytes)
-            if len(key) != 32:
-                raise RemoteProtocolError("identity key must be 32 bytes")
-            sites.append(
-                _Site(
+            answers.append(
+                HelloReply(
                     node,
                     env.get("site", str),
-                    key,
+                    env.get("identity_key", bytes),
+                    env.get("signature", bytes),
                     tuple(int(v) for v in env.get("feature_shape", list)),
                     env.get("num_classes", int),
                 )
             )
-        except RemoteProtocolError as exc:
+        except (RemoteProtocolError, TypeError, ValueError) as exc:
             log(f"node {node}: {exc}; left out")
-    if len({s.identity_key for s in sites}) != len(sites) or len({s.name for s in sites}) != len(sites):
-        raise ProtocolError("two SuperNodes present the same site name or identity key")
-    shapes = {s.feature_shape for s in sites}
-    if len(shapes) > 1:
-        raise ProtocolError(f"sites disagree on the feature shape: {sorted(shapes)}")
+    screen = screen_hellos(answers, challenge=challenge, num_classes=settings.num_classes)
+    for node, why in sorted(screen.excluded.items()):
+        log(f"node {node}: excluded at hello: {why}")
+    sites = [_Site(r.node, r.name, r.identity_key, r.feature_shape, settings.num_classes) for r in screen.accepted]
     if len(sites) < settings.min_nodes:
-        raise ProtocolError(f"only {len(sites)} sites answered; min-nodes is {settings.min_nodes}")
+        raise ProtocolError(f"only {len(sites)} sites passed hello; min-nodes is {settings.min_nodes}")
     return sites
+
+
+def _countersignatures(
+    grid: Grid, entry: LedgerEntry, survivors: Sequence[_Site], settings: DeploymentSettings,
+    log: Callable[[str], None],
+) -> dict[str, bytes]:
+    """Ask every survivor to countersign ``entry`` (:mod:`secure_fl.witness`); keep the
+    signatures that verify under the identity key the site proved at hello."""
+    if not survivors:
+        return {}
+    fields: dict[str, FieldValue] = {
+        "index": entry.index, "prev_hash": entry.prev_hash, "body": canonical_json(entry.body).decode("utf-8"),
+    }
+    msgs = [
+        Message(pack(fields=fields), s.node, WITNESS, group_id=f"witness/{entry.index}", ttl=settings.stage_timeout + 60)
+        for s in survivors
+    ]
+    replies = exchange(grid, msgs, timeout=settings.stage_timeout, poll_interval=settings.poll_interval)
+    out: dict[str, bytes] = {}
+    for s in survivors:
+        reply = replies.get(s.node)
+        why = "no answer in time"
+        if reply is not None:
+            try:
+                env = _reply_envelope(reply)
+                sig = env.fields.get("countersignature")
+                if isinstance(sig, bytes) and verify_countersignature(entry.entry_hash, sig, s.identity_key):
+                    out[s.name] = sig
+                    continue
+                why = str(env.fields.get("refused") or "invalid countersignature")
+            except RemoteProtocolError as exc:
+                why = str(exc)
+        log(f"secure-fl: ledger entry {entry.index}: {s.name} did not countersign: {why} (the entry stays unwitnessed)")
+    return out
 
 
 def _check_config(config: RunConfig) -> None:
@@ -460,7 +512,7 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
     log(f"secure-fl: sites {[s.name for s in sites]}")
     note(event="hello", sites=[s.name for s in sites])
     shape = sites[0].feature_shape
-    num_classes = max(s.num_classes for s in sites)
+    num_classes = settings.num_classes  # from the run configuration, never from the nodes
     torch.manual_seed(config.seed)
     model = build_model(config.model, shape, num_classes)
     weights = get_flat(model).astype(np.float32)
@@ -509,7 +561,9 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
             if n < 2:
                 raise ProtocolError(f"aggregation {version}: fewer than 2 sites are connected")
             neighbors, t = _graph(config, n)
-            provisioned = max(1, min(n, config.dp.provisioned_survivors or math.ceil((1 - config.simulation.dropout) * n)))
+            wanted = config.dp.provisioned_survivors or math.ceil((1 - config.simulation.dropout) * n)
+            # never above what the sites' roster check accepts: n minus the colluders
+            provisioned = max(1, min(n - config.threat.max_colluders, wanted))
             mech = mechanism_for(config, dim=dim, num_clients=n, provisioned=provisioned)
             length = mech.padded_dim if mech is not None else dim + 1
             round_seed = fresh_seed()
@@ -554,7 +608,7 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
             worst = ""
             if mech is not None:  # what each site checks against its own cap before joining
                 probe = ClientBudgets(delta=config.dp.delta)
-                probe.charge("site", mech.event(num_survivors=min(t, n)))
+                probe.charge("site", mech.event(num_survivors=max(1, t - config.threat.max_colluders)))
                 worst = f", each site charged up to epsilon {probe.epsilon('site'):.4g} (delta {config.dp.delta:g})"
             log(f"secure-fl: aggregation {version}: {n} sites, threshold {t}{worst}")
 
@@ -642,7 +696,9 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
                 "aborted": aborted,
                 "versions": {"secure_fl": __version__},
             }
-            ledger.append(body)
+            entry = ledger.prepare(body)
+            released = [cohort_sites[i] for i in res.survivors] if res.total is not None else []
+            ledger.commit(entry, countersignatures=_countersignatures(grid, entry, released, settings, log))
             transcript.write(out / "transcript.json")
             note(event="aggregated", version=version, survivors=survivors, excluded=left_out, aborted=aborted)
             log(f"secure-fl: aggregation {version}: survivors {survivors}" + (f" ABORTED {aborted}" if aborted else ""))

@@ -10,9 +10,12 @@ A site (hospital, bank branch) runs one Flower SuperNode started with
     keys_dir = "keys/hospital-a"      # identity key and budget ledger (created, mode 0700)
     budget_cap = 8.0                  # this site's own epsilon cap (at the run's delta)
     require_dp = true                 # refuse any aggregation without distributed DP
+    max_colluders = 1                 # clients this site assumes collude with the server
+                                      # (the larger of this and the run's threat.max_colluders)
     test_fraction = 0.2               # local held-out split for federated evaluation
-    trusted_peers = []                # optional: hex Ed25519 identity keys of the other
-                                      # sites; if set, cohorts with other keys are refused
+    roster = "roster.toml"            # REQUIRED: the federation roster every site holds
+                                      # (secure-fl roster build); cohorts are checked
+                                      # against it and the site refuses to start without it
 
 Relative paths are resolved against the directory of the site file.
 
@@ -49,12 +52,20 @@ from audits.ledger import load_private_key, save_private_key
 from privacy.budget import ClientBudgets
 from privacy.events import DPEvent, NonPrivateEvent
 from secure_fl.data import _read_site_file
-from secure_fl.errors import ConfigError, DataError, PrivacyError, SecureFLError
+from secure_fl.errors import (
+    ConfigError,
+    DataError,
+    PrivacyError,
+    RemoteProtocolError,
+    SecureFLError,
+)
+from secure_fl.roster import CohortSetup, SetupCheck, check_setup, load_roster
 
 __all__ = [
     "SiteBudget",
     "SiteConfig",
     "SiteData",
+    "check_site_setup",
     "load_identity_key",
     "load_site_config",
     "load_site_data",
@@ -66,7 +77,7 @@ BUDGET_FILE = "budget.jsonl"
 
 _SITE_KEYS = {
     "name", "data", "label_column", "keys_dir", "budget_cap", "require_dp",
-    "test_fraction", "trusted_peers", "standardize",
+    "test_fraction", "standardize", "roster", "max_colluders",
 }
 
 
@@ -82,7 +93,8 @@ class SiteConfig:
     label_column: str = "label"
     test_fraction: float = 0.2
     standardize: bool = True
-    trusted_peers: tuple[bytes, ...] | None = None
+    roster: Path | None = None
+    max_colluders: int = 1
 
 
 def _field(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -94,7 +106,7 @@ def _field(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], de
 
 def parse_site_config(table: Mapping[str, Any], *, base: Path) -> SiteConfig:
     """Validate the ``[site]`` table; relative paths are taken against ``base``."""
-    unknown = sorted(set(table) - _SITE_KEYS)
+    unknown = sorted(set(table) - _SITE_KEYS - {"trusted_peers"})
     if unknown:
         raise ConfigError("unknown key", field=f"site.{unknown[0]}")
     name = _field(table, "name", str, None).strip()
@@ -111,17 +123,15 @@ def parse_site_config(table: Mapping[str, Any], *, base: Path) -> SiteConfig:
     frac = float(_field(table, "test_fraction", (int, float), 0.2))
     if not 0 <= frac < 1:
         raise ConfigError(f"must be in [0, 1), got {frac}", field="site.test_fraction")
-    peers_raw = table.get("trusted_peers")
-    peers: tuple[bytes, ...] | None = None
-    if peers_raw is not None and peers_raw != []:
-        if not isinstance(peers_raw, list) or not all(isinstance(p, str) for p in peers_raw):
-            raise ConfigError("must be a list of hex strings", field="site.trusted_peers")
-        try:
-            peers = tuple(bytes.fromhex(p) for p in peers_raw)
-        except ValueError:
-            raise ConfigError("entries must be hex Ed25519 public keys", field="site.trusted_peers") from None
-        if any(len(p) != 32 for p in peers):
-            raise ConfigError("entries must be 32-byte Ed25519 public keys (64 hex digits)", field="site.trusted_peers")
+    colluders = _field(table, "max_colluders", int, 1)
+    if colluders < 0:
+        raise ConfigError(f"must be >= 0, got {colluders}", field="site.max_colluders")
+    if "trusted_peers" in table:
+        raise ConfigError(
+            "replaced by the mandatory federation roster: set roster = \"roster.toml\" "
+            "(secure-fl roster build; docs/deployment.md)",
+            field="site.trusted_peers",
+        )
     return SiteConfig(
         name=name,
         data=path("data"),
@@ -131,7 +141,8 @@ def parse_site_config(table: Mapping[str, Any], *, base: Path) -> SiteConfig:
         label_column=_field(table, "label_column", str, "label"),
         test_fraction=frac,
         standardize=bool(_field(table, "standardize", bool, True)),
-        trusted_peers=peers,
+        roster=path("roster") if "roster" in table else None,
+        max_colluders=colluders,
     )
 
 
@@ -166,7 +177,7 @@ def load_identity_key(site: SiteConfig) -> Ed25519PrivateKey:
 
     It signs the site's SecAgg key advertisements, so the server cannot substitute a
     client it controls for the site. ``identity.pub`` (hex) is written next to it for
-    the other sites' ``trusted_peers`` lists.
+    federation roster (``secure-fl roster build``).
     """
     keys = _keys_dir(site)
     key_path = keys / IDENTITY_KEY_FILE
@@ -181,6 +192,31 @@ def load_identity_key(site: SiteConfig) -> Ed25519PrivateKey:
     if not pub_path.exists():
         pub_path.write_text(key.public_key().public_bytes_raw().hex() + "\n", encoding="ascii")
     return key
+
+
+def check_site_setup(
+    site: SiteConfig,
+    *,
+    identity_keys: tuple[bytes, ...],
+    index: int,
+    threshold: int,
+    provisioned: int,
+    run_max_colluders: int,
+) -> SetupCheck:
+    """The site's check of a cohort set-up against its own roster (fails closed).
+
+    Loads ``site.roster`` (a missing or empty roster raises :class:`RosterError` saying
+    how to make one) and applies :func:`secure_fl.roster.check_setup` with the larger of
+    the site's own ``max_colluders`` and the run's ``threat.max_colluders``: the server
+    cannot lower the collusion the site assumes.
+    """
+    roster = load_roster(site.roster)
+    own = load_identity_key(site).public_key().public_bytes_raw()
+    setup = CohortSetup(identity_keys=identity_keys, index=index, threshold=threshold, provisioned=provisioned)
+    try:
+        return check_setup(roster, setup, own_key=own, max_colluders=max(site.max_colluders, run_max_colluders))
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(f"site {site.name} refuses the cohort set-up: {exc}") from None
 
 
 # -- data ----------------------------------------------------------------------------------
