@@ -54,11 +54,12 @@ samplers. Here noise for a whole vector is drawn in one batch on the client, so 
 running time depends only on aggregate properties of many independent samples, never
 on one coordinate, and it is never visible to the server apart from the upload time.
 
-Throughput (2-core CI machine, measured by ``benchmarks/samplers.py``): the discrete
-Gaussian at the default job's share (sigma ~ 3.3 x 10^4, d = 8,192) costs about 0.5 us per
-coordinate (1.2-1.7 us before the table-driven trials); Poisson ~0.04 s per 10^5 samples
-for lam up to 2^30 (plus a one-off ``O(sqrt(lam))`` table, 0.25 s at 2^30); Skellam about
-1.1-1.3 us per coordinate. The scalar reference implementation of CKS20 (kept for
+Throughput (2-core CI machine, ``benchmarks/samplers.py``, an unloaded machine): the
+discrete Gaussian at the default job's share (sigma ~ 3.3 x 10^4, d = 8,192) costs about
+0.25-0.5 us per coordinate (1.2-1.7 us before the table-driven trials and batch sizes
+that follow the measured acceptance); Poisson ~0.04 s per 10^5 samples for lam up to
+2^30 (plus a one-off ``O(sqrt(lam))`` table, 0.25 s at 2^30); Skellam about 1 us per
+coordinate. The scalar reference implementation of CKS20 (kept for
 sigma^2 >= 2^61) manages 2-3 x 10^4 samples per second.
 """
 
