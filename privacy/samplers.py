@@ -28,13 +28,25 @@ Contents
 
 Vectorization. The authors' reference code (and the OpenDP port) draws one sample at a
 time in Python, about 10^4 samples per second. Here every step of the algorithms runs
-on numpy batches of candidates: each loop iteration of Algorithm 1 advances all
-still-undecided candidates at once, and rejected candidates are replaced by a fresh
-batch. Rationals are kept as integer pairs; where ``gamma``'s denominator would exceed
-64 bits it is factored into two "digits" ``D = D1 * D2`` so that
-``Bernoulli(r / D)`` is decided lexicographically on two uniform integers (see
-:func:`_bernoulli_two_digit`). Exact Python-integer arithmetic is used only for the
-per-candidate numerators when they overflow int64.
+on numpy batches of candidates, and rejected candidates are replaced by a fresh batch:
+
+* ``Bernoulli(exp(-gamma))`` for a rational ``gamma`` in ``[0, 1]`` runs CKS20
+  Algorithm 1 with every still-undecided candidate advanced at once (all share the same
+  step ``k``, so ``Bernoulli(1/k)`` is one batch of uniforms below a scalar);
+* ``Bernoulli(exp(-w))`` for integer ``w`` (the ``exp(-1)^w`` conjunction of Algorithm 1)
+  and the geometric count of Algorithm 2 (``P(V >= v) = e^{-v}``) are decided by one
+  62-bit uniform word each against a table of *certified* integer brackets
+  ``lo_v <= 2^62 e^{-v} <= hi_v`` computed once with exact rational series
+  (:func:`_exp_neg_bounds`); a word that falls inside a bracket (probability about
+  ``2^-60``) reveals further uniform bits until the comparison is decided
+  (:class:`_LazyUniform`). No floating-point value is ever involved and the decision is
+  the exact comparison ``U < e^{-v}`` of a uniform real ``U``.
+
+Rationals are kept as integer pairs; where ``gamma``'s denominator would exceed 64 bits it
+is factored into two "digits" ``D = D1 * D2`` so that ``Bernoulli(r / D)`` is decided
+lexicographically on two uniform integers (see :func:`_bernoulli_two_digit`). Exact
+Python-integer arithmetic (numpy object arrays) is used only for the per-candidate
+numerators that overflow int64.
 
 Timing. Rejection samplers take a data-independent but output-dependent number of
 iterations, the channel exploited by Jin et al. (2022) against one-value-at-a-time
@@ -42,11 +54,13 @@ samplers. Here noise for a whole vector is drawn in one batch on the client, so 
 running time depends only on aggregate properties of many independent samples, never
 on one coordinate, and it is never visible to the server apart from the upload time.
 
-Throughput (2-core CI machine, 10^5 samples, measured in the tests' environment):
-discrete Gaussian ~0.2 s (5 x 10^5 samples/s) for sigma from 0.5 to 3 x 10^4 and ~0.3 s
-at sigma = 10^6 (Python-integer thresholds); Poisson ~0.04 s for lam up to 2^30 (plus a one-off
-``O(sqrt(lam))`` table, 0.25 s at 2^30); Skellam ~0.1 s. The scalar reference
-implementation of CKS20 (kept for sigma^2 >= 2^61) manages 2-3 x 10^4 samples per second.
+Throughput (2-core CI machine, ``benchmarks/samplers.py``, an unloaded machine): the
+discrete Gaussian at the default job's share (sigma ~ 3.3 x 10^4, d = 8,192) costs about
+0.25-0.5 us per coordinate (1.2-1.7 us before the table-driven trials and batch sizes
+that follow the measured acceptance); Poisson ~0.04 s per 10^5 samples for lam up to
+2^30 (plus a one-off ``O(sqrt(lam))`` table, 0.25 s at 2^30); Skellam about 1 us per
+coordinate. The scalar reference implementation of CKS20 (kept for
+sigma^2 >= 2^61) manages 2-3 x 10^4 samples per second.
 """
 
 from __future__ import annotations
@@ -78,7 +92,6 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 Rational = Fraction | int
 
-_U64_MAX = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _LIMIT_62 = 1 << 62  # every denominator handled by the vectorized paths is below this
 _INT64_SAFE = 1 << 62
 
@@ -120,29 +133,107 @@ def rational_ceil(value: float, *, max_denominator: int = 1 << 16) -> Fraction:
 # ---------------------------------------------------------------------------------------
 # Vectorized exact primitives
 # ---------------------------------------------------------------------------------------
-def _uniform_below(bounds: IntArray, rng: Csprng) -> IntArray:
-    """Exact uniform integers ``U_i`` in ``[0, bounds_i)`` for ``1 <= bounds_i < 2^62``.
+_WORD_BITS = 62  # uniform words u in [0, 2^62): U = (u + V) / 2^62 with V in [0, 1) unrevealed
+_EXP_TABLE_SIZE = 64  # e^{-v} for v < 64 is tabulated; beyond, 2^62 e^{-v} < 1
 
-    Rejection on 64-bit words: a word ``u`` is accepted when ``u < L_i`` where
-    ``L_i = floor((2^64 - 1) / b_i) * b_i`` is a multiple of ``b_i`` (so ``u mod b_i`` is
-    exactly uniform) and ``L_i >= 2^63`` (acceptance probability > 1/2).
-    """
-    b = bounds.astype(np.uint64)
-    limit = (_U64_MAX // b) * b
-    out = np.empty(b.size, dtype=np.int64)
-    pending = np.arange(b.size)
-    while pending.size:
-        u = np.frombuffer(rng.random_bytes(8 * pending.size), dtype="<u8")
-        ok = u < limit[pending]
-        idx = pending[ok]
-        out[idx] = (u[ok] % b[idx]).astype(np.int64)
-        pending = pending[~ok]
+
+def _words62(n: int, rng: Csprng) -> IntArray:
+    """``n`` uniform integers in ``[0, 2^62)``: the first 62 bits of uniforms ``U_i``."""
+    raw = np.frombuffer(rng.random_bytes(8 * n), dtype="<u8") >> np.uint64(64 - _WORD_BITS)
+    out: IntArray = raw.astype(np.int64)
     return out
 
 
-def _bernoulli_inverse(k: IntArray, rng: Csprng) -> BoolArray:
-    """Exact ``Bernoulli(1 / k_i)`` per element (``U < 1`` for ``U`` uniform below ``k_i``)."""
-    out: BoolArray = _uniform_below(k, rng) == 0
+def _exp_neg_bounds(gamma: Fraction, bits: int) -> tuple[int, int]:
+    """Integers ``lo <= 2^bits exp(-gamma) <= hi`` with ``hi - lo <= 3``, exactly.
+
+    ``exp(-gamma) = exp(-1)^w exp(-f)`` with ``w = floor(gamma)``, ``f`` in ``[0, 1)``.
+    For ``0 <= x <= 1`` the terms ``x^k / k!`` of ``exp(-x) = sum_k (-x)^k / k!`` decrease,
+    so consecutive partial sums bracket the limit (alternating series); lower bounds
+    multiply lower bounds (all positive). Only rational arithmetic is used. When
+    ``w > bits``, ``exp(-gamma) < 2^-w <= 2^-(bits+1)`` and ``(0, 1)`` is returned.
+    """
+    w = gamma.numerator // gamma.denominator
+    if w > bits:
+        return 0, 1
+    f = gamma - w
+    tol = Fraction(1, (1 << (bits + 3)) * (w + 1) * 3)
+
+    def bracket(x: Fraction) -> tuple[Fraction, Fraction]:
+        total, term, k = Fraction(1), Fraction(1), 0
+        lo_b = hi_b = total
+        while True:
+            k += 1
+            term = term * x / k
+            if k % 2:
+                total -= term
+                lo_b = total
+            else:
+                total += term
+                hi_b = total
+            if term <= tol and k >= 2:
+                return lo_b, hi_b
+
+    lo_f, hi_f = bracket(f) if f else (Fraction(1), Fraction(1))
+    if w:
+        lo_1, hi_1 = bracket(Fraction(1))
+        lo_f, hi_f = lo_f * lo_1**w, hi_f * hi_1**w
+    scaled_lo, scaled_hi = lo_f * (1 << bits), hi_f * (1 << bits)
+    return scaled_lo.numerator // scaled_lo.denominator, -(-scaled_hi.numerator // scaled_hi.denominator)
+
+
+class _LazyUniform:
+    """A uniform ``U`` in ``[0, 1)`` whose binary digits are revealed only as needed.
+
+    ``U = (word + V) / 2^bits`` with ``V`` uniform in ``[0, 1)`` and still unrevealed.
+    Comparisons against ``exp(-gamma)`` use certified integer bounds and draw 64 more
+    bits only while ``U``'s revealed interval straddles the bracket, so every decision is
+    exact; each further draw is needed with probability below ``2^-61``.
+    """
+
+    __slots__ = ("bits", "rng", "word")
+
+    def __init__(self, word: int, bits: int, rng: Csprng) -> None:
+        self.word, self.bits, self.rng = word, bits, rng
+
+    def below_exp_neg(self, gamma: Fraction) -> bool:
+        """``U < exp(-gamma)``, decided exactly."""
+        while True:
+            lo, hi = _exp_neg_bounds(gamma, self.bits)
+            if self.word < lo:  # U < (word + 1) / 2^bits <= lo / 2^bits <= exp(-gamma)
+                return True
+            if self.word >= hi:  # U >= word / 2^bits >= hi / 2^bits >= exp(-gamma)
+                return False
+            self.word = (self.word << 64) | int.from_bytes(self.rng.random_bytes(8), "little")
+            self.bits += 64
+
+
+@functools.lru_cache(maxsize=1)
+def _exp_neg_int_table() -> tuple[IntArray, IntArray]:
+    """Certified bounds ``lo_v <= 2^62 e^{-v} <= hi_v`` for ``v = 0 .. 63`` (built once)."""
+    pairs = [_exp_neg_bounds(Fraction(v), _WORD_BITS) for v in range(_EXP_TABLE_SIZE)]
+    lo = np.array([a for a, _ in pairs], dtype=np.int64)
+    hi = np.array([b for _, b in pairs], dtype=np.int64)
+    return lo, hi
+
+
+def _bernoulli_exp_neg_int(whole: IntArray, rng: Csprng) -> BoolArray:
+    """Exact ``Bernoulli(exp(-w_i))`` for integers ``w_i >= 0``, one uniform word each.
+
+    ``U_i < exp(-w_i)`` is decided by the word against the certified table; a word inside
+    a bracket (probability below ``2^-60``) is resolved by :class:`_LazyUniform`. This is
+    the conjunction ``exp(-1)^w`` of CKS20 Algorithm 1 (case gamma > 1) in one trial.
+    """
+    lo_t, hi_t = _exp_neg_int_table()
+    idx = np.minimum(whole, _EXP_TABLE_SIZE - 1)
+    beyond = whole >= _EXP_TABLE_SIZE  # 2^62 e^{-w} < 1: bounds (0, 1)
+    lo = np.where(beyond, 0, lo_t[idx])
+    hi = np.where(beyond, 1, hi_t[idx])
+    u = _words62(whole.size, rng)
+    out: BoolArray = u < lo
+    for i in np.flatnonzero((u >= lo) & (u < hi)).tolist():
+        lazy = _LazyUniform(int(u[i]), _WORD_BITS, rng)
+        out[i] = lazy.below_exp_neg(Fraction(int(whole[i])))
     return out
 
 
@@ -172,28 +263,26 @@ def _bernoulli_exp_neg_unit(hi: IntArray, lo: IntArray, d1: int, d2: int, rng: C
     ``k = 1, 2, ...`` until the first ``A_K = 0``; ``P(K > k) = gamma^k / k!`` and so
     ``P(K odd) = sum_k (-gamma)^k / k! = exp(-gamma)``. ``Bernoulli(gamma / k)`` is drawn
     as ``Bernoulli(1 / k) AND Bernoulli(gamma)`` (independent, product of probabilities).
+    Every candidate still running at step ``k`` shares that ``k``, so ``Bernoulli(1 / k)``
+    is one batch of uniforms below the scalar ``k`` (and is skipped at ``k = 1``).
     """
     n = hi.size
-    k = np.ones(n, dtype=np.int64)
     result = np.zeros(n, dtype=bool)
     active = np.arange(n)
+    k = 1
     while active.size:
-        a = _bernoulli_inverse(k[active], rng)
-        cand = np.flatnonzero(a)
-        if cand.size:
-            sub = active[cand]
-            a[cand] = _bernoulli_two_digit(hi[sub], lo[sub], d1, d2, rng)
-        done = active[~a]
-        result[done] = (k[done] & 1) == 1
+        if k == 1:
+            a = _bernoulli_two_digit(hi, lo, d1, d2, rng)
+        else:
+            a = rng.integers_below(k, active.size) == 0
+            cand = np.flatnonzero(a)
+            if cand.size:
+                sub = active[cand]
+                a[cand] = _bernoulli_two_digit(hi[sub], lo[sub], d1, d2, rng)
+        result[active[~a]] = (k & 1) == 1
         active = active[a]
-        k[active] += 1
+        k += 1
     return result
-
-
-def _bernoulli_exp_neg_one(n: int, rng: Csprng) -> BoolArray:
-    """``n`` independent ``Bernoulli(exp(-1))`` (Algorithm 1 with gamma = 1)."""
-    ones = np.ones(n, dtype=np.int64)
-    return _bernoulli_exp_neg_unit(ones, np.zeros(n, dtype=np.int64), 1, 1, rng)
 
 
 def _bernoulli_exp_neg_split(
@@ -201,18 +290,14 @@ def _bernoulli_exp_neg_split(
 ) -> BoolArray:
     """``Bernoulli(exp(-gamma_i))`` for ``gamma_i = whole_i + (hi_i d2 + lo_i)/(d1 d2)``.
 
-    CKS20 Algorithm 1 (case gamma > 1): ``exp(-gamma) = exp(-1)^floor(gamma) *
-    exp(-(gamma - floor(gamma)))``, a conjunction of independent trials; the loop stops
-    at the first failure, so it runs O(log n) rounds for a batch of ``n``.
+    CKS20 Algorithm 1 (case gamma > 1): ``exp(-gamma) = exp(-floor(gamma)) *
+    exp(-(gamma - floor(gamma)))``, a conjunction of two independent trials: the integer
+    part by :func:`_bernoulli_exp_neg_int`, the fraction by the series loop.
     """
     alive = np.ones(whole.size, dtype=bool)
-    j = 0
-    while True:
-        need = np.flatnonzero(alive & (whole > j))
-        if need.size == 0:
-            break
-        alive[need] = _bernoulli_exp_neg_one(need.size, rng)
-        j += 1
+    need = np.flatnonzero(whole > 0)
+    if need.size:
+        alive[need] = _bernoulli_exp_neg_int(whole[need], rng)
     idx = np.flatnonzero(alive)
     if idx.size:
         alive[idx] = _bernoulli_exp_neg_unit(hi[idx], lo[idx], d1, d2, rng)
@@ -250,13 +335,26 @@ def _check_size(size: int) -> int:
 # Discrete Laplace and discrete Gaussian (Canonne, Kamath, Steinke 2020)
 # ---------------------------------------------------------------------------------------
 def _geometric_exp_neg_one(n: int, rng: Csprng) -> IntArray:
-    """``V`` with ``P(V = v) = (1 - e^-1) e^-v``: successes of Bernoulli(e^-1) before a failure."""
-    v = np.zeros(n, dtype=np.int64)
-    active = np.arange(n)
-    while active.size:
-        ok = _bernoulli_exp_neg_one(active.size, rng)
-        active = active[ok]
-        v[active] += 1
+    """``V`` with ``P(V = v) = (1 - e^-1) e^-v`` (successes of Bernoulli(e^-1) before a failure).
+
+    ``P(V >= v) = e^{-v}``, so ``V = #{v >= 1 : U < e^{-v}}`` for one uniform ``U``
+    (inversion; the thresholds decrease in ``v``). Each count is read from one uniform word
+    against the certified table; a word inside some bracket, or so small that ``V`` may
+    exceed the table (probability below ``2^-55``), is finished by :class:`_LazyUniform`.
+    """
+    lo_t, hi_t = _exp_neg_int_table()
+    lo_asc, hi_asc = lo_t[1:][::-1].copy(), hi_t[1:][::-1].copy()  # v = 63 .. 1, increasing
+    m = lo_asc.size
+    u = _words62(n, rng)
+    sure = m - np.searchsorted(lo_asc, u, side="right")  # #{v: u < lo_v}: U < e^{-v} surely
+    maybe = m - np.searchsorted(hi_asc, u, side="right")  # #{v: u < hi_v}
+    v: IntArray = sure.astype(np.int64)
+    for i in np.flatnonzero((maybe != sure) | (sure >= m)).tolist():
+        lazy = _LazyUniform(int(u[i]), _WORD_BITS, rng)
+        count = int(sure[i])
+        while lazy.below_exp_neg(Fraction(count + 1)):
+            count += 1
+        v[i] = count
     return v
 
 
@@ -290,9 +388,13 @@ def discrete_laplace(size: int, *, scale: int, rng: Csprng) -> IntArray:
         raise PrivacyError(f"scale must be an int in [1, 2^62), got {scale!r}")
     out = np.empty(n, dtype=np.int64)
     filled = 0
+    ratio = 1.6  # candidates per accepted sample (acceptance ~ 0.63 for t >= 2)
     while filled < n:
         need = n - filled
-        got = _discrete_laplace_batch(2 * need + 16, scale, rng)[:need]
+        batch = math.ceil(need * ratio) + 32
+        got = _discrete_laplace_batch(batch, scale, rng)
+        ratio = 1.1 * batch / max(got.size, 1)  # what this batch needed, plus margin
+        got = got[:need]
         out[filled : filled + got.size] = got
         filled += got.size
     return out
@@ -322,12 +424,15 @@ def _dg_threshold(y_abs: IntArray, p: int, q: int, t: int) -> tuple[IntArray, In
         large = np.flatnonzero(~small)
     else:
         large = np.arange(n)
-    if large.size:  # exact Python integers for the (rare, far-tail) overflowing entries
-        for i, y in zip(large.tolist(), y_abs[large].tolist(), strict=True):
-            num = (q * t * y - p) ** 2
-            w_i, rest_i = divmod(num, big)
-            whole[i] = min(w_i, _INT64_SAFE)
-            hi[i], lo[i] = divmod(rest_i, d2)
+    if large.size:  # exact Python integers (numpy object arrays) where int64 would overflow
+        y_obj = y_abs[large].astype(object)
+        a_obj = y_obj * (q * t) - p
+        sq = a_obj * a_obj
+        w_obj, rest_obj = sq // big, sq % big
+        hi_obj, lo_obj = rest_obj // d2, rest_obj % d2
+        whole[large] = np.minimum(w_obj, _INT64_SAFE).astype(np.int64)
+        hi[large] = hi_obj.astype(np.int64)
+        lo[large] = lo_obj.astype(np.int64)
     return whole, hi, lo
 
 
@@ -365,11 +470,14 @@ def discrete_gaussian(size: int, *, sigma_sq: Rational, rng: Csprng) -> IntArray
         return np.array([_discrete_gaussian_scalar(s, rng) for _ in range(n)], dtype=np.int64)
     out = np.empty(n, dtype=np.int64)
     filled = 0
+    ratio = 1.35  # Laplace candidates per output (acceptance ~ 0.76 for sigma >= 2)
     while filled < n:
         need = n - filled
-        y = discrete_laplace(2 * need + 16, scale=t, rng=rng)
+        batch = math.ceil(need * ratio) + 32
+        y = discrete_laplace(batch, scale=t, rng=rng)
         whole, hi, lo = _dg_threshold(np.abs(y), p, q, t)
         ok = _bernoulli_exp_neg_split(whole, hi, lo, 2 * p, q * t * t, rng)
+        ratio = 1.1 * batch / max(int(ok.sum()), 1)  # what this batch needed, plus margin
         got = y[ok][:need]
         out[filled : filled + got.size] = got
         filled += got.size
@@ -640,9 +748,10 @@ def poisson(size: int, *, lam: Rational, rng: Csprng) -> IntArray:
     tail_cut = np.uint64(1 << (64 - _TAIL_BITS))
     out = np.empty(n, dtype=np.int64)
     filled = 0
+    ratio = 7.5  # proposals per output (acceptance ~ sqrt(2 pi lam) / |W| ~ 0.15)
     while filled < n:
         need = n - filled
-        batch = 8 * need + 32
+        batch = math.ceil(need * ratio) + 32
         comp = np.frombuffer(rng.random_bytes(8 * batch), dtype="<u8")
         idx = rng.integers_below(table.width, batch)
         u = (np.frombuffer(rng.random_bytes(8 * batch), dtype="<u8") >> np.uint64(2)).astype(
@@ -661,6 +770,7 @@ def poisson(size: int, *, lam: Rational, rng: Csprng) -> IntArray:
             if k_new is not None:
                 accepted[i] = True
                 ks[i] = k_new
+        ratio = 1.1 * batch / max(int(accepted.sum()), 1)  # what this batch needed, plus margin
         got = ks[accepted][:need]
         out[filled : filled + got.size] = got
         filled += got.size

@@ -48,6 +48,7 @@ from privacy.events import DPEvent, NonPrivateEvent
 from privacy.mechanisms.distributed import DistributedDiscreteGaussian, DistributedSkellam
 from privacy.mechanisms.gaussian import GaussianShare
 from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
+from secure_fl.client_encode import EncodeJob
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig
 from secure_fl.errors import ConfigError
@@ -286,6 +287,8 @@ class SecAggAggregator:
         self.on_masked_upload: (
             Callable[[int, npt.NDArray[np.unsignedinteger], int], None] | None
         ) = None
+        #: Runs clients' DP encodings (set by the runner to its worker pool's map).
+        self.client_map: Callable[[list[EncodeJob]], list[npt.NDArray[np.uint32]]] | None = None
 
     # -- parameters of one cohort ------------------------------------------------------
     def _graph(self, n: int) -> tuple[int | None, int]:
@@ -350,6 +353,20 @@ class SecAggAggregator:
         against = mech.event(num_survivors=honest) if honest >= 1 else NonPrivateEvent()
         return against, mech.event(num_survivors=survivors)
 
+    def _encode_clients(
+        self,
+        mech: DistributedDiscreteGaussian | DistributedSkellam,
+        updates: Sequence[ClientUpdate],
+        round_seed: bytes,
+    ) -> list[npt.NDArray[np.uint32]]:
+        """Each client's DP encoding; through :attr:`client_map` (a worker pool) when set,
+        each client then using its own CSPRNG keyed from :attr:`rng` in cohort order."""
+        vectors = [self.clipper.client_vector(u.delta, weight=u.weight) for u in updates]
+        if self.client_map is None:
+            return [mech.client_encode(v, round_seed=round_seed, rng=self.rng) for v in vectors]
+        jobs = [EncodeJob(mech, v, round_seed, self.rng.random_bytes(32)) for v in vectors]
+        return self.client_map(jobs)
+
     # -- one aggregation ---------------------------------------------------------------
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateOutcome:
         ids = [u.client_id for u in updates]
@@ -379,14 +396,7 @@ class SecAggAggregator:
                 for u in updates
             ]
         else:
-            inputs = [
-                mech.client_encode(
-                    self.clipper.client_vector(u.delta, weight=u.weight),
-                    round_seed=round_seed,
-                    rng=self.rng,
-                )
-                for u in updates
-            ]
+            inputs = self._encode_clients(mech, updates, round_seed)
         drop = {i: u.drop_stage for i, u in enumerate(updates) if u.drop_stage is not None}
         correlations: list[float] = []
 

@@ -17,9 +17,11 @@ Virtual time comes from device profiles and the real message sizes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -47,6 +49,7 @@ from privacy.events import NonPrivateEvent
 from secure_fl import __version__
 from secure_fl.accounting import RunPrivacy, calibrate_config, unnoised_statistics_allowed
 from secure_fl.aggregation import AggregateOutcome, Aggregator, PlainAggregator
+from secure_fl.client_jobs import ClientTrainer, TrainJob
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.data import (
@@ -73,15 +76,9 @@ from secure_fl.server_opt import ServerOptimizer
 from secure_fl.simulator import CohortPlan, Simulator, TrainResult
 from secure_fl.sparsity import MagnitudePruner, Support, full_support, random_k_support
 from secure_fl.staleness import staleness_weight
-from secure_fl.training import (
-    Evaluation,
-    LossFn,
-    evaluate,
-    single_threaded_torch,
-    train_local,
-    train_local_dp,
-)
+from secure_fl.training import Evaluation, LossFn, evaluate, train_local
 from secure_fl.witness import Witness, witness_and_commit, write_run_roster
+from secure_fl.workers import WorkerPool, resolved_workers, single_torch_thread
 
 __all__ = ["RunResult", "make_aggregator", "run"]
 
@@ -264,18 +261,24 @@ def _support_for(
 
 
 def _library_versions() -> dict[str, str]:
-    import cryptography
-    import opacus
-    import tenseal
+    # Installed distributions' versions, read from their metadata: importing opacus only
+    # to read its version would cost seconds of start-up in every run.
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "unknown"
 
     return {
         "secure_fl": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "cryptography": cryptography.__version__,
-        "opacus": opacus.__version__,
-        "tenseal": getattr(tenseal, "__version__", "unknown"),
+        "cryptography": installed("cryptography"),
+        "opacus": installed("opacus"),
+        "tenseal": installed("tenseal"),
     }
 
 
@@ -368,7 +371,6 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-@single_threaded_torch
 def run(
     config: RunConfig,
     *,
@@ -387,8 +389,33 @@ def run(
     ``config.data`` then only supplies ``test_fraction``, ``client_test_fraction`` and
     ``standardize``); ``loss_fn(logits, targets)`` replaces the cross-entropy in local
     training and evaluation; ``write=False`` keeps everything in memory (no run
-    directory).
+    directory). Clients' local training and DP encoding run in ``simulation.workers``
+    processes (:mod:`secure_fl.workers`); torch uses one thread in each, and in this
+    process for the duration of the run unless ``OMP_NUM_THREADS`` chooses otherwise.
     """
+    threads = contextlib.nullcontext() if os.environ.get("OMP_NUM_THREADS") else single_torch_thread()
+    with threads:
+        return _run(
+            config,
+            out_dir=out_dir,
+            model_fn=model_fn,
+            write=write,
+            progress=progress,
+            sites=sites,
+            loss_fn=loss_fn,
+        )
+
+
+def _run(
+    config: RunConfig,
+    *,
+    out_dir: str | Path | None,
+    model_fn: ModelFn | None,
+    write: bool,
+    progress: bool,
+    sites: Sequence[SiteSource] | None,
+    loss_fn: LossFn | None,
+) -> RunResult:
     wall_start = time.perf_counter()
     config = calibrate_config(config)
     torch.manual_seed(config.seed)
@@ -415,7 +442,6 @@ def run(
         rng=np.random.default_rng([config.seed, 0x5EED]),
         cohort_rng=dp_rng.fork() if config.clients.sampling == "poisson" else None,
     )
-    max_train = max(c.num_train for c in data.clients) or 1
     local = LocalLayers(model)
     pruner = _make_pruner(config, model, dim)
     layout = tensor_layout(model, data.feature_shape)
@@ -467,46 +493,30 @@ def run(
         enabled=progress,
     )
 
-    def train(cid: int, version: int) -> TrainResult:
-        client = data.clients[cid]
-        set_flat(model, state["weights"])
-        local.load(model, cid)
-        seed = int(
-            np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]
+    def train_many(cids: list[int], version: int) -> list[TrainResult]:
+        # Jobs are described here, in cohort order (seeds, DP keys), and run by the pool:
+        # the results do not depend on simulation.workers.
+        frozen = budget.frozen if budget is not None else (
+            ~pruner.mask if pruner is not None else None
         )
-        frozen = ~pruner.mask if pruner is not None else None
-        if budget is not None:
-            frozen = budget.frozen
-        if config.dp.record_level:
-            steps, event = train_local_dp(
-                model,
-                client.x_train,
-                client.y_train,
-                config.train,
-                noise_multiplier=config.dp.record_noise_multiplier,
-                max_grad_norm=config.dp.record_clip,
-                rng=dp_rng.fork(),
-                loss_fn=loss_fn,
+        trainer.publish(state["weights"], frozen)
+        jobs = [
+            TrainJob(
+                cid,
+                int(np.random.SeedSequence([config.seed, version, cid, len(metrics)]).generate_state(1)[0]),
+                frozen is not None,
+                dp_rng.random_bytes(32) if config.dp.record_level else None,
             )
-            privacy.record_training(cid, event)
-        else:
-            steps = train_local(
-                model,
-                client.x_train,
-                client.y_train,
-                config.train,
-                seed=seed,
-                frozen=frozen,
-                loss_fn=loss_fn,
-            )
-        local.save(model, cid)
-        delta = get_flat(model) - state["weights"]
-        # FedAvg weight normalised to (0, 1] so that weighting never raises sensitivity.
-        # Under DP every client weighs 1 (times its public staleness weight), so the
-        # denominator is public and the sensitivity is the clip bound.
-        by_samples = config.aggregation.weighting == "samples" and config.dp.mechanism == "none"
-        base = client.num_train / max_train if by_samples else 1.0
-        return TrainResult(delta, steps * config.train.batch_size, base)
+            for cid in cids
+        ]
+        outputs = pool.map(jobs)
+        for job, out in zip(jobs, outputs, strict=True):
+            if out.event is not None:
+                privacy.record_training(job.client_id, out.event)
+        return [out.result for out in outputs]
+
+    def train(cid: int, version: int) -> TrainResult:
+        return train_many([cid], version)[0]
 
     def aggregate(plan: CohortPlan) -> AggregateOutcome:
         version = sim.version + 1
@@ -630,12 +640,23 @@ def run(
             metrics_fh.write(json.dumps(record) + "\n")
             metrics_fh.flush()
 
+    trainer = ClientTrainer(config, model, data, local, dim=dim, loss_fn=loss_fn)
+    # Client state that lives in the parent (FedBN layers) keeps training in-process.
+    pool: WorkerPool[Any, Any] = WorkerPool(
+        trainer.run, workers=1 if local.enabled else resolved_workers(config)
+    )
+    if isinstance(aggregator, SecAggAggregator):
+        aggregator.client_map = pool.map
     try:
         if config.aggregation.mode == "sync":
-            sim.run_sync(train, aggregate, complete)
+            sim.run_sync(train, aggregate, complete, train_many=train_many)
         else:
-            sim.run_async(train, aggregate, complete)
+            sim.run_async(train, aggregate, complete, train_many=train_many)
+    except BaseException:
+        pool.close(terminate=True)
+        raise
     finally:
+        pool.close()
         bar.close()
         if path is not None:
             metrics_fh.close()

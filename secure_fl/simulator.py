@@ -69,6 +69,8 @@ class _Event:
 
 
 TrainFn = Callable[[int, int], TrainResult]  # (client id, base version) -> result
+# (client ids, base version) -> results in the same order (a worker pool runs them)
+TrainManyFn = Callable[[list[int], int], list[TrainResult]]
 AggregateFn = Callable[[CohortPlan], AggregateOutcome]
 CompleteFn = Callable[[float], None]  # virtual time at which an aggregation completed
 
@@ -126,16 +128,27 @@ class Simulator:
         if complete is not None:
             complete(self.now)
 
-    def run_sync(self, train: TrainFn, aggregate: AggregateFn, complete: CompleteFn | None = None) -> None:
+    def run_sync(
+        self,
+        train: TrainFn,
+        aggregate: AggregateFn,
+        complete: CompleteFn | None = None,
+        *,
+        train_many: TrainManyFn | None = None,
+    ) -> None:
         cfg = self.config
         deadline = cfg.aggregation.timeout_s
         while self.version < cfg.rounds and not self.stopped:
             cohort = draw_cohort(cfg, rng=self.rng, secret_rng=self.cohort_rng)
             updates: list[ClientUpdate] = []
             finish: dict[int, float] = {}
-            for cid in cohort:
-                drop = self._drop_stage()
-                result = train(cid, self.version)
+            drops = [self._drop_stage() for _ in cohort]  # training draws nothing from self.rng
+            results = (
+                train_many(cohort, self.version)
+                if train_many is not None
+                else [train(cid, self.version) for cid in cohort]
+            )
+            for cid, drop, result in zip(cohort, drops, results, strict=True):
                 prof = self.profiles[cid]
                 finish[cid] = prof.download_seconds(self.model_bytes) + prof.train_seconds(result.samples_processed)
                 if deadline is not None and finish[cid] > deadline:
@@ -151,7 +164,14 @@ class Simulator:
             self._completed(complete)
 
     # -- semi-asynchronous buffered aggregation --------------------------------------
-    def run_async(self, train: TrainFn, aggregate: AggregateFn, complete: CompleteFn | None = None) -> None:
+    def run_async(
+        self,
+        train: TrainFn,
+        aggregate: AggregateFn,
+        complete: CompleteFn | None = None,
+        *,
+        train_many: TrainManyFn | None = None,
+    ) -> None:
         cfg = self.config
         k = cfg.buffer_size
         timeout = cfg.aggregation.timeout_s
@@ -168,8 +188,7 @@ class Simulator:
             heapq.heappush(events, _Event(t, seq, kind, cid))
             seq += 1
 
-        def start(cid: int, t: float) -> None:
-            result = train(cid, self.version)
+        def start(cid: int, t: float, result: TrainResult) -> None:
             pending[cid] = (result, self.version)
             busy.add(cid)
             prof = self.profiles[cid]
@@ -180,8 +199,14 @@ class Simulator:
             idle = [c for c in range(cfg.clients.num) if c not in busy]
             need = cfg.cohort_size - len(busy)
             if need > 0 and idle:
-                for cid in sorted(int(i) for i in self.rng.choice(idle, min(need, len(idle)), replace=False)):
-                    start(cid, t)
+                chosen = sorted(int(i) for i in self.rng.choice(idle, min(need, len(idle)), replace=False))
+                results = (
+                    train_many(chosen, self.version)
+                    if train_many is not None
+                    else [train(cid, self.version) for cid in chosen]
+                )
+                for cid, result in zip(chosen, results, strict=True):
+                    start(cid, t, result)
 
         def close(t: float) -> None:
             nonlocal buffer, buffer_epoch

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ __all__ = [
     "Evaluation",
     "LossFn",
     "evaluate",
-    "single_threaded_torch",
     "train_local",
     "train_local_dp",
 ]
@@ -94,30 +92,6 @@ def train_local(
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-
-def single_threaded_torch(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``fn`` with one torch intra-op thread unless ``OMP_NUM_THREADS`` says otherwise.
-
-    Federated simulation trains many small models on small batches: splitting each
-    matrix product over threads only adds synchronisation, and when the cores are busy
-    (other clients, other jobs) OpenMP's spinning threads make a run many times slower
-    (the finance example: 9 s of CPU single-threaded, 129 s with the default threads on
-    a loaded 2-core machine). The previous thread count is restored afterwards.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if os.environ.get("OMP_NUM_THREADS"):
-            return fn(*args, **kwargs)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
-
-    return wrapper
 
 
 def _without_hook_chatter(fn: Callable[_P, _R]) -> Callable[_P, _R]:

@@ -22,8 +22,6 @@ import math
 import warnings
 
 import numpy as np
-from opacus.accountants import PRVAccountant as _OpacusPRV
-from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 from privacy.accountants.base import (
     BaseAccountant,
@@ -164,6 +162,11 @@ class PrvAccountant(BaseAccountant):
         ``eps_error / sqrt(T log(12 / delta_error) / 2)`` for ``T`` composed steps."""
         if not self._history:
             return 0.0
+        from opacus.accountants.analysis.prv import (  # deferred: opacus imports torch
+            PoissonSubsampledGaussianPRV,
+            compute_safe_domain_size,
+        )
+
         prvs = [
             PoissonSubsampledGaussianPRV(sample_rate=q, noise_multiplier=z)
             for z, q, _ in self._history
@@ -188,6 +191,9 @@ class PrvAccountant(BaseAccountant):
             return math.inf
         if not self._history:
             return 0.0
+        # Opacus (and torch behind it) is imported on first use, not with privacy/.
+        from opacus.accountants import PRVAccountant as _OpacusPRV
+
         engine = _OpacusPRV()
         engine.history = [(z, q, steps) for z, q, steps in self._history]
         delta_error = self._delta_error if self._delta_error is not None else delta / 1000.0

@@ -36,8 +36,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants.analysis import rdp as _opacus_rdp
-from scipy import special
 
 __all__ = [
     "DEFAULT_ORDERS",
@@ -91,6 +89,9 @@ def gaussian_rdp(
         return np.full_like(alphas, np.inf)
     if sample_rate == 1.0:
         return alphas / (2.0 * noise_multiplier**2)
+    # Opacus (which imports torch) and scipy load on first use, not with privacy/.
+    from opacus.accountants.analysis import rdp as _opacus_rdp
+
     values = [
         float(
             _opacus_rdp.compute_rdp(
@@ -122,6 +123,8 @@ def poisson_subsampled_rdp_upper_bound(
         raise ValueError("need eps(l) for every integer l in [2, order]")
     if not 0.0 < sample_rate < 1.0:
         raise ValueError(f"sample_rate must be in (0, 1), got {sample_rate}")
+    from scipy import special
+
     alpha = order
     log_q = math.log(sample_rate)
     log_1mq = math.log1p(-sample_rate)

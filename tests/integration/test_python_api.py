@@ -62,15 +62,23 @@ def test_derive_a_config_with_validation() -> None:
 
 def test_runs_use_one_torch_thread_and_restore_the_callers(monkeypatch: pytest.MonkeyPatch) -> None:
     # Many small models on busy cores: OpenMP's spinning threads made the finance example
-    # 13x more CPU-hungry (129 s against 9 s); a run trains single-threaded.
-    from secure_fl.training import single_threaded_torch
+    # 13x more CPU-hungry (129 s against 9 s); a run trains single-threaded unless the
+    # user's OMP_NUM_THREADS says otherwise.
+    import secure_fl.runner as runner_mod
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen: list[int] = []
+
+    def fake_run(config: object, **kwargs: object) -> None:
+        seen.append(torch.get_num_threads())
+
+    monkeypatch.setattr(runner_mod, "_run", fake_run)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
-    seen = single_threaded_torch(torch.get_num_threads)()
-    assert seen == 1 and torch.get_num_threads() == 2
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert single_threaded_torch(torch.get_num_threads)() == 2  # the user's explicit choice
-    torch.set_num_threads(before)
-    assert secure_fl.run.__wrapped__ is not None  # type: ignore[attr-defined]
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        runner_mod.run(secure_fl.load_config())
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        runner_mod.run(secure_fl.load_config())
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -78,3 +78,15 @@ def test_config_is_frozen() -> None:
 
 def test_default_path_is_packaged() -> None:
     assert DEFAULT_CONFIG_PATH.is_file()
+
+
+def test_async_buffer_default_depends_on_dp() -> None:
+    """FedBuff-style half-concurrency buffers without DP; 85% of the concurrency under DP,
+    where the noise in the mean falls as 1/K (docs/concepts.md)."""
+    from secure_fl.config import load_config
+
+    plain = load_config(None, ["aggregation.mode=async", "dp.mechanism=none"])
+    private = load_config(None, ["aggregation.mode=async"])
+    assert plain.buffer_size == plain.cohort_size // 2 == 50
+    assert private.dp.mechanism != "none" and private.buffer_size == 85
+    assert load_config(None, ["aggregation.buffer_size=7"]).buffer_size == 7

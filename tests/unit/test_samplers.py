@@ -207,3 +207,61 @@ def test_rational_ceil_rounds_up() -> None:
     assert r >= Fraction(v) and r - Fraction(v) < Fraction(1, 1 << 10)
     with pytest.raises(PrivacyError):
         rational_ceil(float("nan"))
+
+
+def test_certified_exp_bounds_bracket_the_true_value() -> None:
+    """The integer brackets behind the one-word Bernoulli(exp(-gamma)) trials are valid
+    and tight: checked against 60-digit decimal arithmetic, an independent reference."""
+    import decimal
+
+    from privacy.samplers import _exp_neg_bounds
+
+    ctx = decimal.Context(prec=80)
+    for gamma in (Fraction(0), Fraction(1, 3), Fraction(1), Fraction(7, 2), Fraction(43), Fraction(62)):
+        for bits in (62, 126):
+            lo, hi = _exp_neg_bounds(gamma, bits)
+            ref = ctx.multiply(
+                ctx.exp(ctx.divide(-decimal.Decimal(gamma.numerator), gamma.denominator)),
+                ctx.power(decimal.Decimal(2), bits),
+            )
+            assert lo <= ref <= hi and hi - lo <= 3, (gamma, bits, lo, hi, ref)
+    assert _exp_neg_bounds(Fraction(10**6), 62) == (0, 1)
+
+
+def test_lazy_uniform_resolves_a_straddling_word_exactly() -> None:
+    """A word inside the bracket (the rare path of the vectorized samplers) is decided by
+    revealing more bits: the decision frequency is exp(-gamma) given that word."""
+    from privacy.samplers import _exp_neg_bounds, _LazyUniform
+
+    gamma = Fraction(1)
+    lo, hi = _exp_neg_bounds(gamma, 62)
+    assert lo < hi
+    rng = _rng(23)
+    # U in [lo, lo + 1) / 2^62 straddles e^{-1} iff the bracket is not exact; the outcome is
+    # then decided by the further bits, and both outcomes must occur over many trials
+    # only if e^{-1} lies strictly inside that cell.
+    outcomes = {_LazyUniform(lo, 62, rng).below_exp_neg(gamma) for _ in range(200)}
+    lo2, hi2 = _exp_neg_bounds(gamma, 126)
+    cell = range(lo << 64, (lo + 1) << 64)
+    assert outcomes == ({True, False} if lo2 in cell and hi2 in cell else outcomes)
+    assert _LazyUniform(lo - 1, 62, rng).below_exp_neg(gamma) is True
+    assert _LazyUniform(hi, 62, rng).below_exp_neg(gamma) is False
+
+
+def test_geometric_and_integer_exp_trials_match_exact_laws() -> None:
+    """The table-driven primitives of the vectorized path: V with P(V >= v) = e^{-v}, and
+    Bernoulli(e^{-w}) for integer w (CKS20 Algorithm 1, gamma > 1)."""
+    from privacy.samplers import _bernoulli_exp_neg_int, _geometric_exp_neg_one
+
+    n = 200_000
+    v = _geometric_exp_neg_one(n, _rng(24))
+    counts = np.bincount(v, minlength=12)[:12].astype(float)
+    probs = (1 - math.exp(-1)) * np.exp(-np.arange(12.0))
+    expected = probs * n
+    tail_c, tail_e = n - counts.sum(), n - expected.sum()
+    p = stats.chisquare(np.append(counts, tail_c), np.append(expected, tail_e)).pvalue
+    assert p > P_MIN
+    for w in (1, 2, 5):
+        hits = int(_bernoulli_exp_neg_int(np.full(n, w, dtype=np.int64), _rng(25 + w)).sum())
+        assert stats.binomtest(hits, n, math.exp(-w)).pvalue > P_MIN
+    assert not _bernoulli_exp_neg_int(np.full(1000, 10**9, dtype=np.int64), _rng(30)).any()
