@@ -65,16 +65,27 @@ def test_event_counts_only_shares_assumed_honest_and_they_reach_the_target(c: in
 
 
 def test_all_colluders_leave_no_guarantee_against_the_server() -> None:
-    agg, ups = _secagg(1, n=3)
-    dropped = [ups[0], ups[1], ClientUpdate(2, ups[2].delta, 1.0, "advertise")]
-    out = agg.aggregate(dropped[:2] + [dropped[2]], round_index=1)
-    assert out.mean is not None and len(out.survivors) == 2
-    assert isinstance(out.dp_event, DiscreteGaussianSumEvent) and out.dp_event.num_clients == 1
+    # Ten clients, one assumed colluder, one drop: nine survivors, of whose shares only
+    # 9 - c = 8 count as honest. (With three sites and c = 1 the SecAgg+ cohort quorum
+    # floor((n + c) / 2) + 1 is 3: a drop aborts the round instead of releasing a sum.)
+    agg, ups = _secagg(1, n=10)
+    dropped = [*ups[:9], ClientUpdate(9, ups[9].delta, 1.0, "advertise")]
+    out = agg.aggregate(dropped, round_index=1)
+    assert out.mean is not None and len(out.survivors) == 9
+    assert isinstance(out.dp_event, DiscreteGaussianSumEvent) and out.dp_event.num_clients == 8
+    agg3, ups3 = _secagg(1, n=3)
+    aborted = agg3.aggregate([*ups3[:2], ClientUpdate(2, ups3[2].delta, 1.0, "advertise")], round_index=1)
+    assert aborted.mean is None and aborted.survivors == ()
     from secure_fl.config import RunConfig
     from secure_fl.errors import ConfigError
     from secure_fl.protocols import check_colluder_provisioning
 
-    cfg = load_config(PLAIN, ["protocol=secagg", "dp.mechanism=discrete_gaussian",
+    # Under SecAgg+ the sizing already refuses c = n at validation; under CKKS the
+    # provisioning check refuses a cohort whose shares could all be the colluders'.
+    with pytest.raises(ConfigError, match="threat.max_colluders"):
+        load_config(PLAIN, ["protocol=secagg", "dp.mechanism=discrete_gaussian",
+                            "clients.num=3", "threat.max_colluders=3"])
+    cfg = load_config(PLAIN, ["protocol=ckks", "dp.mechanism=gaussian", "dp.noise_multiplier=1.0",
                               "clients.num=3", "threat.max_colluders=3"])
     assert isinstance(cfg, RunConfig)
     with pytest.raises(ConfigError, match="threat.max_colluders"):
