@@ -84,6 +84,7 @@ from secure_fl import __version__
 from secure_fl.config import RunConfig, config_hash, load_config, to_toml
 from secure_fl.errors import ConfigError, ProtocolError, RemoteProtocolError, SecureFLError
 from secure_fl.hello import HelloReply, new_challenge, screen_hellos
+from secure_fl.protocols import honest_shares
 from secure_fl.transport.flower.client_app import (
     HELLO,
     SECAGG,
@@ -644,7 +645,10 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
             if res.total is not None:
                 if mech is not None:
                     mean = mech.server_decode(res.total, round_seed=round_seed) / float(len(res.survivors))
-                    event = mech.event(num_survivors=len(res.survivors))
+                    # Against the server only the shares of survivors beyond the c assumed
+                    # colluders count (zero-out relation; c = threat.max_colluders).
+                    honest = honest_shares(config, len(res.survivors))
+                    event = mech.event(num_survivors=honest) if honest >= 1 else NonPrivateEvent()
                 else:
                     scale = max_scale(num_summands=n, max_abs=max(config.dp.clip, 1.0), bits=rc.bits)
                     total = fixed_decode(res.total, scale=scale, bits=rc.bits)
@@ -735,6 +739,7 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
         "epsilon": _finite(budgets.max_epsilon()) if config.dp.mechanism != "none" else None,
+        **_claims(config, _finite(budgets.max_epsilon()) if config.dp.mechanism != "none" else None),
         "delta": config.dp.delta,
         "accountant": "rdp",
         "unit_of_privacy": "site (user-level: one site's whole update per aggregation)",
@@ -765,6 +770,30 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
             "the reasons are in the log above and under 'excluded' in metrics.jsonl and the ledger")
     log(f"secure-fl: done: {done} of {config.rounds} aggregations completed: {out}")
     return summary
+
+
+def _claims(config: RunConfig, epsilon: float | None) -> dict[str, Any]:
+    """The privacy keys of DESIGN.md section 7 for a Flower run: what each figure means.
+
+    Every site joins every aggregation (no sampling), the noise is distributed
+    (zero-out relation) and ``threat.max_colluders`` shares are assumed the server's.
+    Figures this transport does not compute yet are null with the reason, never guessed.
+    """
+    missing = "not computed by the Flower transport; recompute it with `secure-fl audit`"
+    claims: dict[str, Any] = {
+        "neighbouring_relation": "zero-out",
+        "colluding_clients_assumed": config.threat.max_colluders,
+        "cohort_sampling": "fixed",
+        "epsilon_against_server": epsilon,
+        "epsilon_against_server_replace_one": None,
+        "epsilon_against_server_replace_one_reason": missing,
+        "epsilon_released_model": None,
+        "epsilon_released_model_reason": "every site joins every aggregation (no sampling "
+        "amplification analysed for this transport); " + missing,
+    }
+    if epsilon is None:
+        claims["epsilon_against_server_reason"] = "no differential privacy (dp.mechanism = none)"
+    return claims
 
 
 def _final_evaluation(
