@@ -739,7 +739,7 @@ def run_deployment(grid: Grid, settings: DeploymentSettings, *, log: Callable[[s
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
         "epsilon": _finite(budgets.max_epsilon()) if config.dp.mechanism != "none" else None,
-        **_claims(config, _finite(budgets.max_epsilon()) if config.dp.mechanism != "none" else None),
+        **_claims(config, budgets.max_epsilon() if config.dp.mechanism != "none" else None),
         "delta": config.dp.delta,
         "accountant": "rdp",
         "unit_of_privacy": "site (user-level: one site's whole update per aggregation)",
@@ -784,7 +784,7 @@ def _claims(config: RunConfig, epsilon: float | None) -> dict[str, Any]:
         "neighbouring_relation": "zero-out",
         "colluding_clients_assumed": config.threat.max_colluders,
         "cohort_sampling": "fixed",
-        "epsilon_against_server": epsilon,
+        "epsilon_against_server": epsilon if epsilon is not None and math.isfinite(epsilon) else None,
         "epsilon_against_server_replace_one": None,
         "epsilon_against_server_replace_one_reason": missing,
         "epsilon_released_model": None,
@@ -793,6 +793,11 @@ def _claims(config: RunConfig, epsilon: float | None) -> dict[str, Any]:
     }
     if epsilon is None:
         claims["epsilon_against_server_reason"] = "no differential privacy (dp.mechanism = none)"
+    elif not math.isfinite(epsilon):
+        claims["epsilon_against_server_reason"] = (
+            "an aggregation released a sum with no share beyond the assumed colluders' "
+            "(survivors <= threat.max_colluders)"
+        )
     return claims
 
 
