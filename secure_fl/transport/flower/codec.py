@@ -1,6 +1,7 @@
-"""Our protocol messages <-> Flower ``RecordDict`` (the only place that touches both).
+"""Engine envelopes <-> Flower ``RecordDict`` (the only place that touches both).
 
-A secure-fl message over Flower is an :class:`Envelope`:
+A secure-fl message over Flower is the engine's
+:class:`~secure_fl.engine.transport.Envelope`:
 
 * ``frames``: protocol frames, each the exact bytes of :func:`crypto.secagg.wire.encode`
   (versioned, length-checked, masked vectors bit-packed), carried as a list of ``bytes``
@@ -20,14 +21,14 @@ which the SuperNode keeps at the site and never sends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from secure_fl.engine.transport import Envelope, FieldValue
 from secure_fl.errors import RemoteProtocolError
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "FRAMES",
     "Envelope",
     "FieldValue",
+    "RecordState",
+    "drop_state",
     "get_state",
     "pack",
     "put_state",
@@ -45,26 +48,6 @@ __all__ = [
 FRAMES = "secure_fl.frames"
 FIELDS = "secure_fl.fields"
 ARRAYS = "secure_fl.arrays"
-
-FieldValue = int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]
-"""Values a field may take (what a Flower ``ConfigRecord`` can carry)."""
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """Frames, public fields and public arrays of one Flower message."""
-
-    frames: tuple[bytes, ...] = ()
-    fields: Mapping[str, FieldValue] = field(default_factory=dict)
-    arrays: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict)
-
-    def get(self, key: str, kind: type | tuple[type, ...]) -> Any:
-        """Field ``key``, checked to be of ``kind`` (``RemoteProtocolError`` otherwise)."""
-        value = self.fields.get(key)
-        if value is None or (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            raise RemoteProtocolError(f"message field {key!r} is missing or not {kind}")
-        return value
-
 
 def pack(
     *,
@@ -133,3 +116,31 @@ def drop_state(state: Any, key: str) -> None:
     """Forget ``key`` (e.g. the secrets of a finished round)."""
     if key in state:
         del state[key]
+
+
+class RecordState:
+    """A client's state store backed by a SuperNode's ``Context.state`` (a ``RecordDict``).
+
+    Flower starts a fresh ClientApp process (or, in simulation, a fresh call) for each
+    message and keeps ``Context.state`` at the site between them; nothing in it is ever
+    sent. Each key holds one ``ConfigRecord`` of public-type values (the round's
+    secrets included: they stay at the site and are dropped when the round is over).
+    """
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def get(self, key: str) -> dict[str, FieldValue] | None:
+        return get_state(self.state, key)
+
+    def put(self, key: str, values: Mapping[str, FieldValue]) -> None:
+        put_state(self.state, key, values)
+
+    def drop(self, key: str) -> None:
+        drop_state(self.state, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.state.keys()))
