@@ -69,6 +69,7 @@ __all__ = [
     "load_identity_key",
     "load_site_config",
     "load_site_data",
+    "write_partition_sites",
 ]
 
 IDENTITY_KEY_FILE = "identity.key"
@@ -245,7 +246,15 @@ def load_site_data(site: SiteConfig, *, seed: int = 0) -> SiteData:
 
     Standardisation uses this site's own training statistics (no pooled statistics
     exist across sites); ``seed`` fixes the local split.
+
+    An NPZ file holding ``x_train``, ``y_train``, ``x_test``, ``y_test`` is taken as it
+    is (already split and scaled): what :func:`write_partition_sites` writes from a
+    simulated partition, so that a Flower site trains on exactly the examples its
+    simulated twin does.
     """
+    presplit = _read_presplit(site.data)
+    if presplit is not None:
+        return presplit
     x, y = _read_site_file(site.data, site.label_column)
     if y.shape[0] < 2:
         raise DataError(f"{site.data}: a site needs at least 2 examples")
@@ -265,6 +274,70 @@ def load_site_data(site: SiteConfig, *, seed: int = 0) -> SiteData:
 
         x_tr, x_te = norm(x_tr), norm(x_te)
     return SiteData(x_tr.astype(np.float32), y[tr], x_te.astype(np.float32), y[te])
+
+
+_PRESPLIT = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _read_presplit(path: Path) -> SiteData | None:
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not all(k in npz for k in _PRESPLIT):
+                return None
+            xtr, ytr, xte, yte = (np.asarray(npz[k]) for k in _PRESPLIT)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable NPZ file ({err})") from None
+    if xtr.ndim < 2 or ytr.ndim != 1 or xtr.shape[0] != ytr.shape[0] or xte.shape[0] != yte.shape[0]:
+        raise DataError(f"{path}: x_train/y_train/x_test/y_test have inconsistent shapes")
+    if xte.shape[1:] != xtr.shape[1:] or ytr.shape[0] < 1:
+        raise DataError(f"{path}: the test split's feature shape differs or the training split is empty")
+    return SiteData(xtr.astype(np.float32), ytr.astype(np.int64), xte.astype(np.float32), yte.astype(np.int64))
+
+
+def write_partition_sites(
+    config: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    names: list[str] | None = None,
+    budget_cap: float = math.inf,
+    require_dp: bool = False,
+    max_colluders: int | None = None,
+    roster: str = "roster.toml",
+) -> list[Path]:
+    """One site per simulated client of ``config`` (a :class:`~secure_fl.config.RunConfig`):
+    ``data/<name>.npz`` with the client's exact training and test split
+    (:func:`secure_fl.data.load_federated_data`, pooled standardisation included) and
+    ``<name>.toml`` naming it, with ``keys_dir`` = ``keys/<name>`` and the roster file.
+
+    For tests and pilots that compare a Flower run with the simulation of the same
+    partition (the global test set stays with the caller). ``names`` defaults to the
+    simulator's client names. Build the roster afterwards from the sites' identity keys.
+    """
+    from secure_fl.data import load_federated_data
+
+    root = Path(out_dir)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    fed = load_federated_data(config)
+    names = names or [f"client-{i}" for i in range(len(fed.clients))]
+    if len(names) != len(fed.clients):
+        raise ConfigError(f"{len(names)} names for {len(fed.clients)} clients", field="clients.num")
+    colluders = config.threat.max_colluders if max_colluders is None else max_colluders
+    cap = "inf" if math.isinf(budget_cap) else repr(float(budget_cap))
+    paths = []
+    for name, client in zip(names, fed.clients, strict=True):
+        np.savez(root / "data" / f"{name}.npz", x_train=client.x_train, y_train=client.y_train,
+                 x_test=client.x_test, y_test=client.y_test)
+        path = root / f"{name}.toml"
+        path.write_text(
+            f'[site]\nname = "{name}"\ndata = "data/{name}.npz"\nkeys_dir = "keys/{name}"\n'
+            f"budget_cap = {cap}\nrequire_dp = {'true' if require_dp else 'false'}\n"
+            f'max_colluders = {colluders}\nroster = "{roster}"\n',
+            encoding="utf-8",
+        )
+        paths.append(path)
+    return paths
 
 
 # -- privacy budget --------------------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""A real Flower federation on loopback for tests: one SuperLink (TLS) and N SuperNodes.
+
+Started by the test with certificates from :func:`secure_fl.certs.create_pilot_certs`;
+every process is started here and killed here by pid (its whole tree), never by name.
+One cluster serves several runs (``flwr run`` submits each job to the same SuperLink),
+which keeps the Flower tests fast: a SuperNode's start-up costs seconds, a run only
+its messages.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from secure_fl.certs import create_pilot_certs
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = (int(v) for v in line.split())
+        children.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process, its process group and every descendant (by pid)."""
+    pids = descendants(proc.pid)
+    for target in [proc.pid, *pids]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=10)
+
+
+def wait_for(path: Path, text: str, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    tail = path.read_text(errors="replace")[-3000:] if path.exists() else "(no file)"
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{tail}")
+
+
+class Cluster:
+    """SuperLink + SuperNodes over TLS on 127.0.0.1; ``nodes`` maps a node's name to its
+    ``--node-config`` string (e.g. ``site-config="/x/site.toml"``)."""
+
+    def __init__(self, root: Path, nodes: Mapping[str, str]) -> None:
+        self.root = root
+        self.nodes = dict(nodes)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "FLWR_HOME": str(root / "flwr-cli"), "OMP_NUM_THREADS": "1"}
+        self.certs = create_pilot_certs(root / "certs")
+        self.port = free_port()
+        self._runs = 0
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = (self.root / f"{name}.log").open("wb")
+        env = {**self.env, "FLWR_HOME": str(self.root / f"flwr-{name}")}
+        self.procs[name] = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
+        )
+
+    def up(self) -> Cluster:
+        c = self.certs
+        self._start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(c.ca_cert),
+                                  "--ssl-certfile", str(c.server_cert), "--ssl-keyfile", str(c.server_key),
+                                  "--port", str(self.port), "--disable-runtime-dependency-installation"])
+        wait_for(self.root / "superlink.log", "Uvicorn running", 90)
+        for name, node_config in self.nodes.items():
+            self._start(name, [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+                               "--root-certificates", str(c.ca_cert), "--port", str(free_port()),
+                               "--node-config", node_config])
+        for name in self.nodes:
+            wait_for(self.root / f"{name}.log", "SuperNode ID", 120)
+        home = self.root / "flwr-cli"
+        home.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "pilot"\n\n[superlink.pilot]\naddress = "127.0.0.1:{self.port}"\n'
+            f'root-certificates = "{c.ca_cert}"\n', encoding="utf-8")
+        return self
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one SuperNode (and the ClientApp processes it started)."""
+        kill_tree(self.procs[name])
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self.procs.items() if n != "superlink" and p.poll() is None]
+
+    def submit(self, app: Path, run_config: str, *, tag: str | None = None) -> subprocess.Popen[bytes]:
+        """``flwr run APP pilot --stream --run-config RUN_CONFIG`` (returns at once)."""
+        self._runs += 1
+        log = (self.root / f"flwr-run-{tag or self._runs}.log").open("wb")
+        return subprocess.Popen(
+            [str(BIN / "flwr"), "run", str(app), "pilot", "--stream", "--run-config", run_config],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root, start_new_session=True,
+        )
+
+    def down(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None or descendants(proc.pid):
+                kill_tree(proc)
+
+    def leftovers(self) -> list[str]:
+        ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        return [line for line in ps.splitlines() if str(self.root) in line or f":{self.port}" in line]
+
+
+def finish(proc: subprocess.Popen[bytes], out: Path, timeout: float) -> None:
+    """Wait for the run directory's summary.json (or the job's end); kill the CLI after."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not (out / "summary.json").exists():
+        if proc.poll() is not None:
+            time.sleep(1.0)
+            break
+        time.sleep(0.5)
+    if proc.poll() is None:
+        kill_tree(proc)
+    if not (out / "summary.json").exists():
+        raise AssertionError(f"run {out} did not finish; see the logs beside it")
