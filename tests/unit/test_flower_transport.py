@@ -105,7 +105,7 @@ class ScriptedGrid(Grid):
         raise NotImplementedError
 
 
-def _transport(grid: ScriptedGrid, clock: Clock, **kw: Any) -> FlowerTransport:
+def _transport(grid: ScriptedGrid, clock: Clock, **kw: Any) -> FlowerTransport:  # noqa: D103
     settings = DeploymentSettings(train_timeout=30.0, stage_timeout=5.0, poll_interval=0.1)
     return FlowerTransport(grid, settings, sleep=clock.sleep, clock=clock, **kw)
 
@@ -179,21 +179,25 @@ def test_a_silent_posted_party_expires_instead_of_blocking_forever() -> None:
     assert clock.t >= 30.0
 
 
-def test_drop_plan_withholds_a_named_party_for_the_rest_of_the_aggregation() -> None:
-    class Plan:
-        def drops(self, aggregation: int, name: str, stage: str) -> bool:
-            return (aggregation, name, stage) == (1, "s2", "share_keys")
+def test_drop_plan_silences_a_named_party_from_its_stage_on_within_the_aggregation() -> None:
+    from secure_fl.transport.dropouts import DropPlan
 
     clock = Clock()
     grid = ScriptedGrid(clock, {1: 0.1, 2: 0.1})
-    agg = {"v": 1}
-    tr = _transport(grid, clock, drops=Plan(), aggregation_of=lambda _c: agg["v"])
-    both = {a: (HELLO, Envelope()) for a in (1, 2)}
-    assert set(tr.exchange(Exchange(both, stage="hello"))) == {1, 2}
-    assert set(tr.exchange(Exchange({a: (PROTOCOL, Envelope()) for a in (1, 2)}, stage="share_keys"))) == {1}
-    assert set(tr.exchange(Exchange({a: (PROTOCOL, Envelope()) for a in (1, 2)}, stage="unmask"))) == {1}
-    agg["v"] = 2
-    assert set(tr.exchange(Exchange({a: (PROTOCOL, Envelope()) for a in (1, 2)}, stage="share_keys"))) == {1, 2}
+    tr = _transport(grid, clock, drops=DropPlan({1: {"s2": "share_keys"}}, protocol="secagg"))
+
+    def ex(kind: str, stage: str, version: int | None = None) -> set[int]:
+        env = Envelope(fields={"version": version} if version is not None else {})
+        return set(tr.exchange(Exchange({a: (kind, env) for a in (1, 2)}, stage=stage)))
+
+    assert ex(HELLO, "hello") == {1, 2}  # names are learnt from hello replies
+    assert ex(SETUP, "train", 1) == {1, 2}
+    assert ex(PROTOCOL, "advertise") == {1, 2}
+    assert ex(PROTOCOL, "share_keys") == {1}
+    assert ex(PROTOCOL, "unmask") == {1}  # silent for the rest of aggregation 1
+    assert ex(HELLO, "witness") == {1, 2}  # not a protocol stage
+    assert ex(SETUP, "train", 2) == {1, 2}
+    assert ex(PROTOCOL, "share_keys") == {1, 2}
 
 
 def test_drive_runs_an_engine_generator_over_the_flower_transport() -> None:

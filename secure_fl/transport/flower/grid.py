@@ -23,8 +23,10 @@ A reply that Flower marks as an error (the party's ClientApp raised, or the Supe
 declared the node gone) or whose content is not an envelope becomes an envelope with
 ``refused`` (the reason) and ``refusal = "error"``, so the engine always learns why.
 
-For tests, a :class:`DropPlan`-like ``drops`` object may withhold the messages of an
-(aggregation, party name, stage): the same dropouts the in-process transport injects.
+For tests, a :class:`~secure_fl.transport.dropouts.DropPlan` (``drops``) withholds the
+messages of a named party from a stage of an aggregation on: the same dropouts the
+in-process transport injects (a withheld message is never delivered, so the party
+never answers it).
 The transport learns a party's name only from the public ``site`` field of its hello
 reply, for this and for the arrival log (:attr:`FlowerTransport.arrivals`).
 """
@@ -91,9 +93,9 @@ def kind_of(mtype: str) -> str:
 
 
 class Drops(Protocol):
-    """What the transport asks a drop plan (tests inject the same dropouts on both transports)."""
+    """What the transport asks a drop plan (:class:`secure_fl.transport.dropouts.DropPlan`)."""
 
-    def drops(self, aggregation: int, name: str, stage: str) -> bool: ...
+    def silent(self, version: int, name: str, stage: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class FlowerTransport:
         *,
         group: str = "secure-fl",
         drops: Drops | None = None,
-        aggregation_of: Callable[[Exchange | Post], int | None] | None = None,
+        on_stage: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -130,7 +132,7 @@ class FlowerTransport:
         self.settings = settings or DeploymentSettings()
         self.group = group
         self.drops = drops
-        self._aggregation_of = aggregation_of
+        self.on_stage = on_stage
         self._sleep = sleep
         self._clock = clock
         self._start = clock()
@@ -140,7 +142,7 @@ class FlowerTransport:
         """Every reply in arrival order (what an in-process replay needs)."""
         self._pending: dict[str, tuple[int, str, float]] = {}  # message id -> (address, stage, expiry)
         self._arrived: deque[tuple[int, Envelope]] = deque()
-        self._dropped: set[tuple[int, int]] = set()  # (aggregation, address) the plan dropped
+        self._aggregation: dict[int, int] = {}  # address -> aggregation of its latest set-up
 
     # -- Transport -------------------------------------------------------------------------
     def reachable(self) -> list[int]:
@@ -151,7 +153,7 @@ class FlowerTransport:
 
     def exchange(self, command: Exchange) -> dict[int, Envelope]:
         timeout = self._timeout(command.timeout, command.messages)
-        ids = self._push(command.messages, command.stage, timeout, command)
+        ids = self._push(command.messages, command.stage, timeout)
         waiting = dict(ids)
         replies: dict[int, Envelope] = {}
         deadline = self._clock() + timeout
@@ -168,7 +170,7 @@ class FlowerTransport:
     def post(self, command: Post) -> None:
         timeout = self._timeout(None, command.messages)
         expiry = self._clock() + timeout + TTL_MARGIN
-        for mid, address in self._push(command.messages, command.stage, timeout, command).items():
+        for mid, address in self._push(command.messages, command.stage, timeout).items():
             self._pending[mid] = (address, command.stage, expiry)
 
     def next_reply(self, command: NextReply) -> tuple[int, Envelope] | None:
@@ -205,29 +207,28 @@ class FlowerTransport:
             return self.settings.train_timeout
         return self.settings.stage_timeout
 
-    def _withheld(self, address: int, stage: str, command: Exchange | Post) -> bool:
-        """True when the drop plan drops this party at this stage (and for the rest of
-        the aggregation: a dropped party never comes back within it)."""
-        if self.drops is None or self._aggregation_of is None:
+    def _withheld(self, address: int, kind: str, env: Envelope, stage: str) -> bool:
+        """True when the drop plan silences this party at this stage of the aggregation
+        it is in (the aggregation of the latest set-up it was sent, as in-process)."""
+        if self.drops is None:
             return False
-        aggregation = self._aggregation_of(command)
+        if kind == SETUP:
+            version = env.fields.get("version")
+            if isinstance(version, int) and not isinstance(version, bool):
+                self._aggregation[address] = version
+        version = self._aggregation.get(address)
         name = self.names.get(address)
-        if aggregation is None or name is None:
-            return False
-        if (aggregation, address) in self._dropped:
-            return True
-        if self.drops.drops(aggregation, name, stage):
-            self._dropped.add((aggregation, address))
-            return True
-        return False
+        return version is not None and name is not None and self.drops.silent(version, name, stage)
 
     def _push(
-        self, messages: Mapping[int, tuple[str, Envelope]], stage: str, timeout: float, command: Exchange | Post
+        self, messages: Mapping[int, tuple[str, Envelope]], stage: str, timeout: float
     ) -> dict[str, int]:
+        if self.on_stage is not None:
+            self.on_stage(stage)
         out: list[Message] = []
         addresses: list[int] = []
         for address, (kind, env) in sorted(messages.items()):
-            if self._withheld(address, stage, command):
+            if self._withheld(address, kind, env, stage):
                 continue
             content = pack(frames=env.frames, fields=env.fields, arrays=env.arrays)
             out.append(

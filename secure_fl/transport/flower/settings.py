@@ -6,7 +6,8 @@ app gives one, else the SuperLink's working directory), ``overrides`` (space-sep
 ``key=value``), ``out-dir``, ``min-nodes`` (parties to wait for before hello, the key
 holder included), ``num-classes`` (the model's output size: nodes reporting more are
 excluded at hello), ``connect-timeout``, ``train-timeout`` (set-up: local training),
-``stage-timeout`` (every other message), ``poll-interval``.
+``stage-timeout`` (every other message), ``poll-interval``, ``feature-shape`` (the
+model's input shape, e.g. ``"30"`` or ``"1,8,8"``; empty: the shape most parties report).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class DeploymentSettings:
     stage_timeout: float = 60.0
     poll_interval: float = 0.25
     num_classes: int = 2
+    feature_shape: tuple[int, ...] | None = None
 
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any], *, base_dir: Path | None = None) -> DeploymentSettings:
@@ -64,6 +66,7 @@ class DeploymentSettings:
             stage_timeout=num("stage-timeout", 60.0),
             poll_interval=num("poll-interval", 0.25),
             num_classes=_num_classes(rc.get("num-classes", 2)),
+            feature_shape=_shape(rc.get("feature-shape", "")),
         )
 
     def config_file(self) -> Path | None:
@@ -74,6 +77,20 @@ class DeploymentSettings:
         if not path.is_absolute() and self.base_dir is not None:
             path = self.base_dir / path
         return path
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    if value in ("", None):
+        return None
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
+    try:
+        shape = tuple(int(v) for v in text.split(",")) if text is not None else ()
+    except ValueError:
+        shape = ()
+    if not shape or any(v < 1 for v in shape):
+        raise ConfigError(f"must be positive integers separated by commas (e.g. \"30\" or \"1,8,8\"), got {value!r}",
+                          field="feature-shape")
+    return shape
 
 
 def _num_classes(value: Any) -> int:
