@@ -370,7 +370,7 @@ class ClientEngine:
                 loss_fn=site.loss_fn,
             )
         else:
-            seed = int.from_bytes(public.client_seed(config, version=version, name=site.name, purpose="train")[:8], "big") >> 2
+            seed = public.train_seed(config, version=version, name=site.name)
             steps = train_local(
                 model,
                 data.x_train,

@@ -7,14 +7,16 @@ checks the planned event against its own budget, so the server never decides alo
 much noise a client adds. The functions here are pure: one copy, used by
 :mod:`secure_fl.engine.server` and :mod:`secure_fl.engine.client`.
 
-Randomness (DESIGN.md section 2): every client-side random choice (training seed,
-DP-SGD noise, noise share, rounding, SecAgg client seed) comes from
+Randomness (DESIGN.md section 2): every privacy-relevant client-side random choice
+(DP-SGD noise and batches, noise share, rounding, SecAgg client seed) comes from
 :func:`client_rng`, and public set-up randomness (session id, round seed, graph seed)
 from :func:`public_seed`. Both are fresh OS entropy unless
 ``simulation.reproducible_noise`` derives them from the public seed, the aggregation
 number and the client's *name* (never a transport's address), so two transports given
 the same scenario draw the same values. Research only: the noise is then predictable
-by anyone who knows the configuration.
+by anyone who knows the configuration. The batch order of non-DP local training
+(:func:`train_seed`) protects nothing and always derives from the public seed, so a
+run without DP repeats from its seed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from secure_fl.config import RunConfig
 from secure_fl.errors import ConfigError
 
 __all__ = [
+    "check_colluder_provisioning",
+    "check_run_config",
     "client_rng",
     "client_seed",
     "expected_cohort",
@@ -40,6 +44,7 @@ __all__ = [
     "planned_event",
     "provisioned_survivors",
     "public_seed",
+    "train_seed",
 ]
 
 Mechanism = DistributedDiscreteGaussian | DistributedSkellam | GaussianShare | CentralGaussian
@@ -62,6 +67,14 @@ def client_seed(config: RunConfig, *, version: int, name: str, purpose: str) -> 
     if config.simulation.reproducible_noise:
         return _derive(config, f"client/{version}/{purpose}/{name}")
     return Csprng.from_entropy().random_bytes(32)
+
+
+def train_seed(config: RunConfig, *, version: int, name: str) -> int:
+    """The batch-order seed of a client's (non-DP) local training: simulation randomness,
+    always derived from the public seed, the aggregation and the client's name (it
+    protects nothing; DP-SGD batches are Poisson draws from :func:`client_rng`)."""
+    digest = hashlib.sha256(f"secure-fl/train-seed/{config.seed}/{version}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
 
 
 def client_rng(config: RunConfig, *, version: int, name: str, purpose: str) -> Csprng:

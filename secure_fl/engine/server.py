@@ -703,7 +703,7 @@ class ServerEngine:
                 out.excluded[p.ident] = "malformed plain upload"
                 continue
             u, w = upload
-            payload = u.tobytes()
+            payload = np.ascontiguousarray(env.arrays["update"]).tobytes()
             out.upload_bytes[p.ident] = len(payload)
             out.transcript.append((_int(p.ident, i), "upload", len(payload), hashlib.sha256(payload).hexdigest()))
             total = u.copy() if total is None else total + u
