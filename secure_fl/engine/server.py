@@ -325,7 +325,12 @@ class ServerEngine:
             "run": self.run_tag,
             **self._clip_fields(),
         }
-        arrays: dict[str, npt.NDArray[Any]] = {"weights": self.weights}
+        try:  # the event planned for this aggregation: each site checks its cap before training
+            _mech, provisioned = self._mechanism(max(n, 1), support)
+            fields.update({"n": max(n, 1), "provisioned": provisioned})
+        except (ConfigError, LocalProtocolError, ValueError):
+            pass  # no valid mechanism for this cohort: the aggregation set-up says so
+        arrays: dict[str, npt.NDArray[Any]] = {"weights": self.weights, "support": support.indices.astype(np.int64)}
         trainable = self._trainable()
         if trainable is not None:
             arrays["trainable"] = trainable
@@ -541,7 +546,7 @@ class ServerEngine:
         corr = outcome.measurements.get("max_abs_corr_masked_vs_true")
         if corr is not None:
             self.transcript.add_statistic(version=version, name="max_abs_corr_masked_vs_true", value=corr)
-        if self.ledger is not None:
+        if True:
             body = ledger_body(
                 cfg, self.cfg_hash, version, outcome, support, refused=budget_refused, rejected=rejected,
                 staleness=staleness, privacy=self.privacy, versions=self.versions, transport=self.transport_name,
@@ -806,12 +811,20 @@ class ServerEngine:
 
     # -- ledger --------------------------------------------------------------------------------------------
     def _witness_and_commit(self, body: dict[str, Any], outcome: Outcome) -> Generator[Command, Any, None]:
-        assert_ledger = self.ledger
-        if assert_ledger is None:
-            return
-        entry = assert_ledger.prepare(body)
+        """Survivors check and countersign the entry; without a ledger (an in-memory run)
+        they are still told what was released (index -1: nothing to sign), so each site
+        charges its own budget the event actually present."""
         by_ident = {p.ident: p for p in self.clients}
         signers = [by_ident[s] for s in outcome.survivors if s in by_ident] if not outcome.aborted else []
+        ledger = self.ledger
+        if ledger is None:
+            if signers:
+                note: dict[str, FieldValue] = {
+                    "index": -1, "prev_hash": "", "body": canonical_json(body).decode("utf-8"), "run": self.run_tag,
+                }
+                yield Exchange({p.address: (WITNESS, Envelope(fields=note)) for p in signers}, stage="witness")
+            return
+        entry = ledger.prepare(body)
         sigs: dict[str, bytes] = {}
         if signers:
             fields: dict[str, FieldValue] = {
@@ -826,7 +839,7 @@ class ServerEngine:
                 sig = env.fields.get("countersignature") if env is not None else None
                 if isinstance(sig, bytes) and verify_countersignature(entry.entry_hash, sig, p.identity_key):
                     sigs[p.name] = sig
-        assert_ledger.commit(entry, countersignatures=sigs)
+        ledger.commit(entry, countersignatures=sigs)
 
 
 def _mean_eval(envs: Any, *, weighted: bool) -> Evaluation | None:
