@@ -154,9 +154,8 @@ def planned_event(mech: Any) -> DPEvent:
     against its cap before joining (central noise: the one event it adds)."""
     if mech is None:
         return NonPrivateEvent()
-    if isinstance(mech, CentralGaussian):
-        return mech.event()
-    return mech.event(num_survivors=mech.threshold)
+    event: DPEvent = mech.event() if isinstance(mech, CentralGaussian) else mech.event(num_survivors=mech.threshold)
+    return event
 
 
 def check_colluder_provisioning(config: RunConfig) -> None:

@@ -701,7 +701,7 @@ class ServerEngine:
                 out.dropped.setdefault("upload", []).append(p.ident)
                 continue
             if "refused" in env.fields:
-                out.excluded[p.ident] = f"refused: {env.fields['refused']}"
+                out.excluded[p.ident] = f"refused: {env.fields['refused']!s}"
                 continue
             upload = plain_role.read_upload(env, length=length)
             if upload is None:
@@ -761,8 +761,9 @@ class ServerEngine:
         out.download_bytes = {idents[i]: b for i, b in res.download_bytes.items()}
         out.transcript = [(_int(idents[i], i), s, z, d) for i, s, z, d in res.transcript]
         out.aborted = res.aborted
-        out.measurements.update({"aggregate_bytes": res.aggregate_bytes, "session_id": str(member(0)["session_id"].hex())
-                                 if isinstance(member(0)["session_id"], bytes) else ""})
+        sid = member(0)["session_id"] if ready else b""
+        out.measurements.update({"aggregate_bytes": res.aggregate_bytes,
+                                 "session_id": sid.hex() if isinstance(sid, bytes) else ""})
         if res.total is None:
             return out
         total = res.total
@@ -776,7 +777,7 @@ class ServerEngine:
                 out.measurements["unclipped_fraction"] = self.clipper.observe(indicator, num_clients=len(survivors))
         else:
             out.mean = total[:-1] / float(total[-1])
-        out.survivors = tuple(sorted(idents[i] for i in survivors))  # type: ignore[type-var]
+        out.survivors = _sorted_idents(idents[i] for i in survivors)
         return out
 
     # -- evaluation ----------------------------------------------------------------------------------------
@@ -856,6 +857,13 @@ def _mean_eval(envs: Any, *, weighted: bool) -> Evaluation | None:
     w = np.asarray(ns, dtype=np.float64) if weighted else np.ones(len(ns))
     return Evaluation(float(np.average(accs, weights=w)), float(np.average(losses, weights=w)),
                       int(ns[0]) if not weighted else int(sum(ns)))
+
+
+def _sorted_idents(idents: Any) -> tuple[Any, ...]:
+    items = list(idents)
+    if all(isinstance(x, int) for x in items):
+        return tuple(sorted(items))
+    return tuple(sorted(items, key=str))
 
 
 def _int(ident: Any, fallback: int) -> int:
