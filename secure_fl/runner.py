@@ -206,7 +206,10 @@ def build_parties(
     """The simulated parties of a run: one :class:`Site` per data partition (named by its
     number), and the CKKS key holder as its own party under ``protocol = "ckks"``."""
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
-    holder_key = generate_identity(Csprng.from_entropy()) if config.protocol == "ckks" else None
+    holder_rng = (
+        Csprng(public.public_seed(config, "key-holder")) if config.simulation.reproducible_noise else Csprng.from_entropy()
+    )
+    holder_key = generate_identity(holder_rng) if config.protocol == "ckks" else None
     rules = SiteRules(
         roster=None,
         require_dp=False,
@@ -270,7 +273,10 @@ def _run(
         if config.simulation.reproducible_noise
         else Csprng.from_entropy()
     )
-    identities = ClientIdentities.generate(range(config.clients.num))  # each client's own key
+    # Each client's own identity key; derived from the seed only under reproducible noise
+    # (research: then two runs, or two transports, sign the same bytes).
+    id_rng = Csprng(public.public_seed(config, "identities")) if config.simulation.reproducible_noise else None
+    identities = ClientIdentities.generate(range(config.clients.num), rng=id_rng)
     layout = tensor_layout(model, data.feature_shape)
     full_memory = subset_memory(
         layout, frozenset(range(len(layout))), batch_size=config.train.batch_size
