@@ -115,6 +115,10 @@ def run_deployment(
         progress.write(json.dumps({"t": round(time.time(), 3), **event}) + "\n")
         progress.flush()
 
+    if drops is None and settings.drop_plan is not None:
+        from secure_fl.transport.dropouts import DropPlan
+
+        drops = DropPlan(settings.drop_plan, protocol=config.protocol)
     transport = FlowerTransport(grid, settings, group=f"secure-fl/{out.name}", drops=drops,
                                 on_stage=lambda stage: note(event="stage", stage=stage))
     try:

@@ -7,7 +7,10 @@ app gives one, else the SuperLink's working directory), ``overrides`` (space-sep
 holder included), ``num-classes`` (the model's output size: nodes reporting more are
 excluded at hello), ``connect-timeout``, ``train-timeout`` (set-up: local training),
 ``stage-timeout`` (every other message), ``poll-interval``, ``feature-shape`` (the
-model's input shape, e.g. ``"30"`` or ``"1,8,8"``; empty: the shape most parties report).
+model's input shape, e.g. ``"30"`` or ``"1,8,8"``; empty: the shape most parties report),
+``drop-plan`` (rehearsals and tests only: JSON ``{aggregation: {site name: stage}}``, the
+parties the transport silences from that stage on, as
+:class:`~secure_fl.transport.dropouts.DropPlan`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class DeploymentSettings:
     poll_interval: float = 0.25
     num_classes: int = 2
     feature_shape: tuple[int, ...] | None = None
+    drop_plan: dict[int, dict[str, str]] | None = None
 
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any], *, base_dir: Path | None = None) -> DeploymentSettings:
@@ -67,6 +71,7 @@ class DeploymentSettings:
             poll_interval=num("poll-interval", 0.25),
             num_classes=_num_classes(rc.get("num-classes", 2)),
             feature_shape=_shape(rc.get("feature-shape", "")),
+            drop_plan=_drop_plan(rc.get("drop-plan", "")),
         )
 
     def config_file(self) -> Path | None:
@@ -77,6 +82,21 @@ class DeploymentSettings:
         if not path.is_absolute() and self.base_dir is not None:
             path = self.base_dir / path
         return path
+
+
+def _drop_plan(value: Any) -> dict[int, dict[str, str]] | None:
+    """``{"<aggregation>": {"<site name>": "<stage>"}}`` as JSON (tests and rehearsals)."""
+    if value in ("", None):
+        return None
+    import json
+
+    try:
+        tree = json.loads(str(value))
+        plan = {int(v): {str(n): str(st) for n, st in members.items()} for v, members in tree.items()}
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"must be JSON {{aggregation: {{site: stage}}}}, got {value!r} ({exc})",
+                          field="drop-plan") from None
+    return plan
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
