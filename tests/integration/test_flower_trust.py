@@ -1,6 +1,7 @@
 """Issue 14 on the Flower transport: a malicious server's cohort, bad nodes at hello,
-countersigned ledger entries. Real ServerApp / ClientApp code on the in-memory grid of
-``test_flower_deployment``."""
+countersigned ledger entries. The real ClientApp (a site built from its site.toml, the
+engine's :class:`~secure_fl.engine.client.ClientEngine`) and ServerApp on the in-memory
+grid of ``flower_cluster``."""
 
 from __future__ import annotations
 
@@ -14,36 +15,37 @@ import pytest
 pytest.importorskip("flwr")
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-from flwr.app import Context, Message  # noqa: E402
+from flwr.app import Context, Message, RecordDict  # noqa: E402
 from test_flower_deployment import FakeGrid, _make_sites, _pilot_config  # noqa: E402
 
 from crypto.prg import fresh_seed  # noqa: E402
-from crypto.secagg import RoundConfig, SecAggServer, encode  # noqa: E402
 from secure_fl.config import load_config, to_toml  # noqa: E402
-from secure_fl.errors import RemoteProtocolError  # noqa: E402
+from secure_fl.engine.client import ClientEngine  # noqa: E402
+from secure_fl.engine.transport import SETUP, WITNESS, Envelope  # noqa: E402
 from secure_fl.transport.flower import client_app, server_app  # noqa: E402
-from secure_fl.transport.flower.codec import Envelope, pack, unpack  # noqa: E402
-from secure_fl.transport.flower.site import load_site_config  # noqa: E402
+from secure_fl.transport.flower.codec import RecordState, pack, unpack  # noqa: E402
+from secure_fl.transport.flower.site import load_identity_key, load_site_config  # noqa: E402
 
 pytestmark = pytest.mark.flower
 
+DIM = 14  # logreg: 6 features x 2 classes + 2 biases
+
+
+def _engine(tmp_path: Path, site_file: Path) -> ClientEngine:
+    config = load_config(_pilot_config(tmp_path, 1))
+    return ClientEngine(client_app.build_site(load_site_config(site_file), config, num_classes=2))
+
 
 def _malicious_setup(tmp_path: Path, identity_keys: list[bytes], *, threshold: int, provisioned: int) -> Envelope:
-    """A set-up exactly as the ServerApp builds it, for a cohort the server chose."""
+    """An aggregation set-up as a server would send it, for a cohort the server chose."""
     config = load_config(_pilot_config(tmp_path, 1))
-    dim = 14  # logreg: 6 features x 2 classes + 2 biases
-    mech = client_app.mechanism_for(config, dim=dim, num_clients=len(identity_keys), provisioned=provisioned)
-    rc = RoundConfig(
-        session_id=fresh_seed(), round_number=1, bits=config.secagg.bits, length=mech.padded_dim,
-        threshold=threshold, identity_keys=tuple(identity_keys), graph_seed=fresh_seed(),
-    )
-    frames = [encode(m) for m in SecAggServer(rc).start() if m.recipient == 0]
     fields = {
-        **client_app.round_config_fields(rc), "config_toml": to_toml(config), "round_seed": fresh_seed(),
-        "weight": 1.0, "provisioned": provisioned, "gamma": float(mech.gamma), "feature_shape": [6],
-        "num_classes": 2, "run": "attack", "index": 0,
+        "version": 1, "config_toml": to_toml(config), "protocol": "secagg", "aggregate": True,
+        "identity_keys": identity_keys, "index": 0, "threshold": threshold, "provisioned": provisioned,
+        "n": len(identity_keys), "clip": 1.0, "kappa": 0.0, "weight": 1.0, "staleness": 0,
+        "session_id": fresh_seed(), "round_seed": fresh_seed(), "run": "attack",
     }
-    return Envelope(tuple(frames), fields, {"weights": np.zeros(dim, dtype=np.float32)})
+    return Envelope(fields=fields, arrays={"support": np.arange(DIM, dtype=np.int64)})
 
 
 def test_site_refuses_a_sybil_cohort_of_two(tmp_path: Path) -> None:
@@ -51,23 +53,23 @@ def test_site_refuses_a_sybil_cohort_of_two(tmp_path: Path) -> None:
     and the 'aggregate' equalled its own update. Now it refuses before training."""
     files = _make_sites(tmp_path)
     site = load_site_config(files[0])
-    own = client_app.load_identity_key(site).public_key().public_bytes_raw()
+    own = load_identity_key(site).public_key().public_bytes_raw()
     sybil = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
     env = _malicious_setup(tmp_path, [own, sybil], threshold=2, provisioned=1)
-    state = Context(run_id=1, node_id=1, node_config={}, state=__import__("flwr").app.RecordDict(), run_config={}).state
-    with pytest.raises(RemoteProtocolError, match="not in the roster"):
-        client_app.handle_setup(env, site, state)
+    reply = _engine(tmp_path, files[0]).handle(SETUP, env, RecordState(RecordDict()))
+    assert reply.fields["refusal"] == "rules"
+    assert "not in the roster" in str(reply.fields["refused"])
+    assert not reply.frames
     assert not (site.keys_dir / "budget.jsonl").exists()  # nothing charged, nothing sent
 
 
 def test_site_refuses_provisioning_above_what_the_roster_allows(tmp_path: Path) -> None:
     files = _make_sites(tmp_path)
-    site = load_site_config(files[0])
-    keys = [client_app.load_identity_key(load_site_config(f)).public_key().public_bytes_raw() for f in files]
+    keys = [load_identity_key(load_site_config(f)).public_key().public_bytes_raw() for f in files]
     env = _malicious_setup(tmp_path, keys, threshold=2, provisioned=3)  # 3 > n - c = 2
-    with pytest.raises(RemoteProtocolError, match="above what the roster allows"):
-        client_app.handle_setup(env, site, Context(run_id=1, node_id=1, node_config={},
-                                                   state=__import__("flwr").app.RecordDict(), run_config={}).state)
+    reply = _engine(tmp_path, files[0]).handle(SETUP, env, RecordState(RecordDict()))
+    assert reply.fields["refusal"] == "rules"
+    assert "above what the roster allows" in str(reply.fields["refused"])
 
 
 def _tampering_hello(field: str, value: Any) -> Any:
@@ -75,7 +77,7 @@ def _tampering_hello(field: str, value: Any) -> Any:
 
     def handle(msg: Message, context: Context) -> Message:
         reply = client_app.app(msg, context)
-        if msg.metadata.message_type != client_app.HELLO:
+        if msg.metadata.message_type != "query.secure_fl_hello":
             return reply
         env = unpack(reply.content)
         return Message(pack(frames=env.frames, fields={**env.fields, field: value}, arrays=env.arrays), reply_to=msg)
@@ -88,17 +90,17 @@ def test_bad_nodes_at_hello_are_excluded_and_the_run_continues(tmp_path: Path) -
     one reporting num_classes = 10**9: each is excluded and logged, the three honest
     sites complete the run (the old server aborted, or sized the model by 10**9)."""
     files = _make_sites(tmp_path, count=6)
-    site0 = load_site_config(files[0])
-    copied = client_app.load_identity_key(site0).public_key().public_bytes_raw()
+    copied = load_identity_key(load_site_config(files[0])).public_key().public_bytes_raw()
     handlers: dict[int, Any] = {11: client_app.app, 22: client_app.app, 33: client_app.app,
                                 44: _tampering_hello("identity_key", copied),
                                 55: _tampering_hello("feature_shape", [9]),
                                 66: _tampering_hello("num_classes", 10**9)}
-    grid = FakeGrid(handlers)
+    cfg = _pilot_config(tmp_path, 1)
+    grid = FakeGrid(handlers, run_config={"config": str(cfg)})
     for node, path in zip(sorted(handlers), files, strict=True):
         grid.contexts[node].node_config["site-config"] = str(path)
     settings = server_app.DeploymentSettings(
-        config_path=str(_pilot_config(tmp_path, 1)), out_dir=tmp_path / "run", min_nodes=3,
+        config_path=str(cfg), out_dir=tmp_path / "run", min_nodes=3,
         connect_timeout=5, train_timeout=30, stage_timeout=5, poll_interval=0.01,
     )
     lines: list[str] = []
@@ -114,32 +116,28 @@ def test_bad_nodes_at_hello_are_excluded_and_the_run_continues(tmp_path: Path) -
 
 
 def test_site_countersigns_only_the_aggregation_it_survived(tmp_path: Path) -> None:
-    """After a real in-memory run, the server asks a site to countersign a doctored
-    entry (another version, or a body that drops the site): the site refuses."""
-    from flwr.app import RecordDict
-
+    """The server asks a site to countersign a doctored entry (another version, a body
+    that drops the site, another session): the site refuses; it signs its own once."""
     from audits.ledger import canonical_json
-    from secure_fl.witness import remember_round
+    from secure_fl.engine.client import WITNESS_KEY
 
     files = _make_sites(tmp_path)
-    site = load_site_config(files[0])
-    state = RecordDict()
-    from secure_fl.transport.flower.codec import get_state, put_state
-
-    remember_round(state, version=3, session_id=b"s" * 32, put=put_state, get=get_state)
+    engine = _engine(tmp_path, files[0])
+    state = RecordState(RecordDict())
+    session = (b"s" * 32).hex()
+    state.put(WITNESS_KEY, {"last_index": -1, "version": 3, "session_id": session})
     body = {"version": 3, "cohort": ["site-0", "site-1"], "survivors": ["site-0", "site-1"],
-            "measurements": {"session_id": (b"s" * 32).hex()}}
+            "measurements": {"session_id": session}, "aborted": None}
 
     def ask(b: dict[str, Any], index: int = 2) -> Envelope:
         env = Envelope(fields={"index": index, "prev_hash": "0" * 64, "body": canonical_json(b).decode()})
-        return client_app.handle_witness(env, site, state)
+        return engine.handle(WITNESS, env, state)
 
-    with pytest.raises(RemoteProtocolError, match="records version 4"):
-        ask({**body, "version": 4})
-    with pytest.raises(RemoteProtocolError, match="does not list site-0"):
-        ask({**body, "survivors": ["site-1"]})
-    with pytest.raises(RemoteProtocolError, match="another session id"):
-        ask({**body, "measurements": {"session_id": "00"}})
-    assert len(ask(body).fields["countersignature"]) == 64
-    with pytest.raises(RemoteProtocolError):  # one signature per aggregation, never a second history
-        ask(body)
+    for doctored, why in (({**body, "version": 4}, "records version 4"),
+                          ({**body, "survivors": ["site-1"]}, "does not list site-0"),
+                          ({**body, "measurements": {"session_id": "00"}}, "another session id")):
+        reply = ask(doctored)
+        assert "countersignature" not in reply.fields and why in str(reply.fields["refused"]), reply.fields
+    assert len(ask(body).fields["countersignature"]) == 64  # type: ignore[arg-type]
+    again = ask(body)  # one signature per aggregation, never a second history
+    assert "countersignature" not in again.fields and again.fields["refusal"] == "error"
