@@ -2,12 +2,15 @@
 
 Usage::
 
-    .venv/bin/python examples/hospitals/run.py [--out DIR] [--rounds N]
+    .venv/bin/python examples/hospitals/run.py [--out DIR] [--rounds N] [--transport flower]
 
 1. Splits scikit-learn's breast-cancer data (569 patients) into 5 hospital CSV files of
    different sizes (34%, 26%, 18%, 14%, 8% of patients) under ``DIR/sites/``.
 2. Runs the federated job of ``config.toml`` (SecAgg+, DP-SGD inside each hospital)
-   into ``DIR/run/``.
+   into ``DIR/run/``: in-process (default), or with ``--transport flower`` on a real
+   Flower federation on this machine (one SuperLink, one SuperNode per hospital, TLS;
+   :func:`secure_fl.transport.flower.local.run_local_federation`): the same engine, each
+   hospital's SuperNode holding only its own CSV, identity key and budget ledger.
 3. Audits the run: verifies the signed, hash-chained ledger against the server's
    public key and the summary's anchors, writes ``DIR/audit.json``, and runs
    ``secure-fl audit`` for the full report in ``DIR/audit/`` (``audit.json``,
@@ -57,6 +60,37 @@ def write_sites(out: Path, *, seed: int = 0) -> list[Path]:
     return paths
 
 
+def write_site_files(sites: list[Path], out: Path) -> list[Path]:
+    """One Flower site file per hospital CSV (``hospital-<i>``, its own keys directory).
+
+    ``require_dp = false``: the unit of privacy here is the patient record (DP-SGD inside
+    each hospital); there is no client-level noise a site could require.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, csv_path in enumerate(sites, start=1):
+        path = out / f"hospital_{i}.toml"
+        path.write_text(
+            f'[site]\nname = "hospital-{i}"\ndata = "{csv_path.resolve()}"\nlabel_column = "diagnosis"\n'
+            f'keys_dir = "keys/hospital-{i}"\nrequire_dp = false\ntest_fraction = 0.25\n'
+            f'roster = "roster.toml"\n',
+            encoding="utf-8",
+        )
+        files.append(path)
+    return files
+
+
+def run_on_flower(config: Any, sites: list[Path], out: Path) -> dict[str, Any]:
+    """The same job on a local Flower federation (TLS on loopback); returns the summary."""
+    from secure_fl.config import to_toml
+    from secure_fl.transport.flower.local import run_local_federation
+
+    cfg = out / "flower-config.toml"
+    cfg.write_text(to_toml(config), encoding="utf-8")
+    files = write_site_files(sites, out / "flower-sites")
+    return run_local_federation(cfg, files, out / "run", work_dir=out / "flower", num_classes=2)
+
+
 def audit(run_dir: Path, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     """Verify the ledger, then run ``secure-fl audit`` for the full report."""
     key = load_public_key(run_dir / PUBLIC_KEY_FILENAME)
@@ -75,7 +109,9 @@ def audit(run_dir: Path, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     }
     from secure_fl.cli import main as cli
 
-    status = cli(["audit", str(run_dir), "--out", str(out / "audit")])
+    roster = out / "flower-sites" / "roster.toml"
+    extra = ["--roster", str(roster)] if summary.get("transport") == "flower" else []
+    status = cli(["audit", str(run_dir), "--out", str(out / "audit"), *extra])
     result["full_audit"] = {"exit_status": status, "dir": str(out / "audit")}
     (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -86,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/hospitals"))
     parser.add_argument("--rounds", type=int, default=None, help="override the config's rounds")
     parser.add_argument("--config", type=Path, default=HERE / "config.toml")
+    parser.add_argument("--transport", choices=("inprocess", "flower"), default="inprocess",
+                        help="flower: one SuperNode per hospital on a local TLS federation")
     args = parser.parse_args(argv)
     out: Path = args.out
     if (out / "run" / "summary.json").exists():
@@ -95,14 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         overrides.append(f"rounds={args.rounds}")
     config = load_config(args.config, overrides)
-    result = run(config, out_dir=out / "run", progress=False)
-    s = result.summary
+    if args.transport == "flower":
+        s = run_on_flower(config, sites, out)
+    else:
+        s = run(config, out_dir=out / "run", progress=False).summary
     checks = audit(out / "run", s, out)
     sizes = [sum(1 for _ in p.open()) - 1 for p in sites]
     per_site = s.get("epsilon_record_level_per_site", {})
     print(f"{'hospital':>9} {'patients':>9} {'record-level epsilon':>21}")
     for i, n in enumerate(sizes):
-        eps = per_site.get(str(i))
+        eps = per_site.get(str(i), per_site.get(f"hospital-{i + 1}"))
         print(f"{i + 1:>9} {n:>9} {'-' if eps is None else f'{eps:.2f}':>21}")
     print(
         f"final accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f}); "

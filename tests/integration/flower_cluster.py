@@ -1,7 +1,8 @@
 """A real Flower federation on loopback for tests: one SuperLink (TLS) and N SuperNodes.
 
-Started by the test with certificates from :func:`secure_fl.certs.create_pilot_certs`;
-every process is started here and killed here by pid (its whole tree), never by name.
+:class:`Cluster` is :class:`secure_fl.transport.flower.local.LocalFederation` (the examples'
+``--transport flower`` path): every process is started there and killed by pid (its
+whole tree), never by name.
 One cluster serves several runs (``flwr run`` submits each job to the same SuperLink),
 which keeps the Flower tests fast: a SuperNode's start-up costs seconds, a run only
 its messages.
@@ -15,10 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
-from secure_fl.certs import create_pilot_certs
+from secure_fl.transport.flower.local import LocalFederation
 
 BIN = Path(sys.executable).parent
 
@@ -68,66 +68,11 @@ def wait_for(path: Path, text: str, timeout: float) -> None:
     raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{tail}")
 
 
-class Cluster:
-    """SuperLink + SuperNodes over TLS on 127.0.0.1; ``nodes`` maps a node's name to its
-    ``--node-config`` string (e.g. ``site-config="/x/site.toml"``)."""
-
-    def __init__(self, root: Path, nodes: Mapping[str, str]) -> None:
-        self.root = root
-        self.nodes = dict(nodes)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "FLWR_HOME": str(root / "flwr-cli"), "OMP_NUM_THREADS": "1"}
-        self.certs = create_pilot_certs(root / "certs")
-        self.port = free_port()
-        self._runs = 0
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = (self.root / f"{name}.log").open("wb")
-        env = {**self.env, "FLWR_HOME": str(self.root / f"flwr-{name}")}
-        self.procs[name] = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
-        )
-
-    def up(self) -> Cluster:
-        c = self.certs
-        self._start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(c.ca_cert),
-                                  "--ssl-certfile", str(c.server_cert), "--ssl-keyfile", str(c.server_key),
-                                  "--port", str(self.port), "--disable-runtime-dependency-installation"])
-        wait_for(self.root / "superlink.log", "Uvicorn running", 90)
-        for name, node_config in self.nodes.items():
-            self._start(name, [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
-                               "--root-certificates", str(c.ca_cert), "--port", str(free_port()),
-                               "--node-config", node_config])
-        for name in self.nodes:
-            wait_for(self.root / f"{name}.log", "SuperNode ID", 120)
-        home = self.root / "flwr-cli"
-        home.mkdir(exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "pilot"\n\n[superlink.pilot]\naddress = "127.0.0.1:{self.port}"\n'
-            f'root-certificates = "{c.ca_cert}"\n', encoding="utf-8")
-        return self
-
-    def kill(self, name: str) -> None:
-        """SIGKILL one SuperNode (and the ClientApp processes it started)."""
-        kill_tree(self.procs[name])
+class Cluster(LocalFederation):
+    """:class:`~secure_fl.transport.flower.local.LocalFederation` plus what tests check."""
 
     def alive(self) -> list[str]:
         return [n for n, p in self.procs.items() if n != "superlink" and p.poll() is None]
-
-    def submit(self, app: Path, run_config: str, *, tag: str | None = None) -> subprocess.Popen[bytes]:
-        """``flwr run APP pilot --stream --run-config RUN_CONFIG`` (returns at once)."""
-        self._runs += 1
-        log = (self.root / f"flwr-run-{tag or self._runs}.log").open("wb")
-        return subprocess.Popen(
-            [str(BIN / "flwr"), "run", str(app), "pilot", "--stream", "--run-config", run_config],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root, start_new_session=True,
-        )
-
-    def down(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None or descendants(proc.pid):
-                kill_tree(proc)
 
     def leftovers(self) -> list[str]:
         ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
@@ -156,7 +101,11 @@ class Federation:
     def __init__(self, config: object, root: Path, *, min_cohort: int = 2, min_threshold: int = 2,
                  budget_cap: float = float("inf")) -> None:
         from secure_fl.roster import build_roster, write_roster
-        from secure_fl.transport.flower.site import load_identity_key, load_site_config, write_partition_sites
+        from secure_fl.transport.flower.site import (
+            load_identity_key,
+            load_site_config,
+            write_partition_sites,
+        )
 
         self.root = root
         num = config.clients.num  # type: ignore[attr-defined]

@@ -72,3 +72,10 @@ def test_one_hundred_virtual_clients_two_aggregations(tmp_path: Path) -> None:
     assert summary["num_clients"] == 100
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["aborted"] is None for m in metrics)
+
+
+def test_four_virtual_clients_one_aggregation(tmp_path: Path) -> None:
+    """The simulation runtime path itself (partition sites, research identities)."""
+    summary, _elapsed = _simulate(tmp_path, supernodes=4, overrides="rounds=1 clients.num=4")
+    assert summary["aggregations_completed"] == 1
+    assert sorted(summary["sites"]) == ["0", "1", "2", "3"]

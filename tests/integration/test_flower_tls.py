@@ -33,7 +33,6 @@ from test_transport_equivalence import (  # noqa: E402
     flower_arrivals,
     ledger_events,
     run_inprocess,
-    scenario_config,
 )
 
 from secure_fl.config import build_config, to_toml  # noqa: E402

@@ -77,7 +77,10 @@ MAX_REASON = 1000
 # -- the party behind this SuperNode ------------------------------------------------------------
 def _run_config(context: Context, base_dir: Path | None) -> tuple[RunConfig, DeploymentSettings]:
     settings = DeploymentSettings.from_run_config(dict(context.run_config), base_dir=base_dir)
-    return load_config(settings.config_file(), list(settings.overrides)), settings
+    overrides = list(settings.overrides)
+    if "num-partitions" in context.node_config and SITE_CONFIG_KEY not in context.node_config:
+        overrides.append(f"clients.num={int(context.node_config['num-partitions'])}")  # simulation runtime
+    return load_config(settings.config_file(), overrides), settings
 
 
 def _model(config: RunConfig, shape: tuple[int, ...], num_classes: int) -> Any:
@@ -179,14 +182,12 @@ _SIM_DATA: dict[tuple[str, int], Any] = {}
 
 def simulated_site(context: Context, config: RunConfig, *, num_classes: int, store: StateStore) -> Site:
     """The engine's :class:`Site` of a virtual SuperNode (research mode, see the module docstring)."""
-    from dataclasses import replace
-
     from secure_fl.config import config_hash
     from secure_fl.data import load_federated_data
 
     pid, num = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-    if config.clients.num != num:
-        config = replace(config, clients=replace(config.clients, num=num))
+    if config.clients.num != num:  # pragma: no cover - _run_config sets it
+        raise ConfigError(f"clients.num = {config.clients.num} but num-partitions = {num}", field="clients.num")
     key = (config_hash(config), num)
     if key not in _SIM_DATA:  # one Ray actor serves many virtual nodes: load the data set once
         _SIM_DATA.clear()

@@ -143,6 +143,9 @@ def run_deployment(
                 log(f"secure-fl: aggregation {record['version']}: {who} left out: {why}")
             for who, why in sorted(record["budget_refusals"].items()):
                 log(f"secure-fl: aggregation {record['version']}: {who} refused: {why}")
+            for stage, who_list in record["dropped"].items():
+                for who in who_list:
+                    log(f"secure-fl: aggregation {record['version']}: {who} left out: no answer to {stage} in time")
             log(line + (f" ABORTED {record['aborted']}" if record["aborted"] else ""))
 
         memory = _memory_choice(config, model, shape)
