@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-from flower_cluster import BIN, free_port, kill_tree, wait_for  # noqa: E402
+from flower_cluster import BIN, fake_grid_class, free_port, kill_tree, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.flower]
 
@@ -52,7 +52,7 @@ def _simulate(tmp_path: Path, *, supernodes: int, overrides: str) -> tuple[dict,
         run = subprocess.run(
             [str(BIN / "flwr"), "run", str(EXAMPLE), "sim", "--stream",
              "--federation-config", f"num-supernodes={supernodes}",
-             "--run-config", f'config="research.toml" out-dir="{out}" min-nodes={supernodes} '
+             "--run-config", f'config="research.toml" out-dir="{out}" min-nodes={supernodes} num-classes=10 '
                              f'overrides="{overrides}" train-timeout=600.0 stage-timeout=300.0'],
             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800,
         )
@@ -74,8 +74,26 @@ def test_one_hundred_virtual_clients_two_aggregations(tmp_path: Path) -> None:
     assert len(metrics) == 2 and all(m["aborted"] is None for m in metrics)
 
 
+@pytest.mark.slow
 def test_four_virtual_clients_one_aggregation(tmp_path: Path) -> None:
     """The simulation runtime path itself (partition sites, research identities)."""
     summary, _elapsed = _simulate(tmp_path, supernodes=4, overrides="rounds=1 clients.num=4")
     assert summary["aggregations_completed"] == 1
-    assert sorted(summary["sites"]) == ["0", "1", "2", "3"]
+    assert summary["sites"] == ["0", "1", "2", "3"]
+
+
+def test_virtual_supernodes_take_their_partition_in_memory(tmp_path: Path) -> None:
+    """The ClientApp of a virtual SuperNode (node config ``partition-id`` /
+    ``num-partitions``, no site file) over the in-memory grid: the same engine, names
+    "0".."3" as in-process, research identities derived from the seed."""
+    from secure_fl.transport.flower import client_app, server_app
+
+    app = client_app.make_client_app(base_dir=EXAMPLE)
+    nodes = {100 + i: {"partition-id": i, "num-partitions": 4} for i in range(4)}
+    rc = {"config": "research.toml", "overrides": "rounds=1 clients.num=4", "num-classes": 10}
+    grid = fake_grid_class()({n: app for n in nodes}, node_configs=nodes, run_config=rc)
+    settings = server_app.DeploymentSettings.from_run_config(
+        {**rc, "out-dir": str(tmp_path / "run"), "min-nodes": 4, "connect-timeout": 5.0}, base_dir=EXAMPLE)
+    summary = server_app.run_deployment(grid, settings, log=lambda _m: None)
+    assert summary["aggregations_completed"] == 1
+    assert summary["sites"] == ["0", "1", "2", "3"]

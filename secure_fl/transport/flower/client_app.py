@@ -21,7 +21,7 @@ How a SuperNode finds its party (``--node-config``):
     ciphertext. Its site.toml needs ``name`` and ``keys_dir`` (``data`` is not read).
 ``partition-id`` / ``num-partitions`` (Flower's simulation runtime; research mode)
     Set by ``flwr run`` for each virtual SuperNode. The party is the simulated client
-    ``client-<partition-id>`` of the run configuration's data set (the same partition
+    ``<partition-id>`` ("0", "1", ...) of the run configuration's data set (the same partition
     the in-process simulator builds, with ``clients.num = num-partitions``). Its
     identity key is derived from the run's seed and its name, so every virtual client
     and the server can compute every key: there is no roster and no trust boundary,
@@ -194,7 +194,7 @@ def simulated_site(context: Context, config: RunConfig, *, num_classes: int, sto
         _SIM_DATA[key] = load_federated_data(config)
     fed = _SIM_DATA[key]
     client = fed.clients[pid]
-    name = f"client-{pid}"
+    name = str(pid)  # as the in-process simulator names its clients
     return Site(
         name=name,
         identity_key=research_identity(config, name),
@@ -207,7 +207,7 @@ def simulated_site(context: Context, config: RunConfig, *, num_classes: int, sto
 
 
 def _site_config(context: Context) -> SiteConfig | None:
-    path = context.node_config.get(SITE_CONFIG_KEY) or os.environ.get("SECURE_FL_SITE_CONFIG")
+    path = context.node_config.get(SITE_CONFIG_KEY)
     if isinstance(path, str) and path:
         return load_site_config(path)
     if "partition-id" in context.node_config:
