@@ -169,6 +169,7 @@ def run(
     progress: bool = True,
     sites: Sequence[SiteSource] | None = None,
     loss_fn: LossFn | None = None,
+    drop_plan: Mapping[int, Mapping[str, str]] | None = None,
 ) -> RunResult:
     """Run one federated job described by ``config``.
 
@@ -181,6 +182,9 @@ def run(
     directory). Clients' local training and DP encoding run in ``simulation.workers``
     processes (:mod:`secure_fl.workers`); torch uses one thread in each, and in this
     process for the duration of the run unless ``OMP_NUM_THREADS`` chooses otherwise.
+    ``drop_plan`` (``{aggregation: {client name: stage}}``,
+    :class:`secure_fl.transport.dropouts.DropPlan`) replaces the random
+    ``simulation.dropout`` draws with exactly these dropouts (equivalence tests).
     """
     threads = contextlib.nullcontext() if os.environ.get("OMP_NUM_THREADS") else single_torch_thread()
     with threads:
@@ -192,6 +196,7 @@ def run(
             progress=progress,
             sites=sites,
             loss_fn=loss_fn,
+            drop_plan=drop_plan,
         )
 
 
