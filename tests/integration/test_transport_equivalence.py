@@ -96,8 +96,7 @@ def run_inprocess(config: Any, out: Path, *, plan: dict[int, dict[str, str]], ar
     from secure_fl.transport import inprocess
 
     if arrivals is None:
-        return runner._run(config, out_dir=out, model_fn=None, write=True, progress=False, sites=None,
-                           loss_fn=None, drop_plan=plan or None)
+        return runner.run(config, out_dir=out, progress=False, drop_plan=plan or None)
     order = list(arrivals)
 
     class Replay(inprocess.InProcessTransport):
@@ -119,8 +118,7 @@ def run_inprocess(config: Any, out: Path, *, plan: dict[int, dict[str, str]], ar
     original = runner.InProcessTransport
     runner.InProcessTransport = Replay  # type: ignore[misc]
     try:
-        return runner._run(config, out_dir=out, model_fn=None, write=True, progress=False, sites=None,
-                           loss_fn=None, drop_plan=plan or None)
+        return runner.run(config, out_dir=out, progress=False, drop_plan=plan or None)
     finally:
         runner.InProcessTransport = original  # type: ignore[misc]
 
