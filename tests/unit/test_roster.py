@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,7 +20,7 @@ from secure_fl.roster import (
     roster_main,
     write_roster,
 )
-from secure_fl.transport.flower.site import check_site_setup, load_identity_key, load_site_config
+from secure_fl.transport.flower.site import load_identity_key, load_site_config
 
 
 def _pub(key: Ed25519PrivateKey) -> bytes:
@@ -129,26 +130,53 @@ def test_cli_builds_the_roster_from_identity_pub_files_and_the_site_checks_with_
     assert "fingerprint" in capsys.readouterr().out
     assert roster_main(["show", str(tmp_path / "roster.toml")]) == 0
     sites = [load_site_config(f) for f in files]
-    members = tuple(load_identity_key(s).public_key().public_bytes_raw() for s in sites)
-    # the server lowers threat.max_colluders to 0 to inflate the counted shares: the site keeps its own c = 1
-    check = check_site_setup(sites[1], identity_keys=members, index=1, threshold=2, provisioned=2, run_max_colluders=0)
-    assert check.counted_shares == 1
-    with pytest.raises(RemoteProtocolError, match="site s1 refuses the cohort set-up"):
-        check_site_setup(sites[1], identity_keys=members, index=1, threshold=2, provisioned=3, run_max_colluders=0)
+    members = [load_identity_key(s).public_key().public_bytes_raw() for s in sites]
+    # the server lowers threat.max_colluders to 0 to inflate the counted shares: the site
+    # (its engine, with the rules of its site file) keeps its own c = 1
+    assert "above what the roster allows" in _aggregate_setup(sites[1], members, provisioned=3)
+    assert "holds no trained update" in _aggregate_setup(sites[1], members, provisioned=2)  # the rules pass
+
+
+def _aggregate_setup(site: Any, members: list[bytes], *, provisioned: int) -> str:
+    """The reason site ``site`` (index 1) gives for an aggregation set-up announcing
+    ``provisioned`` noise shares under ``threat.max_colluders = 0``."""
+    import numpy as np
+    from torch import nn
+
+    from secure_fl.config import build_config, to_toml
+    from secure_fl.engine.client import ClientEngine, DictState, MemoryBudget, Site, SiteData, SiteRules
+    from secure_fl.engine.transport import SETUP, Envelope
+
+    config = build_config({"protocol": "secagg", "clients": {"num": 3}, "threat": {"max_colluders": 0},
+                           "dp": {"mechanism": "discrete_gaussian", "noise_multiplier": 1.0}})
+    empty = np.zeros((0, 2), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    engine = ClientEngine(Site(
+        name=site.name, identity_key=load_identity_key(site), data=SiteData(*empty, *empty),
+        rules=SiteRules(roster=load_roster(site.roster), max_colluders=site.max_colluders),
+        budget=MemoryBudget(cap=float("inf"), delta=1e-5, name=site.name), model=nn.Linear(2, 2),
+    ))
+    env = Envelope(fields={
+        "version": 1, "config_toml": to_toml(config), "protocol": "secagg", "aggregate": True,
+        "identity_keys": members, "index": 1, "threshold": 2, "provisioned": provisioned, "n": 3,
+        "clip": 1.0, "kappa": 0.0, "weight": 1.0, "staleness": 0,
+    }, arrays={"support": np.arange(6, dtype=np.int64)})
+    return str(engine.handle(SETUP, env, DictState()).fields.get("refused"))
 
 
 def test_site_without_roster_refuses_to_start(tmp_path: Path) -> None:
-    from secure_fl.transport.flower.client_app import handle_hello
-    from secure_fl.transport.flower.codec import Envelope
+    pytest.importorskip("flwr")
+    from secure_fl.config import build_config
+    from secure_fl.transport.flower.client_app import build_site
 
+    config = build_config({})
     site = load_site_config(_site_file(tmp_path, "lonely", None))
     with pytest.raises(RosterError, match="no roster") as err:
-        handle_hello(Envelope(fields={"challenge": b"c" * 32}), site)
+        build_site(site, config, num_classes=2)
     assert HOW_TO_MAKE in str(err.value)
     site = load_site_config(_site_file(tmp_path, "empty", "empty.toml"))
     (tmp_path / "empty.toml").write_text("", encoding="utf-8")
     with pytest.raises(RosterError, match="is empty"):
-        handle_hello(Envelope(fields={"challenge": b"c" * 32}), site)
+        build_site(site, config, num_classes=2)
 
 
 def test_trusted_peers_is_gone_rather_than_failing_open(tmp_path: Path) -> None:

@@ -56,16 +56,13 @@ from secure_fl.errors import (
     ConfigError,
     DataError,
     PrivacyError,
-    RemoteProtocolError,
     SecureFLError,
 )
-from secure_fl.roster import CohortSetup, SetupCheck, check_setup, load_roster
 
 __all__ = [
     "SiteBudget",
     "SiteConfig",
     "SiteData",
-    "check_site_setup",
     "load_identity_key",
     "load_site_config",
     "load_site_data",
@@ -193,31 +190,6 @@ def load_identity_key(site: SiteConfig) -> Ed25519PrivateKey:
     if not pub_path.exists():
         pub_path.write_text(key.public_key().public_bytes_raw().hex() + "\n", encoding="ascii")
     return key
-
-
-def check_site_setup(
-    site: SiteConfig,
-    *,
-    identity_keys: tuple[bytes, ...],
-    index: int,
-    threshold: int,
-    provisioned: int,
-    run_max_colluders: int,
-) -> SetupCheck:
-    """The site's check of a cohort set-up against its own roster (fails closed).
-
-    Loads ``site.roster`` (a missing or empty roster raises :class:`RosterError` saying
-    how to make one) and applies :func:`secure_fl.roster.check_setup` with the larger of
-    the site's own ``max_colluders`` and the run's ``threat.max_colluders``: the server
-    cannot lower the collusion the site assumes.
-    """
-    roster = load_roster(site.roster)
-    own = load_identity_key(site).public_key().public_bytes_raw()
-    setup = CohortSetup(identity_keys=identity_keys, index=index, threshold=threshold, provisioned=provisioned)
-    try:
-        return check_setup(roster, setup, own_key=own, max_colluders=max(site.max_colluders, run_max_colluders))
-    except RemoteProtocolError as exc:
-        raise RemoteProtocolError(f"site {site.name} refuses the cohort set-up: {exc}") from None
 
 
 # -- data ----------------------------------------------------------------------------------
