@@ -62,7 +62,7 @@ class TlsFederation:
         out = self.root / f"run-{name}"
         run_config = (
             f'config="{cfg}" out-dir="{out}" min-nodes={len(self.cluster.nodes)} num-classes={self.num_classes} '
-            f'feature-shape="{self.shape}" train-timeout=120.0 stage-timeout=60.0 poll-interval=0.1'
+            f'feature-shape="{self.shape}" train-timeout=600.0 stage-timeout=300.0 poll-interval=0.1'
         )
         if plan:
             run_config += " drop-plan='" + json.dumps({str(k): v for k, v in plan.items()}, separators=(",", ":")) + "'"
