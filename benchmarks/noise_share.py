@@ -17,11 +17,12 @@ round's available compute). Round 1 (calibration, forking, warm-up) is excluded;
 median over steady rounds is reported.
 
     .venv/bin/python benchmarks/noise_share.py [--rounds 6] [--workers 1 2]
-    .venv/bin/python benchmarks/noise_share.py --baseline-rev REV   # old samplers, same run
+    .venv/bin/python benchmarks/noise_share.py --baseline-rev REV [--repeat 2]  # old samplers too
 
 ``--baseline-rev`` also times the same job with ``privacy/samplers.py`` taken from a git
 revision (loaded from ``git show``, swapped in for the mechanism), so the share before and
-after a sampler change is measured side by side. Prints rows and JSON.
+after a sampler change is measured side by side (``--repeat``: alternately, so a shared
+machine's load changes hit both). Prints rows and JSON.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--baseline-rev", default=None,
                     help="also run with privacy/samplers.py from this git revision")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the implementations alternately this many times each")
     args = ap.parse_args()
     impls: list[tuple[str, Any]] = [("current", None)]
     if args.baseline_rev:
@@ -119,7 +122,7 @@ def main() -> None:
         impls.append((f"baseline {args.baseline_rev}", base))
     out = []
     for w in args.workers:
-        for name, mod in impls:
+        for name, mod in impls * args.repeat:
             res = measure(args.rounds, w, mod)
             res["samplers"] = name
             out.append(res)
