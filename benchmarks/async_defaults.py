@@ -79,7 +79,7 @@ def compare(dp: bool, rounds: int, extra: list[str], variants: list[str]) -> dic
             "epsilon": res.summary.get("epsilon"),
             "time_to_sync_final_s": reached,
             "ratio": ratio,
-            "met": ratio is not None and ratio <= 0.25,
+            "met": bool(ratio is not None and ratio <= 0.25),
         })
     return out
 
