@@ -14,7 +14,10 @@ calls ``[c (r - 1), c r)`` belong to round ``r`` (no dropout in the default job)
 with ``P = 1`` for ``workers = 1`` (everything in this process) and ``P = workers`` for
 the pool (sampling seconds are CPU seconds spread over ``P`` processes; the share of the
 round's available compute). Round 1 (calibration, forking, warm-up) is excluded; the
-median over steady rounds is reported.
+median over steady rounds is reported. With ``workers = 1`` the same share is also
+computed in CPU time, which other processes' load does not inflate: the sampling calls'
+thread CPU seconds over this process's CPU clock from one round's first sampling call to
+the next round's (one whole round cycle; the last round has no next and is skipped).
 
     .venv/bin/python benchmarks/noise_share.py [--rounds 6] [--workers 1 2]
     .venv/bin/python benchmarks/noise_share.py --baseline-rev REV [--repeat 2]  # old samplers too
@@ -48,6 +51,8 @@ def measure(rounds: int, workers: int, samplers_mod: Any | None = None) -> dict[
     from secure_fl import load_config, run
 
     durations = mp.Array("d", _CAPACITY, lock=False)
+    cpu_durations = mp.Array("d", _CAPACITY, lock=False)  # thread CPU seconds of each call
+    cpu_stamps = mp.Array("d", _CAPACITY, lock=False)  # process CPU clock at each call's start
     count = mp.Value("q", 0, lock=True)
     mech_cls = dist._DistributedMechanism
     original = {cls: cls.__dict__["_sample_noise"] for cls in mech_cls.__subclasses__()
@@ -55,14 +60,19 @@ def measure(rounds: int, workers: int, samplers_mod: Any | None = None) -> dict[
 
     def timed(inner: Any) -> Any:
         def wrapper(self: Any, size: int, rng: Any) -> Any:
+            stamp = time.process_time()
+            cpu_start = time.thread_time()
             start = time.perf_counter()
             out = inner(self, size, rng)
             elapsed = time.perf_counter() - start
+            cpu = time.thread_time() - cpu_start
             with count.get_lock():
                 i = count.value
                 count.value += 1
             if i < _CAPACITY:
                 durations[i] = elapsed
+                cpu_durations[i] = cpu
+                cpu_stamps[i] = stamp
             return out
         return wrapper
 
@@ -88,8 +98,16 @@ def measure(rounds: int, workers: int, samplers_mod: Any | None = None) -> dict[
     for r in range(1, len(walls)):
         wall = walls[r] - walls[r - 1]
         sampling = sum(durations[(r - 1) * per_round : min(r * per_round, calls, _CAPACITY)])
-        rows.append({"round": r, "wall_s": round(wall, 3), "sampling_s": round(sampling, 3),
-                     "share": round(sampling / (wall * workers), 4)})
+        row = {"round": r, "wall_s": round(wall, 3), "sampling_s": round(sampling, 3),
+               "share": round(sampling / (wall * workers), 4)}
+        first, nxt = (r - 1) * per_round, r * per_round
+        if workers == 1 and nxt < min(calls, _CAPACITY):
+            # CPU clock from round r's first sampling call to round r+1's: one whole round
+            # cycle of this process's CPU, unaffected by other processes' load.
+            cycle = cpu_stamps[nxt] - cpu_stamps[first]
+            row["cpu_cycle_s"] = round(cycle, 3)
+            row["cpu_share"] = round(sum(cpu_durations[first:nxt]) / cycle, 4)
+        rows.append(row)
     steady = rows[1:] or rows
     return {
         "workers": workers,
@@ -99,6 +117,8 @@ def measure(rounds: int, workers: int, samplers_mod: Any | None = None) -> dict[
         "steady_round_s": round(statistics.median(r["wall_s"] for r in steady), 3),
         "steady_sampling_s": round(statistics.median(r["sampling_s"] for r in steady), 3),
         "steady_share": round(statistics.median(r["share"] for r in steady), 4),
+        "steady_cpu_share": (round(statistics.median(r["cpu_share"] for r in steady if "cpu_share" in r), 4)
+                             if any("cpu_share" in r for r in steady) else None),
         "final_accuracy": result.summary["final_accuracy"],
     }
 
@@ -128,6 +148,7 @@ def main() -> None:
             out.append(res)
             print(f"workers={w} samplers={name}: steady round {res['steady_round_s']:.3f} s, "
                   f"sampling {res['steady_sampling_s']:.3f} s -> share {100 * res['steady_share']:.1f}% "
+                  f"(CPU share {res['steady_cpu_share']}) "
                   f"(calls {res['calls']}/{res['expected_calls']})", flush=True)
     print(json.dumps(out))
 
