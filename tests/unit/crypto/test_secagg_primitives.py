@@ -24,6 +24,7 @@ from crypto.secagg import (
     MaskedInput,
     RoundConfig,
     ShareReceipt,
+    UnmaskRequest,
     UnmaskShares,
     decode,
     default_neighbors,
@@ -202,6 +203,9 @@ def _msgs() -> list[object]:
         ShareReceipt(session_id=SESSION, round_number=0, sender=1, complaints=(0, 4)),
         UnmaskShares(session_id=SESSION, round_number=0, sender=1, self_mask_shares=((1, PRIME - 1),),
                      key_shares=((2, 5),)),
+        UnmaskRequest(session_id=SESSION, round_number=0, recipient=1, survivors=(0, 1, 3),
+                      signatures=((0, (1, 3), bytes([1]) * 64), (3, (), bytes([2]) * 64)),
+                      mask_sets=((1, (0,), bytes([3]) * 64),)),
     ]
 
 
@@ -225,8 +229,11 @@ def test_wire_roundtrip_and_strict_decoding() -> None:
     frame = encode(m)
     assert len(frame) < 100 * 10 // 8 + 80 + 64  # + the mask-set signature
     assert np.array_equal(decode(frame).vector, vec)  # type: ignore[attr-defined]
-    with pytest.raises(RemoteProtocolError):
-        decode(frame[:4] + bytes([3]) + frame[5:])  # unknown version
+    from crypto.secagg.wire import VERSION
+
+    for version in (VERSION - 1, VERSION + 1):  # v2 frames (pairs of signatures) are refused
+        with pytest.raises(RemoteProtocolError, match="wire version"):
+            decode(frame[:4] + bytes([version]) + frame[5:])
 
 
 def test_masked_input_refuses_out_of_range_values() -> None:
