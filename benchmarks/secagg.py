@@ -239,16 +239,55 @@ def flower_secaggplus_round(n: int, d: int, dropped: set[int], num_shares: int, 
     return clock
 
 
-def hardening_costs(n: int, degree: int, quorum: int, survivors: int, dropped: int) -> dict[str, float]:
+class SignatureCounter:
+    """Counts the Ed25519 operations of one round by role and purpose (context).
+
+    Wraps ``verify``/``sign`` as imported by :mod:`crypto.secagg.client` and
+    :mod:`crypto.secagg.server` for the duration of a ``with`` block (the wrapper adds
+    a counter increment per call); the real functions do the work.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> SignatureCounter:
+        import crypto.secagg.client as client_mod
+        import crypto.secagg.server as server_mod
+
+        self._saved = [(client_mod, "verify", client_mod.verify), (client_mod, "sign", client_mod.sign),
+                       (server_mod, "verify", server_mod.verify)]
+        for mod, name, fn in self._saved:
+            role = "client" if mod is client_mod else "server"
+            setattr(mod, name, self._wrap(fn, f"{role}_{name}"))
+        return self
+
+    def _wrap(self, fn: Any, label: str) -> Any:
+        def counted(*args: Any, context: bytes, **kw: Any) -> Any:
+            key = f"{label}_{context.decode().removeprefix('secagg-').replace('-', '_')}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+            return fn(*args, context=context, **kw)
+
+        return counted
+
+    def __exit__(self, *exc: object) -> None:
+        for mod, name, fn in self._saved:
+            setattr(mod, name, fn)
+
+
+def hardening_costs(
+    n: int, degree: int, quorum: int, survivors: int, counts: dict[str, int]
+) -> dict[str, float]:
     """Seconds the issue-13 checks add to one round (all clients + server), priced as
-    (operations per round) x (time per operation measured now):
+    (operations counted in the round) x (time per operation measured now):
 
     * key validation: each client checks its k neighbours' two keys, the server all 2n;
     * joint graph seed: one SHA-256 over n advertisements per client and at the server;
-    * mask-set signatures: each survivor signs once; the server verifies each once, and
-      each survivor verifies those of its surviving partners (<= k);
-    * cohort quorum: each survivor verifies ~q consistency signatures instead of the t
-      of its holder set before (the old check), i.e. q - t more;
+    * mask-set signatures: each survivor signs its mask set once with its masked input
+      and the server verifies it; clients verify such a signature only for a surviving
+      partner whose consistency signature (which carries its mask set) was not
+      forwarded to them (counted: ``client_verify_mask_set``);
+    * cohort quorum: consistency signatures verified by clients (counted) beyond the
+      ``t_old = floor((k + 1) / 2) + 1`` of the holder set that the old check needed;
     * robust reconstruction: nothing on the honest path (first t shares, as before).
     """
     from crypto.key_agreement import generate_x25519, public_bytes, validate_x25519_public
@@ -277,12 +316,21 @@ def hardening_costs(n: int, degree: int, quorum: int, survivors: int, dropped: i
                          s_pk=bytes([2]) * 32, signature=bytes(64)) for i in range(n)]
     seed_s = per_op(lambda: cfg.joint_graph_seed(ads), 50)
     t_old = (degree + 1) // 2 + 1
+    client_consistency = counts.get("client_verify_consistency", 0)
+    mask_set_ops = (
+        counts.get("client_sign_mask_set", 0) * sign_s
+        + (counts.get("server_verify_mask_set", 0) + counts.get("client_verify_mask_set", 0)) * verify_s
+    )
+    client_verifies = sum(v for k, v in counts.items() if k.startswith("client_verify"))
     return {
         "hardening_key_validation_s": (n * 2 * degree + 2 * n) * validate_s,
         "hardening_joint_seed_s": (n + 1) * seed_s,
-        "hardening_mask_set_signatures_s": survivors * (sign_s + verify_s + degree * verify_s),
-        "hardening_quorum_signatures_s": survivors * max(0, quorum - t_old) * verify_s,
+        "hardening_mask_set_signatures_s": mask_set_ops,
+        "hardening_quorum_signatures_s": max(0, client_consistency - survivors * t_old) * verify_s,
         "ed25519_verify_us": verify_s * 1e6,
+        "ed25519_verifications_per_client": client_verifies / n,
+        "ed25519_verifications_server": sum(v for k, v in counts.items() if k.startswith("server_verify")),
+        **{f"count_{k}": float(v) for k, v in sorted(counts.items())},
     }
 
 
@@ -312,7 +360,10 @@ def run(
 
     seed = 12345
     t0 = time.perf_counter()
-    res = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders)
+    with SignatureCounter() as counter:
+        res = simulate_round(
+            xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders
+        )
     round_s = time.perf_counter() - t0
     expect = np.zeros(d, dtype=np.uint64)
     for i in res.survivors:
@@ -355,7 +406,7 @@ def run(
         "download_bytes_per_client": statistics.mean(res.download_bytes[i] for i in res.survivors),
         "max_colluders": max_colluders,
         "quorum": params.quorum,
-        **hardening_costs(n, degree, params.quorum, len(surv), len(dropped)),
+        **hardening_costs(n, degree, params.quorum, len(surv), counter.counts),
     }
     del xs, res
     if flower:

@@ -28,6 +28,7 @@ UNMASK         UnmaskRequest (U3, sigs)     UnmaskShares (b_v or s_sk_v shares)
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,12 +86,15 @@ def _bad(sender: int | None, what: str) -> RemoteProtocolError:
     return RemoteProtocolError(what, sender=sender)
 
 
+_INT_TYPE = {int}
+
+
 def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int  # exactly int: excludes bool (and every other subclass)
 
 
 def _check_index(v: object, name: str, who: int | None) -> None:
-    if not _is_int(v) or not 0 <= v < _U32:  # type: ignore[operator]
+    if type(v) is not int or not 0 <= v < _U32:
         raise _bad(who, f"{name} must be an integer in [0, 2**32), got {v!r}")
 
 
@@ -103,11 +107,12 @@ def _check_sorted_indices(v: object, name: str, who: int | None) -> None:
     if not isinstance(v, tuple):
         raise _bad(who, f"{name} must be a tuple of indices")
     # type(x) is int excludes bool; strictly increasing + bounds at both ends covers all
+    # (map over C functions: these lists are long and checked on every decode)
     if v and not (
-        all(type(x) is int for x in v)
+        set(map(type, v)) == _INT_TYPE
         and 0 <= v[0]
         and v[-1] < _U32
-        and all(a < b for a, b in zip(v, v[1:], strict=False))
+        and all(map(operator.lt, v, v[1:]))
     ):
         raise _bad(who, f"{name} must be strictly increasing integers in [0, 2**32)")
 
@@ -524,15 +529,16 @@ def _check_triples(v: object, name: str) -> None:
     """``((index, sorted indices, 64-byte signature), ...)`` strictly increasing by index."""
     if not isinstance(v, tuple):
         raise _bad(None, f"{name} must be a tuple")
-    owners = []
     for item in v:
-        if not isinstance(item, tuple) or len(item) != 3:
+        if type(item) is not tuple or len(item) != 3:
             raise _bad(None, f"{name} must hold (index, members, signature) triples")
-        _check_index(item[0], f"{name} index", None)
-        _check_sorted_indices(item[1], f"{name} members", None)
-        _check_bytes(item[2], f"{name} signature", None, size=64)
-        owners.append(item[0])
-    if any(a >= b for a, b in zip(owners, owners[1:], strict=False)):
+        index, members, sig = item
+        if type(index) is not int or not 0 <= index < _U32:
+            raise _bad(None, f"{name} index must be an integer in [0, 2**32), got {index!r}")
+        _check_sorted_indices(members, f"{name} members", None)
+        if type(sig) is not bytes or len(sig) != 64:
+            raise _bad(None, f"{name} signature must be exactly 64 bytes")
+    if not all(map(operator.lt, [x[0] for x in v], [x[0] for x in v[1:]])):
         raise _bad(None, f"{name} indices must be strictly increasing")
 
 
