@@ -19,6 +19,7 @@ from crypto.secagg import (
     MaskRequest,
     Message,
     SecAggClient,
+    ShareReceipt,
     Stage,
     UnmaskRequest,
     UnmaskShares,
@@ -105,11 +106,21 @@ class SplitViewServer:
     include: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     view: Callable[[int, set[int]], tuple[int, ...]] | None = None
     errors: dict[int, str] = field(default_factory=dict)
+    complaints: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     def run(self) -> tuple[Knowledge, set[int]]:
+        """``complaints[c]`` (colluders only) replaces colluder c's share-check receipt:
+        false accusations, which the (honest up to here) server processes."""
         h = self.h
         cfg = h.config
-        h.run_until(Stage.MASKED_INPUT)
+
+        def accuse(msg: UplinkMessage) -> UplinkMessage:
+            if isinstance(msg, ShareReceipt) and msg.sender in self.complaints:
+                assert msg.sender in self.colluders, "only colluders lie"
+                return dataclasses.replace(msg, complaints=self.complaints[msg.sender])
+            return msg
+
+        h.run_until(Stage.MASKED_INPUT, up=accuse)
         masked: dict[int, MaskedInput] = {}
         for msg in h.outbox:
             assert isinstance(msg, MaskRequest)
