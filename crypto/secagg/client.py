@@ -603,7 +603,7 @@ class SecAggClient:
             if owner not in survivors:
                 continue
             if owner == self.index:
-                members: tuple[int, ...] = own_set
+                members = own_set
             elif owner in signed_sets:
                 members = signed_sets[owner]
             else:

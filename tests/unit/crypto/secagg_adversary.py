@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from secagg_harness import Harness, graph_of
+from secagg_harness import Harness
 
 from crypto.errors import ProtocolError
 from crypto.secagg import (
@@ -30,6 +30,7 @@ from crypto.secagg import (
 from crypto.secagg.client import CONSISTENCY_CONTEXT
 from crypto.secagg.messages import consistency_payload
 from crypto.signatures import sign
+
 
 def wire(msg: Message) -> Message:
     """Through the real byte encoding."""

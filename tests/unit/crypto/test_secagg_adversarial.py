@@ -338,3 +338,21 @@ def test_downlink_messages_validate_themselves() -> None:
     msg: DownlinkMessage = h.outbox[0]
     with pytest.raises(RemoteProtocolError):
         dataclasses.replace(msg, session_id=b"short")
+
+
+def test_consistency_signatures_carry_the_mask_sets_partners_need() -> None:
+    """Honest path: every surviving, signing partner of a recipient is among the forwarded
+    signers (its signature covers its mask set), so no separate mask-set signature is
+    forwarded or verified; a partner that masked but did not sign comes with the mask-set
+    signature of its masked input, which the recipient verifies."""
+    h = make(n=8, t=3, neighbors=4).run_until(Stage.UNMASK)
+    for req in h.outbox:
+        assert isinstance(req, UnmaskRequest)
+        signers = {w for w, _, _ in req.signatures}
+        assert h.clients[req.recipient].mask_set <= signers and req.mask_sets == ()
+        for w, members, _ in req.signatures:
+            assert members == tuple(sorted(h.clients[w].mask_set))
+    res = simulate_round([np.arange(4, dtype=np.uint32)] * 8, bits=16, threshold=3, neighbors=4,
+                         drop={3: "consistency"}, seed=5)
+    assert 3 in res.survivors and not res.client_errors
+    assert np.array_equal(res.total, 8 * np.arange(4))

@@ -296,3 +296,42 @@ def test_random_into_is_the_same_stream_as_random_bytes(n: int) -> None:
     gen.random_into(buf)
     assert bytes(buf) == ref[:n]
     assert gen.random_bytes(8) == ref[n:]  # the stream continues where it stopped
+
+
+@pytest.mark.parametrize("n", [0, 1, 16, 4096, 4 * 65536])
+def test_keystream_into_is_the_same_stream_and_needs_slack(n: int) -> None:
+    ref = Csprng(bytes(32)).random_bytes(n + 8)
+    gen = Csprng(bytes(32))
+    buf = bytearray(n + 15)
+    gen.keystream_into(buf, n)
+    assert bytes(buf[:n]) == ref[:n] and bytes(buf[n:]) == bytes(15)  # the slack is untouched
+    assert gen.random_bytes(8) == ref[n:]
+    with pytest.raises(CryptoError):
+        Csprng(bytes(32)).keystream_into(bytearray(n + 14), n)
+
+
+def test_apply_masks_with_base_writes_base_plus_masks_and_leaves_base() -> None:
+    from crypto.secagg.client import MASK_BLOCK, apply_masks, expand_mask
+
+    d = 2 * MASK_BLOCK + 7
+    base = np.arange(d, dtype=np.uint32)
+    terms = [(bytes([9]) * 32, 1), (bytes([8]) * 32, -1)]
+    out = np.empty_like(base)
+    apply_masks(out, terms, base=base)
+    assert np.array_equal(base, np.arange(d, dtype=np.uint32))
+    assert np.array_equal(out, base + expand_mask(terms[0][0], d, 32) - expand_mask(terms[1][0], d, 32))
+    empty = np.empty_like(base)
+    apply_masks(empty, [], base=base)
+    assert np.array_equal(empty, base)
+    with pytest.raises(LocalProtocolError):
+        apply_masks(np.empty(d, dtype=np.uint64), terms, base=base)
+
+
+def test_lagrange_coefficients_match_the_direct_formula() -> None:
+    xs = [3, 1, 9, 22, 5]
+    for j, xj in enumerate(xs):
+        num = den = 1
+        for m, xm in enumerate(xs):
+            if m != j:
+                num, den = num * xm % PRIME, den * (xm - xj) % PRIME
+        assert lagrange_coefficients_at_zero(xs)[j] == num * pow(den, -1, PRIME) % PRIME
