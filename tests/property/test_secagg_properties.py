@@ -154,7 +154,7 @@ def test_released_shares_never_unmask_an_honest_input(
         quorum's conclusion); (3) complaints remove edges only: where losing c edges keeps a
         client at its floor (k + 1 - c >= min(t + c, k + 1)), every honest client is
         included in the masking, whatever the colluders complained.
-    Sensitivity (checked by hand, see benchmarks/RESULTS.md): fails within seconds with
+    Sensitivity (checked by hand, see docs/threat-model.md 2.2): fails within seconds with
     the client's cohort-quorum and per-owner checks removed, or with the server removing
     accused clients instead of the accuser-accused edge."""
     n, c, k, t, seed = params
