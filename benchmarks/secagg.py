@@ -16,7 +16,7 @@ One run measures, side by side on the same machine (DESIGN.md section 8):
   wire encoding included) vs Flower's SecAgg+ doing the same work with its own
   primitives (see :func:`flower_secaggplus_round` for exactly what is timed).
 
-Every time is measured twice, as wall-clock seconds (``*_s``) and as this thread's CPU
+Every time is measured twice, as wall-clock seconds (``*_s``) and as this process's CPU
 seconds (``*_cpu_s``, ``*_ratio_cpu``, ``speedup_vs_flower_cpu``; the keystream bound
 then uses the keystream speed measured on the same clock). The run is single-threaded,
 so on an idle machine the two agree; on a shared one the CPU figures exclude the time
