@@ -167,6 +167,7 @@ def test_a_server_engine_resumed_from_a_snapshot_continues_the_same_run() -> Non
 
     cfg = load_config(None, ["rounds=4", "clients.num=6", "clients.per_round=4", "protocol=secagg",
                              "dp.mechanism=discrete_gaussian", "dp.noise_multiplier=1.0",
+                             "sparsity.kind=prune", "sparsity.density=0.5", "server.optimizer=adam",
                              "simulation.reproducible_noise=true", "simulation.workers=1"])
     data = load_federated_data(cfg)
     keys = ClientIdentities.generate(range(cfg.clients.num))
