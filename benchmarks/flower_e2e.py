@@ -59,7 +59,7 @@ def _steady(stamps: list[float]) -> list[float]:
 
 # -- ours ------------------------------------------------------------------------------
 def run_ours(rounds: int) -> dict[str, Any]:
-    import secure_fl.client_jobs as client_jobs
+    import secure_fl.engine.client as client_engine
     import secure_fl.training as training
     from secure_fl import load_config, run
 
@@ -74,7 +74,7 @@ def run_ours(rounds: int) -> dict[str, Any]:
             spent.value += time.perf_counter() - start
         return out
 
-    targets = [m for m in (training, client_jobs) if getattr(m, "train_local", None) is original]
+    targets = [m for m in (training, client_engine) if getattr(m, "train_local", None) is original]
     cfg = load_config(None, [f"rounds={rounds}"])
     for m in targets:
         m.train_local = timed  # type: ignore[attr-defined]

@@ -1,18 +1,17 @@
-"""One federated job: data, clients, aggregations, metrics and the run directory.
+"""One federated job in simulation: the engine over the in-process transport.
 
-``run(config)`` is the engine behind ``secure-fl run``. Each aggregation (server model
-version) of the synchronous mode:
+``run(config)`` is what ``secure-fl run`` calls. It is a composition
+(docs/architecture.md): load the data and build the model; one
+:class:`~secure_fl.engine.client.Site` per data partition (named by its number, with
+its own identity key, budget cap ``dp.site_caps`` / ``dp.budget_cap`` and device
+profile) and, under ``protocol = "ckks"``, the key holder as its own party; a
+:class:`~secure_fl.engine.server.ServerEngine` (cohorts or async buffers, protocol,
+accounting, ledger) and an :class:`~secure_fl.transport.inprocess.InProcessTransport`
+(virtual clock, dropouts at every stage, ``simulation.workers`` processes); then
+:func:`~secure_fl.engine.transport.drive` and the run directory of the public contract.
 
-1. the server samples a cohort of ``clients.per_round`` clients;
-2. each cohort member downloads the global model, trains locally and forms its update
-   ``delta = w_local - w_global`` (a simulated client may drop at any protocol stage);
-3. the configured :class:`~secure_fl.aggregation.Aggregator` (plain / secagg / ckks)
-   returns the weighted mean of the updates that arrived, never an individual one;
-4. the server optimizer applies it; the global model is evaluated; one line goes to
-   ``metrics.jsonl``.
-
-Virtual time comes from device profiles and the real message sizes
-(:mod:`secure_fl.devices`).
+:func:`make_aggregator` builds the one-call in-memory aggregators of
+:mod:`secure_fl.protocols` (audit re-runs, sweeps, benchmarks).
 """
 
 from __future__ import annotations

@@ -151,3 +151,40 @@ def test_the_ckks_key_holder_counts_receipts_against_its_own_roster(monkeypatch:
     monkeypatch.setattr(runner, "KeyHolderEngine", stranger_roster)
     res = run(cfg, write=False, progress=False)
     assert res.metrics[0]["aborted"] and "key holder" in res.metrics[0]["aborted"]
+
+
+def test_a_server_engine_resumed_from_a_snapshot_continues_the_same_run() -> None:
+    """The resume hook: the snapshot after aggregation 2, given to a new ServerEngine (new
+    parties, new transport: the old server process is gone), continues to the same
+    weights and metrics as the uninterrupted run."""
+    import torch
+
+    from secure_fl.data import load_federated_data
+    from secure_fl.engine.server import ServerEngine
+    from secure_fl.engine.transport import drive
+    from secure_fl.identities import ClientIdentities
+    from secure_fl.transport.inprocess import InProcessTransport
+
+    cfg = load_config(None, ["rounds=4", "clients.num=6", "clients.per_round=4", "protocol=secagg",
+                             "dp.mechanism=discrete_gaussian", "dp.noise_multiplier=1.0",
+                             "sparsity.kind=prune", "sparsity.density=0.5", "server.optimizer=adam",
+                             "simulation.reproducible_noise=true", "simulation.workers=1"])
+    data = load_federated_data(cfg)
+    keys = ClientIdentities.generate(range(cfg.clients.num))
+
+    def once(resume: dict[str, Any] | None, snaps: list[dict[str, Any]]) -> Any:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.feature_shape, data.num_classes)
+        parties, _ = runner.build_parties(cfg, data, model, keys)
+        engine = ServerEngine(cfg, model, num_classes=data.num_classes, resume=resume,
+                              on_aggregation_complete=snaps.append)
+        transport = InProcessTransport(parties, protocol=cfg.protocol, seed=cfg.seed)
+        return drive(engine.run(transport.reachable()), transport)
+
+    snaps: list[dict[str, Any]] = []
+    whole = once(None, snaps)
+    assert [s["version"] for s in snaps] == [1, 2, 3, 4] and snaps[1]["metrics_count"] == 2
+    resumed = once(snaps[1], [])
+    np.testing.assert_array_equal(whole.weights, resumed.weights)
+    assert [m["survivors"] for m in whole.metrics] == [m["survivors"] for m in resumed.metrics]
+    assert [m["epsilon"] for m in whole.metrics] == [m["epsilon"] for m in resumed.metrics]
