@@ -144,7 +144,14 @@ def _aggregate_setup(site: Any, members: list[bytes], *, provisioned: int) -> st
     from torch import nn
 
     from secure_fl.config import build_config, to_toml
-    from secure_fl.engine.client import ClientEngine, DictState, MemoryBudget, Site, SiteData, SiteRules
+    from secure_fl.engine.client import (
+        ClientEngine,
+        DictState,
+        MemoryBudget,
+        Site,
+        SiteData,
+        SiteRules,
+    )
     from secure_fl.engine.transport import SETUP, Envelope
 
     config = build_config({"protocol": "secagg", "clients": {"num": 3}, "threat": {"max_colluders": 0},
