@@ -550,6 +550,18 @@ class LedgerWriter:
         Countersignatures are checked for format only (client id -> 64-byte signature);
         the writer does not hold client keys. Returns the entry as written.
         """
+        final = self._finalize(entry, countersignatures)
+        self._write(final)
+        self._next_index += 1
+        self._head = final.entry_hash
+        return final
+
+    def _finalize(
+        self,
+        entry: LedgerEntry,
+        countersignatures: Mapping[int, str | bytes] | Mapping[str, str | bytes] | None,
+    ) -> LedgerEntry:
+        """Check that ``entry`` is this writer's next entry; attach the countersignatures."""
         if self._broken:
             raise LedgerWriteError(
                 "an earlier write failed; the ledger must be inspected", location=str(self._path)
@@ -582,9 +594,12 @@ class LedgerWriter:
                     "a countersignature is 64 bytes or 128 hex", location=f"countersignatures.{cid}"
                 )
             sigs[str(cid)] = raw.hex()
-        final = LedgerEntry(
+        return LedgerEntry(
             entry.index, entry.prev_hash, entry.body, entry.entry_hash, entry.signature, sigs
         )
+
+    def _write(self, final: LedgerEntry) -> None:
+        """Append one finalized entry's line with one ``write``, flush and fsync."""
         line = final.to_line()
         try:
             with open(self._path, "ab") as fh:
@@ -594,11 +609,8 @@ class LedgerWriter:
         except OSError as exc:
             self._broken = True
             raise LedgerWriteError(
-                f"cannot append entry {entry.index}: {exc}", location=str(self._path)
+                f"cannot append entry {final.index}: {exc}", location=str(self._path)
             ) from exc
-        self._next_index += 1
-        self._head = final.entry_hash
-        return final
 
     def append(self, body: Mapping[str, Any]) -> LedgerEntry:
         """Sign ``body`` as the next entry, write it, flush and fsync; return the entry."""

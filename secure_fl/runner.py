@@ -35,15 +35,16 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from audits.events_codec import decode_event
 from audits.ledger import (
     LEDGER_FILENAME,
     PUBLIC_KEY_FILENAME,
+    LedgerEntry,
     LedgerWriter,
-    generate_server_key,
-    save_public_key,
+    load_ledger,
 )
-from audits.transcript import TranscriptWriter
-from crypto.prg import Csprng
+from audits.transcript import TranscriptWriter, transcript_from_json
+from crypto.prg import Csprng, fresh_seed
 from crypto.signatures import generate_identity
 from secure_fl import __version__
 from secure_fl.accounting import calibrate_config, unnoised_statistics_allowed
@@ -58,11 +59,34 @@ from secure_fl.data import (
 )
 from secure_fl.devices import draw_profiles
 from secure_fl.engine import public
-from secure_fl.engine.client import ClientEngine, MemoryBudget, Site, SiteData, SiteRules
+from secure_fl.engine.checkpoint import (
+    CRASH_ENV,
+    Checkpointer,
+    Resumed,
+    crash_point,
+    create_server_key,
+    csprng_from_state,
+    csprng_state,
+    generator_from_state,
+    generator_state,
+    load_privacy_state,
+    load_server_secret,
+    open_resume,
+    save_run_id,
+    save_server_secret,
+)
+from secure_fl.engine.client import (
+    WITNESS_KEY,
+    ClientEngine,
+    MemoryBudget,
+    Site,
+    SiteData,
+    SiteRules,
+)
 from secure_fl.engine.roles.ckks import KeyHolderEngine
 from secure_fl.engine.server import ServerEngine
 from secure_fl.engine.support import choose_memory_subset
-from secure_fl.engine.transport import drive
+from secure_fl.engine.transport import Exchange, drive
 from secure_fl.errors import ConfigError
 from secure_fl.identities import ClientIdentities
 from secure_fl.memory_budget import subset_memory, tensor_layout
@@ -169,6 +193,8 @@ def run(
     progress: bool = True,
     sites: Sequence[SiteSource] | None = None,
     loss_fn: LossFn | None = None,
+    resume: str | Path | None = None,
+    state_dir: str | Path | None = None,
 ) -> RunResult:
     """Run one federated job described by ``config``.
 
@@ -181,6 +207,12 @@ def run(
     directory). Clients' local training and DP encoding run in ``simulation.workers``
     processes (:mod:`secure_fl.workers`); torch uses one thread in each, and in this
     process for the duration of the run unless ``OMP_NUM_THREADS`` chooses otherwise.
+
+    ``resume=DIR`` continues the interrupted run in ``DIR`` after its last completed
+    aggregation (:mod:`secure_fl.engine.checkpoint`): ``config`` must be the run's own
+    (``DIR/config.toml``), and ``model_fn``/``sites``/``loss_fn`` the same as before.
+    ``state_dir`` is the server's private state directory (ledger key, simulated
+    clients' key seed; default ``DIR.server`` beside the run directory).
     """
     threads = contextlib.nullcontext() if os.environ.get("OMP_NUM_THREADS") else single_torch_thread()
     with threads:
@@ -192,6 +224,8 @@ def run(
             progress=progress,
             sites=sites,
             loss_fn=loss_fn,
+            resume=resume,
+            state_dir=state_dir,
         )
 
 
@@ -253,10 +287,22 @@ def _run(
     sites: Sequence[SiteSource] | None,
     loss_fn: LossFn | None,
     drop_plan: Mapping[int, Mapping[str, str]] | None = None,
+    resume: str | Path | None = None,
+    state_dir: str | Path | None = None,
 ) -> RunResult:
     wall_start = time.perf_counter()
     config = calibrate_config(config)
     public.check_run_config(config)
+    resumed: Resumed | None = None
+    resume_dir = Path(resume) if resume is not None else None
+    if resume_dir is not None:
+        if not write:
+            raise ConfigError("resuming a run needs its run directory (write=True)", field="resume")
+        if out_dir is not None and Path(out_dir).resolve() != resume_dir.resolve():
+            raise ConfigError("--out and --resume name different directories", field="resume")
+        # Verify key, checkpoint and ledger and repair them to the checkpoint first:
+        # nothing is built for a run directory that cannot be resumed.
+        resumed = open_resume(resume_dir, config_sha256=config_hash(config), state_dir=state_dir)
     torch.manual_seed(config.seed)
     data: FederatedData = (
         load_federated_data(config) if sites is None else federated_data_from_sites(sites, config)
@@ -270,7 +316,20 @@ def _run(
         if config.simulation.reproducible_noise
         else Csprng.from_entropy()
     )
-    identities = ClientIdentities.generate(range(config.clients.num))  # each client's own key
+    saved: Mapping[str, Any] = resumed.snapshot.state if resumed is not None and resumed.snapshot else {}
+    if saved:  # the server's CSPRNG continues only where its stream is public
+        server_rng = csprng_from_state(saved.get("server_rng"))
+    # Each simulated client's own identity key. A resumable run derives them from a
+    # secret seed kept in the server's private state directory (the simulation's stand-in
+    # for the sites' own disks), so the resumed clients countersign with the roster's keys.
+    identity_seed: bytes | None = None
+    if resume_dir is not None:
+        identity_seed = load_server_secret(resume_dir, CLIENT_SEED_FILENAME, state_dir=state_dir)
+    elif write:
+        identity_seed = fresh_seed()
+    identities = ClientIdentities.generate(
+        range(config.clients.num), rng=Csprng(identity_seed) if identity_seed is not None else None
+    )
     layout = tensor_layout(model, data.feature_shape)
     full_memory = subset_memory(
         layout, frozenset(range(len(layout))), batch_size=config.train.batch_size
@@ -282,19 +341,41 @@ def _run(
     )
     path: Path | None = None
     ledger: LedgerWriter | None = None
-    metrics_fh: Any = None
-    if write:
+    checkpointer: Checkpointer | None = None
+    if resumed is not None and resume_dir is not None:
+        path = resume_dir
+        checkpointer = Checkpointer(
+            path,
+            resumed.ledger,
+            resumed.signing_key,
+            run_id=resumed.run_id or "",
+            config_sha256=config_hash(config),
+            metrics_lines=resumed.snapshot.metrics_lines if resumed.snapshot else 0,
+            extra_state=None,
+        )
+        ledger = checkpointer.ledger
+    elif write:
         path = Path(out_dir) if out_dir is not None else _default_out_dir()
         _prepare_out_dir(path)
         (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
-        metrics_fh = (path / "metrics.jsonl").open("w", encoding="utf-8")
-        # The server's signing key lives only in this process; the run directory holds
-        # the public key so anyone can verify the ledger.
-        server_key = generate_server_key()
-        save_public_key(server_key, path / PUBLIC_KEY_FILENAME)
-        ledger = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
+        (path / "metrics.jsonl").write_bytes(b"")
+        # The run directory holds the public key so anyone can verify the ledger; the
+        # signing key and the clients' key seed go to the server's private state
+        # directory beside it (never into the run directory), so a crashed run resumes
+        # with the same key and one hash chain (secure_fl.engine.checkpoint).
+        server_key = create_server_key(path, state_dir=state_dir)
+        save_server_secret(path, CLIENT_SEED_FILENAME, identity_seed or b"", state_dir=state_dir)
+        created = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
         write_run_roster(path, identities)  # the clients' public keys: who countersigns
-    transcript = TranscriptWriter(config.protocol)
+        checkpointer = Checkpointer(
+            path, created, server_key, run_id="", config_sha256=config_hash(config), extra_state=None
+        )
+        ledger = checkpointer.ledger
+    transcript = (
+        TranscriptWriter.from_transcript(transcript_from_json(saved["transcript"]))
+        if saved
+        else TranscriptWriter(config.protocol)
+    )
     bar = Progress(
         config.rounds,
         desc=f"secure-fl {config.protocol} ({config.aggregation.mode})",
@@ -302,10 +383,10 @@ def _run(
     )
 
     def sink(record: dict[str, Any]) -> None:
-        # Metrics are the server's aggregate view only: never an individual update.
-        if metrics_fh is not None:
-            metrics_fh.write(json.dumps(record) + "\n")
-            metrics_fh.flush()
+        # Metrics are the server's aggregate view only: never an individual update. The
+        # checkpointer writes the line after the checkpoint that carries it.
+        if checkpointer is not None:
+            checkpointer.metrics_sink(record)
 
     def on_progress(version: int, record: dict[str, Any]) -> None:
         bar.update(version, acc=record["test_accuracy"], loss=record["test_loss"], eps=record["epsilon"])
@@ -329,7 +410,18 @@ def _run(
         rng=server_rng,
         on_progress=on_progress,
         client_memory_bytes=memory.memory_bytes if memory is not None else full_memory,
+        on_aggregation_complete=checkpointer.on_aggregation_complete if checkpointer is not None else None,
+        resume=dict(saved["engine"]) if saved else None,
     )
+    if saved:
+        load_privacy_state(engine.privacy, saved["engine"]["privacy"])
+        engine.stopped = bool(saved.get("stopped", False))
+    if resumed is not None and resumed.run_id:
+        engine.run_tag = resumed.run_id  # the same run id: sites key their charges by it
+    if checkpointer is not None and path is not None:
+        checkpointer.run_id = engine.run_tag
+        if resumed is None:
+            save_run_id(path, engine.run_tag, state_dir=state_dir)
     privacy = engine.privacy
     unnoised_ok = unnoised_statistics_allowed(config)
     dp_on = config.dp.mechanism != "none" or config.dp.record_level
@@ -346,6 +438,10 @@ def _run(
             "= true); not covered by epsilon"
         )
     parties, _holder = build_parties(config, data, model, identities, loss_fn=loss_fn)
+    if resumed is not None and resumed.snapshot is not None:
+        # The simulated sites' own budgets and countersigning positions, from the entries
+        # they countersigned (before the worker pool forks, so the workers hold them).
+        _replay_sites(parties, load_ledger(resumed.ledger.path, resumed.signing_key.public_key()), engine.run_tag)
     # Client state that lives in the parent's model (FedBN layers are kept in each site's
     # state, so workers are fine); one process when asked for one.
     transport = InProcessTransport(
@@ -357,16 +453,31 @@ def _run(
         workers=resolved_workers(config),
     )
     _ = local_enabled
+    if saved:
+        moved = saved["transport"]
+        transport.clock = float(moved["clock"])
+        transport.rng = generator_from_state(moved["rng"])
+        transport._seq = int(moved["seq"])
+    if checkpointer is not None:
+
+        def extra_state() -> dict[str, Any]:
+            return {
+                "transcript": transcript.transcript().to_json(),
+                "server_rng": csprng_state(engine.rng, public=config.simulation.reproducible_noise),
+                "transport": {"clock": transport.clock, "rng": generator_state(transport.rng), "seq": transport._seq},
+                "stopped": engine.stopped,
+            }
+
+        checkpointer._extra = extra_state
+    driven: Any = _CrashingTransport(transport, engine.version) if os.environ.get(CRASH_ENV) else transport
     try:
-        result = drive(engine.run(transport.reachable()), transport)
+        result = drive(engine.run(transport.reachable()), driven)
     except BaseException:
         transport.close(terminate=True)
         raise
     finally:
         transport.close()
         bar.close()
-        if metrics_fh is not None:
-            metrics_fh.close()
     if privacy.enabled and engine.stopped:
         bar.note("stopped early: every site's privacy budget is spent")
     metrics = result.metrics
@@ -405,3 +516,52 @@ def _run(
         torch.save(model.state_dict(), path / "model.pt")
         (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunResult(path, metrics, summary, weights, model)
+
+
+CLIENT_SEED_FILENAME = "clients.seed"
+
+
+def _replay_sites(parties: Sequence[SimParty], entries: Sequence[LedgerEntry], run_id: str) -> None:
+    """Rebuild each simulated site's own state from the committed ledger: its budget
+    (a simulated site is charged, when it countersigns, the event the entry records:
+    ``dp_event``, or ``dp_event_released`` for plain; see ``ClientEngine.witness``)
+    and the index of the last entry it countersigned. Entries it did not countersign
+    charged it nothing; an interrupted aggregation has no entry and charged nothing."""
+    for party in parties:
+        engine = party.engine
+        if not isinstance(engine, ClientEngine):
+            continue
+        site = engine.site
+        last = -1
+        for entry in entries:
+            if site.name not in entry.countersignatures:
+                continue
+            last = entry.index
+            body = entry.body
+            if site.charge_on_release or body.get("aborted"):
+                continue
+            encoded = body.get("dp_event_released" if body.get("protocol") == "plain" else "dp_event")
+            if encoded is not None:
+                site.budget.charge(decode_event(encoded), version=int(body["version"]), run=run_id)
+        if last >= 0:
+            party.state.put(WITNESS_KEY, {"last_index": last})
+
+
+class _CrashingTransport:
+    """Fault injection for the crash tests (``SECURE_FL_TEST_CRASH=stage:NAME:VERSION``):
+    SIGKILL this process when the engine starts exchange ``NAME`` of aggregation
+    ``VERSION``, i.e. in the middle of that aggregation."""
+
+    def __init__(self, inner: InProcessTransport, version: int) -> None:
+        self._inner = inner
+        self._version = version  # the last completed aggregation
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def exchange(self, command: Exchange) -> dict[int, Any]:
+        if command.stage == "train":
+            self._version += 1
+        crash_point(f"stage:{command.stage}", self._version)
+        return self._inner.exchange(command)
+
