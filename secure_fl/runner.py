@@ -240,7 +240,10 @@ def build_parties(
     """The simulated parties of a run: one :class:`Site` per data partition (named by its
     number), and the CKKS key holder as its own party under ``protocol = "ckks"``."""
     profiles = draw_profiles(config.clients.num, config.simulation, seed=config.seed)
-    holder_key = generate_identity(Csprng.from_entropy()) if config.protocol == "ckks" else None
+    holder_rng = (
+        Csprng(public.public_seed(config, "key-holder")) if config.simulation.reproducible_noise else Csprng.from_entropy()
+    )
+    holder_key = generate_identity(holder_rng) if config.protocol == "ckks" else None
     rules = SiteRules(
         roster=None,
         require_dp=False,
@@ -319,17 +322,21 @@ def _run(
     saved: Mapping[str, Any] = resumed.snapshot.state if resumed is not None and resumed.snapshot else {}
     if saved:  # the server's CSPRNG continues only where its stream is public
         server_rng = csprng_from_state(saved.get("server_rng"))
-    # Each simulated client's own identity key. A resumable run derives them from a
-    # secret seed kept in the server's private state directory (the simulation's stand-in
-    # for the sites' own disks), so the resumed clients countersign with the roster's keys.
+    # Each client's own identity key: derived from the public seed under reproducible
+    # noise (research: then two runs, or two transports, sign the same bytes); otherwise,
+    # for a resumable run, from a secret seed kept in the server's private state
+    # directory (the simulation's stand-in for the sites' own disks), so the resumed
+    # clients countersign with the roster's keys.
+    id_rng: Csprng | None = None
+    if config.simulation.reproducible_noise:
+        id_rng = Csprng(public.public_seed(config, "identities"))
+    elif resume_dir is not None:
+        id_rng = Csprng(load_server_secret(resume_dir, CLIENT_SEED_FILENAME, state_dir=state_dir))
     identity_seed: bytes | None = None
-    if resume_dir is not None:
-        identity_seed = load_server_secret(resume_dir, CLIENT_SEED_FILENAME, state_dir=state_dir)
-    elif write:
+    if write and resume_dir is None and id_rng is None:
         identity_seed = fresh_seed()
-    identities = ClientIdentities.generate(
-        range(config.clients.num), rng=Csprng(identity_seed) if identity_seed is not None else None
-    )
+        id_rng = Csprng(identity_seed)
+    identities = ClientIdentities.generate(range(config.clients.num), rng=id_rng)
     layout = tensor_layout(model, data.feature_shape)
     full_memory = subset_memory(
         layout, frozenset(range(len(layout))), batch_size=config.train.batch_size
@@ -364,7 +371,8 @@ def _run(
         # directory beside it (never into the run directory), so a crashed run resumes
         # with the same key and one hash chain (secure_fl.engine.checkpoint).
         server_key = create_server_key(path, state_dir=state_dir)
-        save_server_secret(path, CLIENT_SEED_FILENAME, identity_seed or b"", state_dir=state_dir)
+        if identity_seed is not None:
+            save_server_secret(path, CLIENT_SEED_FILENAME, identity_seed, state_dir=state_dir)
         created = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
         write_run_roster(path, identities)  # the clients' public keys: who countersigns
         checkpointer = Checkpointer(

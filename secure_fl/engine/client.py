@@ -338,6 +338,10 @@ class ClientEngine:
         version = env.get("version", int)
         out: dict[str, FieldValue] = {"site": self.site.name}
         if env.fields.get("train") is True:
+            if "provisioned" in env.fields:  # refuse before training, not after
+                why = self.site.budget.refusal(self._planned(env, config, env.get("n", int))[1])
+                if why is not None:
+                    raise _Refusal(why, "budget")
             out.update(self._train(env, config, version, state))
         if env.fields.get("aggregate") is not True:
             return Envelope(fields=out)
@@ -439,6 +443,21 @@ class ClientEngine:
         elif config.dp.mechanism != "none" and config.protocol != "plain" and not 1 <= provisioned <= len(keys):
             raise _Refusal(f"provisioned = {provisioned} noise shares is outside [1, n = {len(keys)}]", "rules")
 
+    def _planned(self, env: Envelope, config: RunConfig, n: int) -> tuple[Any, DPEvent]:
+        """The mechanism this site derives from the public set-up, and its planned event."""
+        provisioned = env.get("provisioned", int)
+        clip = env.get("clip", float)
+        kappa_f = env.fields.get("kappa")
+        kappa = float(kappa_f) if isinstance(kappa_f, float) and kappa_f > 0 else None
+        support = env.arrays.get("support")
+        if support is None:
+            raise RemoteProtocolError("the set-up carries no public support")
+        dim = int(np.asarray(support).size) + (1 if kappa is not None else 0)
+        mech_clip = math.sqrt(clip**2 + (kappa or 0.0) ** 2 / 4.0)
+        mech = public.mechanism_for(config, protocol=config.protocol, dim=dim, n=n, provisioned=provisioned,
+                                    clip=mech_clip)
+        return mech, public.planned_event(mech)
+
     def _aggregate(self, env: Envelope, config: RunConfig, version: int, state: StateStore) -> Envelope:
         from secure_fl.engine.roles import ckks as ckks_role
         from secure_fl.engine.roles import plain as plain_role
@@ -461,12 +480,9 @@ class ClientEngine:
         if support is None:
             raise RemoteProtocolError("the set-up carries no public support")
         support_idx = np.asarray(support, dtype=np.int64)
-        dim = int(support_idx.size) + (1 if kappa is not None else 0)
-        mech_clip = math.sqrt(clip**2 + (kappa or 0.0) ** 2 / 4.0)
         threshold = env.get("threshold", int) if protocol == "secagg" else None
         self._check_rules(env, config, keys=keys, index=index, provisioned=provisioned, threshold=threshold)
-        mech = public.mechanism_for(config, protocol=protocol, dim=dim, n=n, provisioned=provisioned, clip=mech_clip)
-        planned = public.planned_event(mech)
+        mech, planned = self._planned(env, config, n)
         why = site.budget.refusal(planned)
         if why is not None:
             raise _Refusal(why, "budget")
@@ -571,10 +587,16 @@ class ClientEngine:
             body = json.loads(env.get("body", str))
         except json.JSONDecodeError as exc:
             raise RemoteProtocolError(f"unreadable ledger entry: {exc}") from exc
-        request = WitnessRequest(env.get("index", int), env.get("prev_hash", str), body)
+        index = env.get("index", int)
+        request = WitnessRequest(index, env.get("prev_hash", str), body)
         values = state.get(WITNESS_KEY)
         if not values or "version" not in values:
             raise RemoteProtocolError("asked to countersign, but this site took part in no aggregation")
+        if index < 0:  # an in-memory run keeps no ledger: only learn what was released
+            if not isinstance(body, dict) or body.get("version") != values["version"]:
+                raise RemoteProtocolError("the release notice is not about this site's aggregation")
+            self._charge_released(body, env)
+            return Envelope(fields={"site": site.name})
         witness = Witness(site.identity_key, member=site.name)
         last = int(values.get("last_index", -1))  # type: ignore[arg-type]
         if last >= 0:
@@ -582,12 +604,18 @@ class ClientEngine:
         signature = witness.countersign(request, version=int(values["version"]),  # type: ignore[arg-type]
                                         session_id=str(values["session_id"]))
         state.put(WITNESS_KEY, {"last_index": request.index})  # one signature per aggregation
-        if not site.charge_on_release and not body.get("aborted"):
-            key = "dp_event_released" if body.get("protocol") == "plain" else "dp_event"
-            encoded = body.get(key)
-            if encoded is not None:
-                site.budget.charge(decode_event(encoded), version=int(body["version"]), run=str(env.fields.get("run", "")))
+        self._charge_released(body, env)
         return Envelope(fields={"site": site.name, "countersignature": signature})
+
+    def _charge_released(self, body: Mapping[str, Any], env: Envelope) -> None:
+        """Charge the event the entry records (against the server; for plain, whose server
+        sees every update, the released-model event its cap bounds)."""
+        if self.site.charge_on_release or body.get("aborted"):
+            return
+        key = "dp_event_released" if body.get("protocol") == "plain" else "dp_event"
+        encoded = body.get(key)
+        if encoded is not None:
+            self.site.budget.charge(decode_event(encoded), version=int(body["version"]), run=str(env.fields.get("run", "")))
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, env: Envelope, state: StateStore) -> Envelope:

@@ -130,14 +130,23 @@ def mechanism_for(
             field="dp.mechanism",
         )
     cls = DistributedDiscreteGaussian if dp.mechanism == "discrete_gaussian" else DistributedSkellam
-    return cls.create(
-        dim=dim,
-        clip=clip,
-        bits=config.secagg.bits,
-        noise_multiplier=dp.noise_multiplier,
-        num_clients=n,
-        threshold=provisioned,
-    )
+    key = (cls.__name__, dim, clip, config.secagg.bits, dp.noise_multiplier, n, provisioned)
+    cached = _MECHANISMS.get(key)
+    if cached is None:  # the gamma search is a bisection: do it once per parameter set
+        if len(_MECHANISMS) > 64:
+            _MECHANISMS.clear()
+        cached = _MECHANISMS[key] = cls.create(
+            dim=dim,
+            clip=clip,
+            bits=config.secagg.bits,
+            noise_multiplier=dp.noise_multiplier,
+            num_clients=n,
+            threshold=provisioned,
+        )
+    return cached
+
+
+_MECHANISMS: dict[tuple[Any, ...], DistributedDiscreteGaussian | DistributedSkellam] = {}
 
 
 def planned_event(mech: Any) -> DPEvent:
@@ -145,9 +154,8 @@ def planned_event(mech: Any) -> DPEvent:
     against its cap before joining (central noise: the one event it adds)."""
     if mech is None:
         return NonPrivateEvent()
-    if isinstance(mech, CentralGaussian):
-        return mech.event()
-    return mech.event(num_survivors=mech.threshold)
+    event: DPEvent = mech.event() if isinstance(mech, CentralGaussian) else mech.event(num_survivors=mech.threshold)
+    return event
 
 
 def check_colluder_provisioning(config: RunConfig) -> None:

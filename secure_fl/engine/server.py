@@ -325,7 +325,12 @@ class ServerEngine:
             "run": self.run_tag,
             **self._clip_fields(),
         }
-        arrays: dict[str, npt.NDArray[Any]] = {"weights": self.weights}
+        try:  # the event planned for this aggregation: each site checks its cap before training
+            _mech, provisioned = self._mechanism(max(n, 1), support)
+            fields.update({"n": max(n, 1), "provisioned": provisioned})
+        except (ConfigError, LocalProtocolError, ValueError):
+            pass  # no valid mechanism for this cohort: the aggregation set-up says so
+        arrays: dict[str, npt.NDArray[Any]] = {"weights": self.weights, "support": support.indices.astype(np.int64)}
         trainable = self._trainable()
         if trainable is not None:
             arrays["trainable"] = trainable
@@ -541,7 +546,7 @@ class ServerEngine:
         corr = outcome.measurements.get("max_abs_corr_masked_vs_true")
         if corr is not None:
             self.transcript.add_statistic(version=version, name="max_abs_corr_masked_vs_true", value=corr)
-        if self.ledger is not None:
+        if True:
             body = ledger_body(
                 cfg, self.cfg_hash, version, outcome, support, refused=budget_refused, rejected=rejected,
                 staleness=staleness, privacy=self.privacy, versions=self.versions, transport=self.transport_name,
@@ -696,7 +701,7 @@ class ServerEngine:
                 out.dropped.setdefault("upload", []).append(p.ident)
                 continue
             if "refused" in env.fields:
-                out.excluded[p.ident] = f"refused: {env.fields['refused']}"
+                out.excluded[p.ident] = f"refused: {env.fields['refused']!s}"
                 continue
             upload = plain_role.read_upload(env, length=length)
             if upload is None:
@@ -756,8 +761,9 @@ class ServerEngine:
         out.download_bytes = {idents[i]: b for i, b in res.download_bytes.items()}
         out.transcript = [(_int(idents[i], i), s, z, d) for i, s, z, d in res.transcript]
         out.aborted = res.aborted
-        out.measurements.update({"aggregate_bytes": res.aggregate_bytes, "session_id": str(member(0)["session_id"].hex())
-                                 if isinstance(member(0)["session_id"], bytes) else ""})
+        sid = member(0)["session_id"] if ready else b""
+        out.measurements.update({"aggregate_bytes": res.aggregate_bytes,
+                                 "session_id": sid.hex() if isinstance(sid, bytes) else ""})
         if res.total is None:
             return out
         total = res.total
@@ -771,7 +777,7 @@ class ServerEngine:
                 out.measurements["unclipped_fraction"] = self.clipper.observe(indicator, num_clients=len(survivors))
         else:
             out.mean = total[:-1] / float(total[-1])
-        out.survivors = tuple(sorted(idents[i] for i in survivors))  # type: ignore[type-var]
+        out.survivors = _sorted_idents(idents[i] for i in survivors)
         return out
 
     # -- evaluation ----------------------------------------------------------------------------------------
@@ -806,12 +812,20 @@ class ServerEngine:
 
     # -- ledger --------------------------------------------------------------------------------------------
     def _witness_and_commit(self, body: dict[str, Any], outcome: Outcome) -> Generator[Command, Any, None]:
-        assert_ledger = self.ledger
-        if assert_ledger is None:
-            return
-        entry = assert_ledger.prepare(body)
+        """Survivors check and countersign the entry; without a ledger (an in-memory run)
+        they are still told what was released (index -1: nothing to sign), so each site
+        charges its own budget the event actually present."""
         by_ident = {p.ident: p for p in self.clients}
         signers = [by_ident[s] for s in outcome.survivors if s in by_ident] if not outcome.aborted else []
+        ledger = self.ledger
+        if ledger is None:
+            if signers:
+                note: dict[str, FieldValue] = {
+                    "index": -1, "prev_hash": "", "body": canonical_json(body).decode("utf-8"), "run": self.run_tag,
+                }
+                yield Exchange({p.address: (WITNESS, Envelope(fields=note)) for p in signers}, stage="witness")
+            return
+        entry = ledger.prepare(body)
         sigs: dict[str, bytes] = {}
         if signers:
             fields: dict[str, FieldValue] = {
@@ -826,7 +840,7 @@ class ServerEngine:
                 sig = env.fields.get("countersignature") if env is not None else None
                 if isinstance(sig, bytes) and verify_countersignature(entry.entry_hash, sig, p.identity_key):
                     sigs[p.name] = sig
-        assert_ledger.commit(entry, countersignatures=sigs)
+        ledger.commit(entry, countersignatures=sigs)
 
 
 def _mean_eval(envs: Any, *, weighted: bool) -> Evaluation | None:
@@ -843,6 +857,13 @@ def _mean_eval(envs: Any, *, weighted: bool) -> Evaluation | None:
     w = np.asarray(ns, dtype=np.float64) if weighted else np.ones(len(ns))
     return Evaluation(float(np.average(accs, weights=w)), float(np.average(losses, weights=w)),
                       int(ns[0]) if not weighted else int(sum(ns)))
+
+
+def _sorted_idents(idents: Any) -> tuple[Any, ...]:
+    items = list(idents)
+    if all(isinstance(x, int) for x in items):
+        return tuple(sorted(items))
+    return tuple(sorted(items, key=str))
 
 
 def _int(ident: Any, fallback: int) -> int:

@@ -81,6 +81,17 @@ def _serve(party: SimParty, kind: str, env: Envelope) -> Envelope:
                                 "site": party.name})
 
 
+def _size(env: Envelope) -> int:
+    """Bytes on the wire: frames, arrays, and each field's key and value (bytes and
+    strings by length, numbers 8 bytes): never a ``repr``, whose length depends on the
+    values of random bytes."""
+    size = sum(len(f) for f in env.frames) + sum(int(np.asarray(a).nbytes) for a in env.arrays.values())
+    for key, value in env.fields.items():
+        items = value if isinstance(value, list) else [value]
+        size += len(key) + sum(len(v) if isinstance(v, bytes | str) else 8 for v in items)
+    return size
+
+
 # -- the pinned worker pool ----------------------------------------------------------------------
 _PARTIES: list[SimParty] = []  # inherited by forked workers (never pickled)
 
@@ -127,7 +138,7 @@ class _PinnedPool:
         for w in per:
             for a, env in self.conns[w].recv():
                 out[a] = env
-        return out
+        return {a: out[a] for a in sorted(out)}
 
     def close(self, *, terminate: bool = False) -> None:
         for conn in self.conns:
@@ -243,7 +254,7 @@ class InProcessTransport:
         prof = self.parties[address].profile
         samples = reply.fields.get("samples_processed")
         train = prof.train_seconds(samples) if isinstance(samples, int) and not isinstance(samples, bool) else 0.0
-        return prof.download_seconds(sent.nbytes()) + train + prof.upload_seconds(reply.nbytes())
+        return prof.download_seconds(_size(sent)) + train + prof.upload_seconds(_size(reply))
 
     def _deliverable(self, messages: Any, stage: str) -> dict[int, tuple[str, Envelope]]:
         """The messages whose recipient is not silent at ``stage`` (dropouts drawn here)."""

@@ -125,9 +125,9 @@ class KeyHolderEngine:
                 return Envelope(frames=(holder.signed_context().to_bytes(),), fields={"site": self.name})
             if kind == CKKS_DECRYPT:
                 version = env.get("version", int)
-                holder = self._holders.pop(version, None)
-                if holder is None:
+                if version not in self._holders:
                     raise RemoteProtocolError(f"no CKKS key for aggregation {version} (already used, or never made)")
+                holder = self._holders.pop(version)
                 if len(env.frames) != 1:
                     raise RemoteProtocolError("CKKS_DECRYPT carries exactly one aggregate")
                 total = holder.decrypt_aggregate(EncryptedAggregate.from_bytes(env.frames[0]))

@@ -206,9 +206,9 @@ def secure_sum(
             outbox = []
             where = "set-up" if first else stage.value
             for address, env in sorted(replies.items()):
-                i = index_of.get(address)
-                if i is None or address not in messages:
+                if address not in index_of or address not in messages:
                     continue
+                i = index_of[address]
                 if first:
                     first_replies[i] = env
                 if "refused" in env.fields:
@@ -285,7 +285,8 @@ class SecAggSession:
         return self.step(first_frames)
 
     def values(self) -> dict[str, FieldValue] | None:
-        return self.store.get(SESSION_KEY)
+        values: dict[str, FieldValue] | None = self.store.get(SESSION_KEY)
+        return values
 
     def _client(self, values: Mapping[str, FieldValue]) -> SecAggClient:
         env = Envelope(fields=values)
@@ -311,7 +312,7 @@ class SecAggSession:
         values = self.store.get(SESSION_KEY)
         if values is None:
             raise LocalProtocolError("no secure aggregation round in progress at this site")
-        history = [f for f in values.get("downlinks") or [] if isinstance(f, bytes)]  # type: ignore[union-attr]
+        history = [f for f in values.get("downlinks") or [] if isinstance(f, bytes)]
         cached = self.live.get(SESSION_KEY)
         if cached is not None and cached[1] == len(history) and cached[2] == values.get("session_id"):
             client = cached[0]
