@@ -35,7 +35,6 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from audits.events_codec import decode_event
 from audits.ledger import (
     LEDGER_FILENAME,
     PUBLIC_KEY_FILENAME,
@@ -86,7 +85,7 @@ from secure_fl.engine.client import (
 from secure_fl.engine.roles.ckks import KeyHolderEngine
 from secure_fl.engine.server import ServerEngine
 from secure_fl.engine.support import choose_memory_subset
-from secure_fl.engine.transport import Exchange, drive
+from secure_fl.engine.transport import Envelope, Exchange, drive
 from secure_fl.errors import ConfigError
 from secure_fl.identities import ClientIdentities
 from secure_fl.memory_budget import subset_memory, tensor_layout
@@ -531,26 +530,20 @@ CLIENT_SEED_FILENAME = "clients.seed"
 
 def _replay_sites(parties: Sequence[SimParty], entries: Sequence[LedgerEntry], run_id: str) -> None:
     """Rebuild each simulated site's own state from the committed ledger: its budget
-    (a simulated site is charged, when it countersigns, the event the entry records:
-    ``dp_event``, or ``dp_event_released`` for plain; see ``ClientEngine.witness``)
-    and the index of the last entry it countersigned. Entries it did not countersign
-    charged it nothing; an interrupted aggregation has no entry and charged nothing."""
+    (a simulated site is charged, when it countersigns, the event the entry records;
+    the same rule, ``ClientEngine._charge_released``, is applied here) and the index of
+    the last entry it countersigned. Entries it did not countersign charged it nothing;
+    an interrupted aggregation has no entry and charged nothing."""
+    notice = Envelope(fields={"run": run_id})
     for party in parties:
         engine = party.engine
         if not isinstance(engine, ClientEngine):
             continue
-        site = engine.site
         last = -1
         for entry in entries:
-            if site.name not in entry.countersignatures:
-                continue
-            last = entry.index
-            body = entry.body
-            if site.charge_on_release or body.get("aborted"):
-                continue
-            encoded = body.get("dp_event_released" if body.get("protocol") == "plain" else "dp_event")
-            if encoded is not None:
-                site.budget.charge(decode_event(encoded), version=int(body["version"]), run=run_id)
+            if engine.site.name in entry.countersignatures:
+                last = entry.index
+                engine._charge_released(entry.body, notice)
         if last >= 0:
             party.state.put(WITNESS_KEY, {"last_index": last})
 
