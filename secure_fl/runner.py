@@ -36,14 +36,12 @@ import torch
 from torch import nn
 
 from audits.ledger import (
-    LEDGER_FILENAME,
     PUBLIC_KEY_FILENAME,
     LedgerEntry,
     LedgerWriter,
-    load_ledger,
 )
-from audits.transcript import TranscriptWriter, transcript_from_json
-from crypto.prg import Csprng, fresh_seed
+from audits.transcript import TranscriptWriter
+from crypto.prg import Csprng
 from crypto.signatures import generate_identity
 from secure_fl import __version__
 from secure_fl.accounting import calibrate_config, unnoised_statistics_allowed
@@ -60,19 +58,10 @@ from secure_fl.devices import draw_profiles
 from secure_fl.engine import public
 from secure_fl.engine.checkpoint import (
     CRASH_ENV,
-    Checkpointer,
-    Resumed,
+    RunStore,
     crash_point,
-    create_server_key,
-    csprng_from_state,
-    csprng_state,
     generator_from_state,
     generator_state,
-    load_privacy_state,
-    load_server_secret,
-    open_resume,
-    save_run_id,
-    save_server_secret,
 )
 from secure_fl.engine.client import (
     WITNESS_KEY,
@@ -295,7 +284,7 @@ def _run(
     wall_start = time.perf_counter()
     config = calibrate_config(config)
     public.check_run_config(config)
-    resumed: Resumed | None = None
+    store: RunStore | None = None
     resume_dir = Path(resume) if resume is not None else None
     if resume_dir is not None:
         if not write:
@@ -304,7 +293,9 @@ def _run(
             raise ConfigError("--out and --resume name different directories", field="resume")
         # Verify key, checkpoint and ledger and repair them to the checkpoint first:
         # nothing is built for a run directory that cannot be resumed.
-        resumed = open_resume(resume_dir, config_sha256=config_hash(config), state_dir=state_dir)
+        store = RunStore.open(
+            resume_dir, config_sha256=config_hash(config), protocol=config.protocol, resume=True, state_dir=state_dir
+        )
     torch.manual_seed(config.seed)
     data: FederatedData = (
         load_federated_data(config) if sites is None else federated_data_from_sites(sites, config)
@@ -318,24 +309,6 @@ def _run(
         if config.simulation.reproducible_noise
         else Csprng.from_entropy()
     )
-    saved: Mapping[str, Any] = resumed.snapshot.state if resumed is not None and resumed.snapshot else {}
-    if saved:  # the server's CSPRNG continues only where its stream is public
-        server_rng = csprng_from_state(saved.get("server_rng"))
-    # Each client's own identity key: derived from the public seed under reproducible
-    # noise (research: then two runs, or two transports, sign the same bytes); otherwise,
-    # for a resumable run, from a secret seed kept in the server's private state
-    # directory (the simulation's stand-in for the sites' own disks), so the resumed
-    # clients countersign with the roster's keys.
-    id_rng: Csprng | None = None
-    if config.simulation.reproducible_noise:
-        id_rng = Csprng(public.public_seed(config, "identities"))
-    elif resume_dir is not None:
-        id_rng = Csprng(load_server_secret(resume_dir, CLIENT_SEED_FILENAME, state_dir=state_dir))
-    identity_seed: bytes | None = None
-    if write and resume_dir is None and id_rng is None:
-        identity_seed = fresh_seed()
-        id_rng = Csprng(identity_seed)
-    identities = ClientIdentities.generate(range(config.clients.num), rng=id_rng)
     layout = tensor_layout(model, data.feature_shape)
     full_memory = subset_memory(
         layout, frozenset(range(len(layout))), batch_size=config.train.batch_size
@@ -346,43 +319,37 @@ def _run(
         else None
     )
     path: Path | None = None
-    ledger: LedgerWriter | None = None
-    checkpointer: Checkpointer | None = None
-    if resumed is not None and resume_dir is not None:
-        path = resume_dir
-        checkpointer = Checkpointer(
-            path,
-            resumed.ledger,
-            resumed.signing_key,
-            run_id=resumed.run_id or "",
-            config_sha256=config_hash(config),
-            metrics_lines=resumed.snapshot.metrics_lines if resumed.snapshot else 0,
-            extra_state=None,
-        )
-        ledger = checkpointer.ledger
-    elif write:
+    if store is None and write:
         path = Path(out_dir) if out_dir is not None else _default_out_dir()
         _prepare_out_dir(path)
         (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
-        (path / "metrics.jsonl").write_bytes(b"")
         # The run directory holds the public key so anyone can verify the ledger; the
         # signing key and the clients' key seed go to the server's private state
         # directory beside it (never into the run directory), so a crashed run resumes
         # with the same key and one hash chain (secure_fl.engine.checkpoint).
-        server_key = create_server_key(path, state_dir=state_dir)
-        if identity_seed is not None:
-            save_server_secret(path, CLIENT_SEED_FILENAME, identity_seed, state_dir=state_dir)
-        created = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
-        write_run_roster(path, identities)  # the clients' public keys: who countersigns
-        checkpointer = Checkpointer(
-            path, created, server_key, run_id="", config_sha256=config_hash(config), extra_state=None
+        store = RunStore.open(
+            path, config_sha256=config_hash(config), protocol=config.protocol, resume=False, state_dir=state_dir
         )
-        ledger = checkpointer.ledger
-    transcript = (
-        TranscriptWriter.from_transcript(transcript_from_json(saved["transcript"]))
-        if saved
-        else TranscriptWriter(config.protocol)
-    )
+    elif store is not None:
+        path = store.run_dir
+    server_rng = store.server_rng(server_rng) if store is not None else server_rng
+    # Each client's own identity key: derived from the public seed under reproducible
+    # noise (research: then two runs, or two transports, sign the same bytes); otherwise,
+    # for a run with a directory, from a secret seed kept in the server's private state
+    # directory (the simulation's stand-in for the sites' own disks), so resumed clients
+    # countersign with the roster's keys.
+    id_rng: Csprng | None = None
+    if config.simulation.reproducible_noise:
+        id_rng = Csprng(public.public_seed(config, "identities"))
+    elif store is not None:
+        id_rng = Csprng(store.client_seed(create=store.resumed is None))
+    identities = ClientIdentities.generate(range(config.clients.num), rng=id_rng)
+    ledger: LedgerWriter | None = None
+    if store is not None:
+        ledger = store.ledger
+        if store.resumed is None:
+            write_run_roster(store.run_dir, identities)  # the clients' public keys: who countersigns
+    transcript = store.transcript if store is not None else TranscriptWriter(config.protocol)
     bar = Progress(
         config.rounds,
         desc=f"secure-fl {config.protocol} ({config.aggregation.mode})",
@@ -391,9 +358,9 @@ def _run(
 
     def sink(record: dict[str, Any]) -> None:
         # Metrics are the server's aggregate view only: never an individual update. The
-        # checkpointer writes the line after the checkpoint that carries it.
-        if checkpointer is not None:
-            checkpointer.metrics_sink(record)
+        # store writes the line after the checkpoint that carries it.
+        if store is not None:
+            store.metrics_sink(record)
 
     def on_progress(version: int, record: dict[str, Any]) -> None:
         bar.update(version, acc=record["test_accuracy"], loss=record["test_loss"], eps=record["epsilon"])
@@ -417,18 +384,9 @@ def _run(
         rng=server_rng,
         on_progress=on_progress,
         client_memory_bytes=memory.memory_bytes if memory is not None else full_memory,
-        on_aggregation_complete=checkpointer.on_aggregation_complete if checkpointer is not None else None,
-        resume=dict(saved["engine"]) if saved else None,
+        resume=store.engine_resume if store is not None else None,
     )
-    if saved:
-        load_privacy_state(engine.privacy, saved["engine"]["privacy"])
-        engine.stopped = bool(saved.get("stopped", False))
-    if resumed is not None and resumed.run_id:
-        engine.run_tag = resumed.run_id  # the same run id: sites key their charges by it
-    if checkpointer is not None and path is not None:
-        checkpointer.run_id = engine.run_tag
-        if resumed is None:
-            save_run_id(path, engine.run_tag, state_dir=state_dir)
+    saved: Mapping[str, Any] = store.saved if store is not None else {}
     privacy = engine.privacy
     unnoised_ok = unnoised_statistics_allowed(config)
     dp_on = config.dp.mechanism != "none" or config.dp.record_level
@@ -445,10 +403,10 @@ def _run(
             "= true); not covered by epsilon"
         )
     parties, _holder = build_parties(config, data, model, identities, loss_fn=loss_fn)
-    if resumed is not None and resumed.snapshot is not None:
+    if store is not None and saved:
         # The simulated sites' own budgets and countersigning positions, from the entries
         # they countersigned (before the worker pool forks, so the workers hold them).
-        _replay_sites(parties, load_ledger(resumed.ledger.path, resumed.signing_key.public_key()), engine.run_tag)
+        _replay_sites(parties, store.committed_entries(), (store.resumed.run_id if store.resumed else None) or engine.run_tag)
     # Client state that lives in the parent's model (FedBN layers are kept in each site's
     # state, so workers are fine); one process when asked for one.
     transport = InProcessTransport(
@@ -465,17 +423,14 @@ def _run(
         transport.clock = float(moved["clock"])
         transport.rng = generator_from_state(moved["rng"])
         transport._seq = int(moved["seq"])
-    if checkpointer is not None:
-
-        def extra_state() -> dict[str, Any]:
-            return {
-                "transcript": transcript.transcript().to_json(),
-                "server_rng": csprng_state(engine.rng, public=config.simulation.reproducible_noise),
-                "transport": {"clock": transport.clock, "rng": generator_state(transport.rng), "seq": transport._seq},
-                "stopped": engine.stopped,
-            }
-
-        checkpointer._extra = extra_state
+    if store is not None:
+        store.attach(
+            engine,
+            reproducible=config.simulation.reproducible_noise,
+            extra_state=lambda: {
+                "transport": {"clock": transport.clock, "rng": generator_state(transport.rng), "seq": transport._seq}
+            },
+        )
     driven: Any = _CrashingTransport(transport, engine.version) if os.environ.get(CRASH_ENV) else transport
     try:
         result = drive(engine.run(transport.reachable()), driven)
@@ -523,9 +478,6 @@ def _run(
         torch.save(model.state_dict(), path / "model.pt")
         (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunResult(path, metrics, summary, weights, model)
-
-
-CLIENT_SEED_FILENAME = "clients.seed"
 
 
 def _replay_sites(parties: Sequence[SimParty], entries: Sequence[LedgerEntry], run_id: str) -> None:

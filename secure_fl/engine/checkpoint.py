@@ -103,8 +103,12 @@ __all__ = [
     "CHECKPOINT_LABEL",
     "METRICS_FILENAME",
     "SERVER_KEY_FILENAME",
+    "CLIENT_SEED_FILENAME",
+    "Checkpointer",
     "Resumed",
+    "RunStore",
     "Snapshot",
+    "WriteAheadLedger",
     "create_server_key",
     "csprng_from_state",
     "csprng_state",
@@ -897,3 +901,145 @@ def engine_state(snapshot: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+# --------------------------------------------------------------------------- one run store for every transport
+
+
+CLIENT_SEED_FILENAME = "clients.seed"
+
+
+class RunStore:
+    """A server's run directory, fresh or resumed: what any transport's server needs to
+    make its run resumable, in one place (the in-process runner and the Flower
+    ServerApp both use it).
+
+    ::
+
+        store = RunStore.open(out, config_sha256=config_hash(config), resume=resuming)
+        engine = ServerEngine(config, model, ..., ledger=store.ledger, transcript=store.transcript,
+                              metrics_sink=store.metrics_sink, rng=store.server_rng(default_rng),
+                              resume=store.engine_resume)
+        store.attach(engine, reproducible=config.simulation.reproducible_noise)
+        drive(engine.run(transport.reachable()), transport)
+
+    :meth:`open` with ``resume=False`` creates the key (in the server state directory),
+    the public key, an empty ledger and metrics file; with ``resume=True`` it verifies
+    and repairs the directory (:func:`open_resume`). :meth:`attach` restores what the
+    engine's own ``load_snapshot`` does not (the privacy accountants, the run id, the
+    stopped flag) and installs the write-ahead checkpoint hook. ``extra_state`` /
+    :attr:`saved` carry a transport's own state (the in-process clock and generators).
+    """
+
+    def __init__(self, run_dir: Path, resumed: Resumed | None, checkpointer: Checkpointer,
+                 state_dir: str | os.PathLike[str] | None) -> None:
+        self.run_dir = run_dir
+        self.resumed = resumed
+        self.checkpointer = checkpointer
+        self.state_dir = state_dir
+        snap = resumed.snapshot if resumed is not None else None
+        #: The checkpoint's state tree (empty for a fresh run or one that died before
+        #: its first aggregation).
+        self.saved: Mapping[str, Any] = snap.state if snap is not None else {}
+        from audits.transcript import TranscriptWriter, transcript_from_json
+
+        self._transcript_cls = TranscriptWriter
+        self.transcript: Any = (
+            TranscriptWriter.from_transcript(transcript_from_json(self.saved["transcript"]))
+            if self.saved else None
+        )
+
+    @classmethod
+    def open(
+        cls,
+        run_dir: str | os.PathLike[str],
+        *,
+        config_sha256: str,
+        protocol: str,
+        resume: bool,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> RunStore:
+        run = Path(run_dir)
+        if resume:
+            resumed = open_resume(run, config_sha256=config_sha256, state_dir=state_dir)
+            checkpointer = Checkpointer(
+                run, resumed.ledger, resumed.signing_key, run_id=resumed.run_id or "",
+                config_sha256=config_sha256,
+                metrics_lines=resumed.snapshot.metrics_lines if resumed.snapshot else 0,
+            )
+            store = cls(run, resumed, checkpointer, state_dir)
+        else:
+            (run / METRICS_FILENAME).write_bytes(b"")
+            key = create_server_key(run, state_dir=state_dir)
+            created = LedgerWriter.create(run / LEDGER_FILENAME, key)
+            checkpointer = Checkpointer(run, created, key, run_id="", config_sha256=config_sha256)
+            store = cls(run, None, checkpointer, state_dir)
+        if store.transcript is None:
+            store.transcript = store._transcript_cls(protocol)
+        return store
+
+    @property
+    def ledger(self) -> WriteAheadLedger:
+        return self.checkpointer.ledger
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self.checkpointer._key
+
+    @property
+    def engine_resume(self) -> dict[str, Any] | None:
+        """The ``resume=`` argument of the :class:`ServerEngine`."""
+        return dict(self.saved["engine"]) if self.saved else None
+
+    def metrics_sink(self, record: dict[str, Any]) -> None:
+        """The engine's ``metrics_sink`` (the line is written after its checkpoint)."""
+        self.checkpointer.metrics_sink(record)
+
+    def server_rng(self, default: Csprng) -> Csprng:
+        """The server's CSPRNG: restored where its stream is public, else ``default``
+        (fresh entropy for a run whose noise must not be predictable)."""
+        if self.saved and self.saved.get("server_rng") is not None:
+            return csprng_from_state(self.saved["server_rng"])
+        return default
+
+    def committed_entries(self) -> list[LedgerEntry]:
+        """The ledger's entries after recovery (e.g. to rebuild simulated sites' state)."""
+        from audits.ledger import load_ledger
+
+        return load_ledger(self.ledger.path, self.signing_key.public_key())
+
+    def client_seed(self, *, create: bool) -> bytes:
+        """The simulated clients' secret key seed (server state directory)."""
+        if create:
+            from crypto.prg import fresh_seed
+
+            seed = fresh_seed()
+            save_server_secret(self.run_dir, CLIENT_SEED_FILENAME, seed, state_dir=self.state_dir)
+            return seed
+        return load_server_secret(self.run_dir, CLIENT_SEED_FILENAME, state_dir=self.state_dir)
+
+    def attach(self, engine: Any, *, reproducible: bool, extra_state: Any = None) -> None:
+        """Finish the engine's restore and install the checkpoint hook (see the class
+        docstring). ``extra_state()`` returns a transport's own state for the checkpoint."""
+        if self.saved:
+            load_privacy_state(engine.privacy, self.saved["engine"]["privacy"])
+            engine.stopped = bool(self.saved.get("stopped", False))
+        if self.resumed is not None and self.resumed.run_id:
+            engine.run_tag = self.resumed.run_id  # the same run id: sites key their charges by it
+        self.checkpointer.run_id = engine.run_tag
+        if self.resumed is None:
+            save_run_id(self.run_dir, engine.run_tag, state_dir=self.state_dir)
+        transcript = self.transcript
+
+        def state() -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "transcript": transcript.transcript().to_json(),
+                "server_rng": csprng_state(engine.rng, public=reproducible),
+                "stopped": bool(engine.stopped),
+            }
+            if extra_state is not None:
+                out.update(extra_state())
+            return out
+
+        self.checkpointer._extra = state
+        engine.on_aggregation_complete = self.checkpointer.on_aggregation_complete
