@@ -80,7 +80,6 @@ from typing import Self
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import minimize_scalar
 
 from crypto.errors import FieldOverflowError
 from crypto.fixedpoint import stochastic_round, to_signed
@@ -406,6 +405,8 @@ class _DistributedMechanism(ABC):
         t_star = a / (v + noise_total)  # optimum if all parts were Gaussian
         if noise_total > 0:  # Skellam optimum has noise_total sinh(t) <= a
             t_star = min(t_star, math.asinh(a / noise_total))
+        from scipy.optimize import minimize_scalar  # 0.7 s to import: only when a bound is computed
+
         res = minimize_scalar(
             log_bound, bounds=(0.0, t_star), method="bounded", options={"xatol": t_star * 1e-10}
         )
