@@ -1,4 +1,4 @@
-"""Device profiles for the simulator's virtual clock.
+"""Device profiles for the in-process transport's virtual clock.
 
 A profile gives a client's compute speed (training samples per second), up- and
 downlink bandwidth (bytes per second) and memory budget (bytes). Profiles are drawn

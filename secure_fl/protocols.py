@@ -1,6 +1,12 @@
-"""Secure aggregation protocols behind the :class:`~secure_fl.aggregation.Aggregator`
-interface: pairwise masking (``secagg``) and CKKS (``ckks``), with the client-side
-privacy pipeline of DESIGN.md section 2.
+"""One-call, in-memory aggregators (``secagg``, ``ckks``) behind the
+:class:`~secure_fl.aggregation.Aggregator` interface.
+
+Runs do not use these: ``secure-fl run`` and the Flower apps run the federated engine
+(:mod:`secure_fl.engine`, message by message). These objects compute the same quantity
+in one call over a list of updates, with :func:`crypto.secagg.simulate_round` /
+:func:`crypto.ckks.simulate_ckks_round`; they serve the audit's re-run
+(:mod:`secure_fl.audit_rerun`), the sweep's up-front validation and the benchmarks.
+The noise provisioning they use is the engine's (:mod:`secure_fl.engine.public`).
 
 Client side, for each cohort member i (all in the member's own process in a deployment;
 in-process here):
@@ -29,7 +35,6 @@ update: it receives masked vectors or ciphertexts only.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +56,12 @@ from secure_fl.aggregation import AggregateOutcome, ClientUpdate, MessageRecord
 from secure_fl.client_encode import EncodeJob
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig
-from secure_fl.errors import ConfigError
+from secure_fl.engine.public import (
+    check_colluder_provisioning,
+    honest_provisioned_shares,
+    honest_shares,
+    provisioned_survivors,
+)
 from secure_fl.identities import ClientIdentities
 
 __all__ = [
@@ -64,53 +74,6 @@ __all__ = [
 ]
 
 Vec = npt.NDArray[np.float64]
-
-
-def provisioned_survivors(config: RunConfig, n: int) -> int:
-    """How many surviving noise shares must carry the full noise (at most ``n``).
-
-    ``dp.provisioned_survivors`` when set; otherwise the expected number of survivors
-    under the configured dropout rate, ``ceil((1 - simulation.dropout) * n)``. When fewer
-    clients survive, less noise is present: the event records it, epsilon rises and the
-    run warns (provisioning for the worst case, the protocol threshold, would instead
-    over-noise every aggregation by up to n / t).
-    """
-    wanted = config.dp.provisioned_survivors or math.ceil((1.0 - config.simulation.dropout) * n)
-    return max(1, min(n, wanted))
-
-
-def honest_provisioned_shares(config: RunConfig, n: int) -> int:
-    """Noise shares that must carry the full noise: provisioned survivors minus colluders.
-
-    Up to ``c = threat.max_colluders`` cohort members may collude with the server and
-    subtract their own noise shares from the sum. Each share is therefore sized so that
-    ``provisioned_survivors(config, n) - c`` honest shares alone carry the variance
-    ``(z C)^2`` of the target (at least one share; :func:`check_colluder_provisioning`
-    refuses a configuration whose planned cohort leaves none).
-    """
-    return max(1, provisioned_survivors(config, n) - config.threat.max_colluders)
-
-
-def check_colluder_provisioning(config: RunConfig) -> None:
-    """Raise :class:`ConfigError` when the planned cohort has no honest noise share."""
-    if config.dp.mechanism == "none" or config.protocol == "plain":
-        return
-    n = config.buffer_size if config.aggregation.mode == "async" else config.cohort_size
-    c = config.threat.max_colluders
-    provisioned = provisioned_survivors(config, n)
-    if provisioned - c < 1:
-        raise ConfigError(
-            f"threat.max_colluders = {c} leaves no honest noise share among the {provisioned} "
-            f"provisioned survivors of a cohort of {n} (clients.per_round, "
-            "aggregation.buffer_size, dp.provisioned_survivors): lower threat.max_colluders "
-            "or enlarge the cohort",
-            field="threat.max_colluders",
-        )
-
-
-def honest_shares(config: RunConfig, survivors: int) -> int:
-    """Shares assumed honest in an aggregation with ``survivors`` shares: ``survivors - c``."""
-    return max(0, survivors - config.threat.max_colluders)
 
 
 def _aborted(

@@ -1,18 +1,17 @@
-"""One federated job: data, clients, aggregations, metrics and the run directory.
+"""One federated job in simulation: the engine over the in-process transport.
 
-``run(config)`` is the engine behind ``secure-fl run``. Each aggregation (server model
-version) of the synchronous mode:
+``run(config)`` is what ``secure-fl run`` calls. It is a composition
+(docs/architecture.md): load the data and build the model; one
+:class:`~secure_fl.engine.client.Site` per data partition (named by its number, with
+its own identity key, budget cap ``dp.site_caps`` / ``dp.budget_cap`` and device
+profile) and, under ``protocol = "ckks"``, the key holder as its own party; a
+:class:`~secure_fl.engine.server.ServerEngine` (cohorts or async buffers, protocol,
+accounting, ledger) and an :class:`~secure_fl.transport.inprocess.InProcessTransport`
+(virtual clock, dropouts at every stage, ``simulation.workers`` processes); then
+:func:`~secure_fl.engine.transport.drive` and the run directory of the public contract.
 
-1. the server samples a cohort of ``clients.per_round`` clients;
-2. each cohort member downloads the global model, trains locally and forms its update
-   ``delta = w_local - w_global`` (a simulated client may drop at any protocol stage);
-3. the configured :class:`~secure_fl.aggregation.Aggregator` (plain / secagg / ckks)
-   returns the weighted mean of the updates that arrived, never an individual one;
-4. the server optimizer applies it; the global model is evaluated; one line goes to
-   ``metrics.jsonl``.
-
-Virtual time comes from device profiles and the real message sizes
-(:mod:`secure_fl.devices`).
+:func:`make_aggregator` builds the one-call in-memory aggregators of
+:mod:`secure_fl.protocols` (audit re-runs, sweeps, benchmarks).
 """
 
 from __future__ import annotations
@@ -181,6 +180,7 @@ def run(
     progress: bool = True,
     sites: Sequence[SiteSource] | None = None,
     loss_fn: LossFn | None = None,
+    drop_plan: Mapping[int, Mapping[str, str]] | None = None,
     resume: str | Path | None = None,
     state_dir: str | Path | None = None,
 ) -> RunResult:
@@ -195,6 +195,9 @@ def run(
     directory). Clients' local training and DP encoding run in ``simulation.workers``
     processes (:mod:`secure_fl.workers`); torch uses one thread in each, and in this
     process for the duration of the run unless ``OMP_NUM_THREADS`` chooses otherwise.
+    ``drop_plan`` (``{aggregation: {client name: stage}}``,
+    :class:`secure_fl.transport.dropouts.DropPlan`) replaces the random
+    ``simulation.dropout`` draws with exactly these dropouts (equivalence tests).
 
     ``resume=DIR`` continues the interrupted run in ``DIR`` after its last completed
     aggregation (:mod:`secure_fl.engine.checkpoint`): ``config`` must be the run's own
@@ -212,6 +215,7 @@ def run(
             progress=progress,
             sites=sites,
             loss_fn=loss_fn,
+            drop_plan=drop_plan,
             resume=resume,
             state_dir=state_dir,
         )

@@ -281,7 +281,12 @@ class ClientEngine:
         self._configs: dict[str, RunConfig] = {}
         self._live: dict[str, Any] = {}  # per-process cache of live protocol objects
         self._local_keys = _local_keys(site.model)
-        self._initial_local = {k: v.detach().clone() for k, v in site.model.state_dict().items() if k in self._local_keys}
+        # A site's local layers start from the model's initial values (kept once per site:
+        # the module is shared and later holds other sites' layers).
+        self._initial_local = site.extra.setdefault(
+            "initial_local",
+            {k: v.detach().clone() for k, v in site.model.state_dict().items() if k in self._local_keys},
+        )
 
     # -- dispatch ------------------------------------------------------------------------
     def handle(self, kind: str, envelope: Envelope, state: StateStore) -> Envelope:

@@ -29,6 +29,7 @@ resumed with their results; it never touches a socket or a clock. One run:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -202,25 +203,28 @@ class ServerEngine:
             "server_opt": _state(self.server_opt),
             "pruner": _state(self.pruner),
             "clipper": _state(self.clipper),
-            "budgets": _state(self.privacy.budgets),
-            "privacy": self.privacy,
+            "privacy": copy.deepcopy(self.privacy),  # every budget and accountant, by value
             "sample_rng": self.sample_rng.bit_generator.state,
             "ledger_index": self.ledger.next_index if self.ledger is not None else None,
             "ledger_head": self.ledger.head if self.ledger is not None else None,
             "metrics_count": len(self.metrics),
-            "metrics": list(self.metrics),
+            "metrics": copy.deepcopy(self.metrics),
         }
 
     def load_snapshot(self, snap: dict[str, Any]) -> None:
         self.version = int(snap["version"])
         self.weights = np.asarray(snap["weights"], dtype=np.float32).copy()
-        for obj, key in ((self.server_opt, "server_opt"), (self.pruner, "pruner"), (self.clipper, "clipper"),
-                         (self.privacy.budgets, "budgets")):
+        for key in ("server_opt", "pruner", "clipper"):
             value = snap.get(key)
-            if obj is not None and value is not None and hasattr(obj, "load_state_dict"):
+            obj = getattr(self, key)
+            if obj is None or value is None:
+                continue
+            if hasattr(obj, "load_state_dict") and not isinstance(value, type(obj)):
                 obj.load_state_dict(value)
+            else:  # no state_dict() yet: the snapshot holds a copy of the object
+                setattr(self, key, copy.deepcopy(value))
         if isinstance(snap.get("privacy"), RunPrivacy):
-            self.privacy = snap["privacy"]
+            self.privacy = copy.deepcopy(snap["privacy"])
             self.privacy.aggregator = self.planner  # type: ignore[assignment]
         if snap.get("sample_rng") is not None:
             self.sample_rng.bit_generator.state = snap["sample_rng"]
@@ -871,9 +875,12 @@ def _int(ident: Any, fallback: int) -> int:
 
 
 def _state(obj: Any) -> Any:
-    if obj is not None and hasattr(obj, "state_dict"):
+    """``obj.state_dict()`` where it has one, else a deep copy of ``obj``."""
+    if obj is None:
+        return None
+    if hasattr(obj, "state_dict"):
         return obj.state_dict()
-    return None
+    return copy.deepcopy(obj)
 
 
 def public_check(config: RunConfig) -> None:

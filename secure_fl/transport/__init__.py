@@ -1,10 +1,13 @@
-"""Deployment transports for secure-fl's protocols.
+"""The transports of the federated engine (:mod:`secure_fl.engine`): they move envelopes
+and time, nothing else.
 
-:mod:`secure_fl.transport.flower` runs the same sans-I/O protocol objects as the
-in-process simulator (:mod:`crypto.secagg`) across machines on Flower (SuperLink /
-SuperNodes over TLS). Flower is an optional extra (``pip install secure-fl[flower]``):
-this package imports nothing from ``flwr`` at module level, and only the modules of
-``secure_fl.transport.flower`` that define the Flower apps do.
+* :mod:`secure_fl.transport.inprocess`: simulated parties, a virtual clock, dropouts at
+  every stage, a pool of worker processes (``secure-fl run``);
+* :mod:`secure_fl.transport.flower`: Flower's SuperLink / SuperNodes over TLS, or
+  Flower's simulation runtime. Flower is an optional extra
+  (``pip install secure-fl[flower]``): only the modules of this subpackage that define
+  the Flower apps import ``flwr``;
+* :mod:`secure_fl.transport.dropouts`: the drop plan both accept.
 """
 
 from __future__ import annotations
