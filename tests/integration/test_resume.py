@@ -225,7 +225,7 @@ def test_resume_refuses_what_it_cannot_continue(config_file: Path, reference: Pa
     assert _cli(str(config_file), "--out", str(out), crash="after_metrics:1").returncode == -signal.SIGKILL
     path = out / CHECKPOINT_FILENAME
     doc = json.loads(path.read_text())
-    doc["checkpoint"]["state"]["engine"]["budgets"]["history"] = []  # erase the budgets
+    doc["checkpoint"]["state"]["engine"]["privacy"]["budgets"]["history"] = []  # erase the budgets
     path.write_text(json.dumps(doc))
     tampered = _cli("--resume", str(out))
     assert tampered.returncode != 0 and "digest" in tampered.stderr
