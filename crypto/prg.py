@@ -131,6 +131,17 @@ class Csprng:
             self._enc.update_into(_zeros(step), view[i : i + step + 15])
         view[head:] = self._enc.update(bytes(n - head))
 
+    def keystream_into(self, out: bytearray, n: int) -> None:
+        """Overwrite ``out[:n]`` with the next ``n`` keystream bytes in one OpenSSL call.
+
+        The hot-loop form of :meth:`random_into` (same stream): ``0 <= n <= 16 MiB`` and
+        ``out`` must be at least ``n + 15`` bytes long (the cipher API asks for one block
+        of slack; CTR mode writes exactly ``n`` bytes and leaves the slack untouched).
+        """
+        if not 0 <= n <= _CHUNK or len(out) < n + 15:
+            raise CryptoError(f"keystream_into needs 0 <= n <= {_CHUNK} and n + 15 bytes of buffer")
+        self._enc.update_into(_zeros(n), out)
+
     def fork(self) -> Csprng:
         """An independent child generator keyed with the next 32 keystream bytes."""
         return Csprng(self.random_bytes(SEED_BYTES))

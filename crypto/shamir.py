@@ -88,14 +88,24 @@ def lagrange_coefficients_at_zero(xs: Sequence[int]) -> list[int]:
     """
     points = list(xs)
     _check_points(points)
-    coeffs = []
+    nums, dens = [], []
     for j, xj in enumerate(points):
         num, den = 1, 1
         for m, xm in enumerate(points):
             if m != j:
                 num = num * xm % PRIME
                 den = den * (xm - xj) % PRIME
-        coeffs.append(num * pow(den, -1, PRIME) % PRIME)
+        nums.append(num)
+        dens.append(den)
+    # one modular inversion for all denominators (Montgomery's batch trick)
+    prefix = [1]
+    for den in dens:
+        prefix.append(prefix[-1] * den % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    coeffs = [0] * len(points)
+    for j in range(len(points) - 1, -1, -1):
+        coeffs[j] = nums[j] * inv % PRIME * prefix[j] % PRIME
+        inv = inv * dens[j] % PRIME
     return coeffs
 
 

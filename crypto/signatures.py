@@ -14,6 +14,8 @@ replay). Verification failures raise :class:`~crypto.errors.CryptoError`.
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -41,6 +43,13 @@ def _framed(context: bytes, message: bytes) -> bytes:
     return _PREFIX + context + b"\x00" + message
 
 
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """The parsed key object for a 32-byte public key (parsed once: a cohort's keys are
+    verified against many times per round). Raises ValueError for an invalid encoding."""
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def generate_identity(rng: Csprng) -> Ed25519PrivateKey:
     """An Ed25519 identity key drawn from the injected CSPRNG."""
     return Ed25519PrivateKey.from_private_bytes(rng.random_bytes(32))
@@ -63,6 +72,6 @@ def verify(public_key: bytes, signature: bytes, message: bytes, *, context: byte
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         raise CryptoError(_BAD)
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, _framed(context, message))
+        _public_key(public_key).verify(signature, _framed(context, message))
     except (InvalidSignature, ValueError) as exc:
         raise CryptoError(_BAD) from exc

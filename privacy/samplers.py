@@ -30,21 +30,24 @@ Vectorization. The authors' reference code (and the OpenDP port) draws one sampl
 time in Python, about 10^4 samples per second. Here every step of the algorithms runs
 on numpy batches of candidates, and rejected candidates are replaced by a fresh batch:
 
-* ``Bernoulli(exp(-gamma))`` for a rational ``gamma`` in ``[0, 1]`` runs CKS20
-  Algorithm 1 with every still-undecided candidate advanced at once (all share the same
-  step ``k``, so ``Bernoulli(1/k)`` is one batch of uniforms below a scalar);
-* ``Bernoulli(exp(-w))`` for integer ``w`` (the ``exp(-1)^w`` conjunction of Algorithm 1)
-  and the geometric count of Algorithm 2 (``P(V >= v) = e^{-v}``) are decided by one
-  62-bit uniform word each against a table of *certified* integer brackets
-  ``lo_v <= 2^62 e^{-v} <= hi_v`` computed once with exact rational series
-  (:func:`_exp_neg_bounds`); a word that falls inside a bracket (probability about
-  ``2^-60``) reveals further uniform bits until the comparison is decided
-  (:class:`_LazyUniform`). No floating-point value is ever involved and the decision is
-  the exact comparison ``U < e^{-v}`` of a uniform real ``U``.
+* ``Bernoulli(exp(-gamma))`` is decided as the exact comparison ``U < exp(-gamma)`` of
+  one uniform real ``U`` whose first 62 bits are a CSPRNG word, against *certified*
+  integer brackets ``lo <= 2^62 exp(-gamma) <= hi``: for integer ``gamma`` (the
+  ``exp(-1)^w`` conjunction of CKS20 Algorithm 1) and the geometric count of Algorithm 2
+  (``P(V >= v) = e^{-v}``) from a table computed once with exact rational series
+  (:func:`_exp_neg_bounds`); for the fractional part ``f`` in ``[0, 1)`` from ``f``'s
+  position on the grid ``F / 2^30`` and two tables ``e^{-a/2^15}``, ``e^{-b/2^30}``
+  (:func:`_bernoulli_exp_neg_unit`); for the discrete Laplace acceptance ``e^{-u/t}``
+  from a per-scale table (:func:`_laplace_accept_table`). Tables are built by exact
+  integer recursion (:func:`_exp_neg_chain`). A word that falls inside a bracket
+  (probability about ``2^-28`` for fractions, ``2^-60`` for integers) reveals further
+  uniform bits until the comparison is decided against the exact rational ``gamma``
+  (:class:`_LazyUniform`). No floating-point value is ever involved, and these trials
+  have exactly the success probability of CKS20 Algorithm 1's series loop
+  (``P(K odd) = exp(-gamma)``) that they replace.
 
-Rationals are kept as integer pairs; where ``gamma``'s denominator would exceed 64 bits it
-is factored into two "digits" ``D = D1 * D2`` so that ``Bernoulli(r / D)`` is decided
-lexicographically on two uniform integers (see :func:`_bernoulli_two_digit`). Exact
+Rationals are kept as integer pairs; where ``gamma``'s denominator would exceed 62 bits it
+is kept as two "digits" ``D = D1 * D2`` and only bracketed (:func:`_frac_grid`). Exact
 Python-integer arithmetic (numpy object arrays) is used only for the per-candidate
 numerators that overflow int64.
 
@@ -54,12 +57,12 @@ samplers. Here noise for a whole vector is drawn in one batch on the client, so 
 running time depends only on aggregate properties of many independent samples, never
 on one coordinate, and it is never visible to the server apart from the upload time.
 
-Throughput (2-core CI machine, ``benchmarks/samplers.py``, an unloaded machine): the
-discrete Gaussian at the default job's share (sigma ~ 3.3 x 10^4, d = 8,192) costs about
-0.25-0.5 us per coordinate (1.2-1.7 us before the table-driven trials and batch sizes
-that follow the measured acceptance); Poisson ~0.04 s per 10^5 samples for lam up to
-2^30 (plus a one-off ``O(sqrt(lam))`` table, 0.25 s at 2^30); Skellam about 1 us per
-coordinate. The scalar reference implementation of CKS20 (kept for
+Throughput (2-core VM, ``benchmarks/samplers.py``, current versus the previous revision
+timed alternately in one run): the discrete Gaussian at the default job's share
+(sigma ~ 3.3 x 10^4, d = 8,192) costs about 0.2 us per coordinate (0.78 us with the
+series loop of CKS20 Algorithm 1 in the same run); Poisson ~0.04 s per 10^5 samples for
+lam up to 2^30 (plus a one-off ``O(sqrt(lam))`` table, 0.25 s at 2^30); Skellam about
+1 us per coordinate. The scalar reference implementation of CKS20 (kept for
 sigma^2 >= 2^61) manages 2-3 x 10^4 samples per second.
 """
 
@@ -214,6 +217,8 @@ def _exp_neg_int_table() -> tuple[IntArray, IntArray]:
     pairs = [_exp_neg_bounds(Fraction(v), _WORD_BITS) for v in range(_EXP_TABLE_SIZE)]
     lo = np.array([a for a, _ in pairs], dtype=np.int64)
     hi = np.array([b for _, b in pairs], dtype=np.int64)
+    if np.any(np.diff(hi) > 0) or np.any(np.diff(lo) > 0):  # _geometric_exp_neg_one relies on it
+        raise PrivacyError("internal: exp(-v) brackets are not monotone")
     return lo, hi
 
 
@@ -237,52 +242,122 @@ def _bernoulli_exp_neg_int(whole: IntArray, rng: Csprng) -> BoolArray:
     return out
 
 
-def _bernoulli_two_digit(hi: IntArray, lo: IntArray, d1: int, d2: int, rng: Csprng) -> BoolArray:
-    """Exact ``Bernoulli(r / (d1 * d2))`` with ``r = hi * d2 + lo``, ``0 <= lo < d2``.
+_FRAC_BITS = 30  # exp(-f) for f in [0, 1] is bracketed on the grid F / 2^30
+_HALF_BITS = _FRAC_BITS // 2  # F = a 2^15 + b: exp(-F/2^30) = exp(-a/2^15) exp(-b/2^30)
+_TABLE_BITS = 31  # table entries are brackets of 2^31 exp(-.), products fit in int64
+_CHAIN_BITS = 96  # working precision of the exact recursion that builds the tables
 
-    ``U = U1 * d2 + U2`` with ``U1`` uniform below ``d1`` and ``U2`` uniform below ``d2``
-    is uniform below ``d1 * d2``, and ``U < r`` iff ``U1 < hi`` or (``U1 == hi`` and
-    ``U2 < lo``). Neither ``d1 * d2`` nor ``r`` is ever formed, so denominators up to
-    ``2^124`` are handled in int64.
+
+def _exp_neg_chain(step: Fraction, count: int, out_bits: int) -> tuple[IntArray, IntArray]:
+    """Certified ``lo_j <= 2^out_bits e^{-j step} <= hi_j`` for ``j = 0 .. count - 1``.
+
+    Exact integer recursion: with ``c_lo <= 2^96 e^{-step} <= c_hi`` from
+    :func:`_exp_neg_bounds` (rational series), ``L_{j+1} = floor(L_j c_lo / 2^96)`` and
+    ``H_{j+1} = ceil(H_j c_hi / 2^96)`` from ``L_0 = H_0 = 2^96`` keep
+    ``L_j <= 2^96 e^{-j step} <= H_j`` for every ``j`` (induction; all factors positive);
+    the entries are ``floor(L_j / 2^(96 - out_bits))`` and ``ceil(H_j / 2^(96 - out_bits))``.
+    The rounding accumulated over ``j`` steps is below ``4 j`` units of ``2^-96``: for
+    ``count <= 2^16`` and ``out_bits <= 62`` less than one unit of the entries.
+    """
+    c_lo, c_hi = _exp_neg_bounds(step, _CHAIN_BITS)
+    lo_v = hi_v = 1 << _CHAIN_BITS
+    shift = _CHAIN_BITS - out_bits
+    lo_out, hi_out = [], []
+    for _ in range(count):
+        lo_out.append(lo_v >> shift)
+        hi_out.append(-(-hi_v >> shift))
+        lo_v = (lo_v * c_lo) >> _CHAIN_BITS
+        hi_v = -(-(hi_v * c_hi) >> _CHAIN_BITS)
+    return np.array(lo_out, dtype=np.int64), np.array(hi_out, dtype=np.int64)
+
+
+_LAPLACE_TABLE_MAX = 1 << 16  # discrete Laplace scales up to this use a per-scale table
+
+
+@functools.lru_cache(maxsize=8)
+def _laplace_accept_table(t: int) -> tuple[IntArray, IntArray]:
+    """Certified ``lo_u <= 2^62 e^{-u/t} <= hi_u`` for ``u = 0 .. t - 1`` (built once per t)."""
+    return _exp_neg_chain(Fraction(1, t), t, _WORD_BITS)
+
+
+@functools.lru_cache(maxsize=1)
+def _exp_neg_frac_tables() -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Certified brackets ``lo <= 2^31 e^{-a/2^15} <= hi`` (``a = 0 .. 2^15``) and
+    ``lo <= 2^31 e^{-b/2^30} <= hi`` (``b = 0 .. 2^15 - 1``), built once.
+
+    (:func:`_exp_neg_chain`).
+    """
+
+    coarse_lo, coarse_hi = _exp_neg_chain(Fraction(1, 1 << _HALF_BITS), (1 << _HALF_BITS) + 1, _TABLE_BITS)
+    fine_lo, fine_hi = _exp_neg_chain(Fraction(1, 1 << _FRAC_BITS), 1 << _HALF_BITS, _TABLE_BITS)
+    return coarse_lo, coarse_hi, fine_lo, fine_hi
+
+
+def _frac_grid(hi: IntArray, lo: IntArray, d1: int, d2: int, bits: int) -> tuple[IntArray, IntArray]:
+    """int64 ``F_lo <= 2^bits f <= F_hi`` for ``f = (hi d2 + lo) / (d1 d2)`` in ``[0, 1)``.
+
+    ``f`` lies in ``[a/b, (a + e)/b]``: ``a = hi d2 + lo``, ``b = d1 d2``, ``e = 0`` when
+    ``b < 2^62`` (int64) or ``d1 < 2^31`` (exact Python integers, rare); otherwise
+    ``a = hi``, ``b = d1``, ``e = 1``. With ``s = max(0, bitlen(b) - 32)``: if ``s = 0`` the
+    bracket is ``floor(2^bits a / b)``, ``ceil(2^bits (a + e) / b)``; else, with
+    ``D = floor(b / 2^s)`` and ``h = floor(a / 2^s)``, ``a/b > h/(D+1)`` and
+    ``(a + e)/b <= (h + 1)/D``, so ``floor(2^bits h / (D+1))``, ``ceil(2^bits (h+1) / D)``.
+    Every operand stays below 2^62 (``a < b``, ``h <= D < 2^32``, ``bits <= 30``).
+    """
+    if d1 * d2 < _LIMIT_62:
+        a, b, e = hi * d2 + lo, d1 * d2, 0
+    elif d1 < (1 << 31):
+        a, b, e = hi.astype(object) * d2 + lo.astype(object), d1 * d2, 0
+    else:
+        a, b, e = hi, d1, 1
+    s = max(0, b.bit_length() - 32)
+    if s == 0:
+        a64 = np.asarray(a, dtype=np.int64)
+        return (a64 << bits) // b, -((-(a64 + e) << bits) // b)
+    den = b >> s
+    h = np.asarray(a >> s, dtype=np.int64)
+    return (h << bits) // (den + 1), -((-(h + 1) << bits) // den)
+
+
+def _bernoulli_exp_neg_unit(
+    hi: IntArray, lo: IntArray, d1: int, d2: int, rng: Csprng, *, _coarsen: int = 0
+) -> BoolArray:
+    """Exact ``Bernoulli(exp(-f_i))`` for ``f_i = (hi_i d2 + lo_i) / (d1 d2)`` in ``[0, 1)``
+    (``0 <= hi_i < d1 < 2^62``, ``0 <= lo_i < d2``), one uniform word per trial.
+
+    The trial is the comparison ``U < exp(-f)`` of a uniform real ``U = (u + V) / 2^62``
+    (``u`` a 62-bit CSPRNG word, ``V`` further bits not yet drawn), decided in integers:
+
+    1. a grid bracket ``F_lo / 2^30 <= f <= F_hi / 2^30`` (:func:`_frac_grid`, int64);
+    2. ``exp(-F/2^30) = exp(-a/2^15) exp(-b/2^30)`` for ``F = a 2^15 + b``, so
+       ``lower = lo_c[a(F_hi)] lo_f[b(F_hi)] <= 2^62 exp(-f) <= hi_c[a(F_lo)] hi_f[b(F_lo)] = upper``
+       with the certified tables of :func:`_exp_neg_frac_tables` (products below 2^63);
+    3. ``u < lower`` means ``U < (u + 1)/2^62 <= exp(-f)``: success; ``u >= upper`` means
+       ``U >= exp(-f)``: failure. Otherwise (probability about ``2^-28`` per trial) the same
+       ``U`` is finished by :class:`_LazyUniform` against the exact rational ``f``.
+
+    So the output is exactly ``Bernoulli(exp(-f))``; no floating-point value is involved.
+    This replaces the per-step series loop of CKS20 Algorithm 1 (``P(K odd) = exp(-f)``),
+    which needed about 8 batched steps for a batch of 10^4 trials, by one comparison.
+    ``_coarsen`` (tests only) drops that many low bits of ``F``, widening the brackets so
+    the exact fallback runs on a large share of trials.
     """
     n = hi.size
-    u1 = rng.integers_below(d1, n)
-    out = u1 < hi
-    if d2 > 1:
-        tie = np.flatnonzero(u1 == hi)
-        if tie.size:
-            u2 = rng.integers_below(d2, tie.size)
-            out[tie] = u2 < lo[tie]
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    coarse_lo, coarse_hi, fine_lo, fine_hi = _exp_neg_frac_tables()
+    f_lo, f_hi = _frac_grid(hi, lo, d1, d2, _FRAC_BITS - _coarsen)
+    # f < 1, so F_hi may be capped at 2^30 (the coarse table ends at a = 2^15)
+    f_lo, f_hi = f_lo << _coarsen, np.minimum(f_hi << _coarsen, 1 << _FRAC_BITS)
+    mask = (1 << _HALF_BITS) - 1
+    lower = coarse_lo[f_hi >> _HALF_BITS] * fine_lo[f_hi & mask]
+    upper = coarse_hi[f_lo >> _HALF_BITS] * fine_hi[f_lo & mask]
+    u = _words62(n, rng)
+    out: BoolArray = u < lower
+    for i in np.flatnonzero((u >= lower) & (u < upper)).tolist():
+        gamma = Fraction(int(hi[i]) * d2 + int(lo[i]), d1 * d2)
+        out[i] = _LazyUniform(int(u[i]), _WORD_BITS, rng).below_exp_neg(gamma)
     return out
-
-
-def _bernoulli_exp_neg_unit(hi: IntArray, lo: IntArray, d1: int, d2: int, rng: Csprng) -> BoolArray:
-    """``Bernoulli(exp(-gamma_i))`` for ``gamma_i = (hi_i d2 + lo_i) / (d1 d2)`` in ``[0, 1]``.
-
-    CKS20 Algorithm 1 (case gamma <= 1): draw ``A_k ~ Bernoulli(gamma / k)`` for
-    ``k = 1, 2, ...`` until the first ``A_K = 0``; ``P(K > k) = gamma^k / k!`` and so
-    ``P(K odd) = sum_k (-gamma)^k / k! = exp(-gamma)``. ``Bernoulli(gamma / k)`` is drawn
-    as ``Bernoulli(1 / k) AND Bernoulli(gamma)`` (independent, product of probabilities).
-    Every candidate still running at step ``k`` shares that ``k``, so ``Bernoulli(1 / k)``
-    is one batch of uniforms below the scalar ``k`` (and is skipped at ``k = 1``).
-    """
-    n = hi.size
-    result = np.zeros(n, dtype=bool)
-    active = np.arange(n)
-    k = 1
-    while active.size:
-        if k == 1:
-            a = _bernoulli_two_digit(hi, lo, d1, d2, rng)
-        else:
-            a = rng.integers_below(k, active.size) == 0
-            cand = np.flatnonzero(a)
-            if cand.size:
-                sub = active[cand]
-                a[cand] = _bernoulli_two_digit(hi[sub], lo[sub], d1, d2, rng)
-        result[active[~a]] = (k & 1) == 1
-        active = active[a]
-        k += 1
-    return result
 
 
 def _bernoulli_exp_neg_split(
@@ -292,7 +367,7 @@ def _bernoulli_exp_neg_split(
 
     CKS20 Algorithm 1 (case gamma > 1): ``exp(-gamma) = exp(-floor(gamma)) *
     exp(-(gamma - floor(gamma)))``, a conjunction of two independent trials: the integer
-    part by :func:`_bernoulli_exp_neg_int`, the fraction by the series loop.
+    part by :func:`_bernoulli_exp_neg_int`, the fraction by :func:`_bernoulli_exp_neg_unit`.
     """
     alive = np.ones(whole.size, dtype=bool)
     need = np.flatnonzero(whole > 0)
@@ -346,10 +421,13 @@ def _geometric_exp_neg_one(n: int, rng: Csprng) -> IntArray:
     lo_asc, hi_asc = lo_t[1:][::-1].copy(), hi_t[1:][::-1].copy()  # v = 63 .. 1, increasing
     m = lo_asc.size
     u = _words62(n, rng)
-    sure = m - np.searchsorted(lo_asc, u, side="right")  # #{v: u < lo_v}: U < e^{-v} surely
-    maybe = m - np.searchsorted(hi_asc, u, side="right")  # #{v: u < hi_v}
+    pos = np.searchsorted(lo_asc, u, side="right")  # lo_asc[pos - 1] <= u < lo_asc[pos]
+    sure = m - pos  # #{v: u < lo_v}: U < e^{-v} surely for v <= sure
+    # u >= lo_v for every v > sure, and hi_v does not increase with v (checked when the
+    # table is built), so the count is uncertain iff u < hi_{sure+1} = hi_asc[pos - 1].
+    below = hi_asc[np.maximum(pos - 1, 0)]
     v: IntArray = sure.astype(np.int64)
-    for i in np.flatnonzero((maybe != sure) | (sure >= m)).tolist():
+    for i in np.flatnonzero(((pos > 0) & (u < below)) | (sure >= m)).tolist():
         lazy = _LazyUniform(int(u[i]), _WORD_BITS, rng)
         count = int(sure[i])
         while lazy.below_exp_neg(Fraction(count + 1)):
@@ -366,7 +444,15 @@ def _discrete_laplace_batch(n: int, t: int, rng: Csprng) -> IntArray:
     ``Y = (1 - 2B) X``, rejecting ``(B = 1, X = 0)`` so that 0 is not counted twice.
     """
     u = rng.integers_below(t, n)
-    keep = _bernoulli_exp_neg_unit(u, np.zeros(n, dtype=np.int64), t, 1, rng)
+    if t <= _LAPLACE_TABLE_MAX:  # U < exp(-u/t) against the per-scale certified table
+        lo_t, hi_t = _laplace_accept_table(t)
+        word = _words62(n, rng)
+        keep = word < lo_t[u]
+        for i in np.flatnonzero((word >= lo_t[u]) & (word < hi_t[u])).tolist():
+            lazy = _LazyUniform(int(word[i]), _WORD_BITS, rng)
+            keep[i] = lazy.below_exp_neg(Fraction(int(u[i]), t))
+    else:
+        keep = _bernoulli_exp_neg_unit(u, np.zeros(n, dtype=np.int64), t, 1, rng)
     u = u[keep]
     m = u.size
     v = _geometric_exp_neg_one(m, rng)
@@ -400,30 +486,36 @@ def discrete_laplace(size: int, *, scale: int, rng: Csprng) -> IntArray:
     return out
 
 
-def _dg_threshold(y_abs: IntArray, p: int, q: int, t: int) -> tuple[IntArray, IntArray, IntArray]:
+def _dg_threshold(
+    y_abs: IntArray, p: int, q: int, t: int
+) -> tuple[IntArray, IntArray, IntArray, int, int]:
     """Digits of ``gamma(y) = (|y| - sigma^2/t)^2 / (2 sigma^2)`` with ``sigma^2 = p/q``.
 
-    ``gamma = (q t |y| - p)^2 / (2 p q t^2) = N / (d1 d2)`` with ``d1 = 2p``, ``d2 = q t^2``.
-    Returns ``(floor(gamma), hi, lo)`` with ``N mod (d1 d2) = hi * d2 + lo``. Uses int64
-    when every intermediate fits, exact Python integers otherwise.
+    ``gamma = (q t |y| - p)^2 / (2 p q t^2) = N / B`` with ``B = 2p q t^2``. Returns
+    ``(floor(gamma), hi, lo, d1, d2)`` with ``N mod B = hi d2 + lo`` and ``B = d1 d2``:
+    ``(d1, d2) = (B, 1)`` (so ``lo = 0``) when ``B < 2^62``, else ``(2p, q t^2)``. Uses
+    int64 when every intermediate fits, exact Python integers otherwise.
     """
-    d1, d2 = 2 * p, q * t * t
-    big = d1 * d2
+    big = 2 * p * q * t * t
+    d1, d2 = (big, 1) if big < _INT64_SAFE else (2 * p, q * t * t)
     n = y_abs.size
-    whole = np.empty(n, dtype=np.int64)
-    hi = np.empty(n, dtype=np.int64)
-    lo = np.empty(n, dtype=np.int64)
     ymax = int(y_abs.max(initial=0))
     if big < _INT64_SAFE and q * t * ymax + p < _INT64_SAFE:
         a = y_abs * (q * t) - p
+        if n and max(ymax * (q * t) - p, p) < (1 << 31):  # every a^2 < 2^62: no masks
+            whole, rest = np.divmod(a * a, big)
+            return whole, rest, np.zeros(n, dtype=np.int64), d1, d2
+        whole = np.empty(n, dtype=np.int64)
+        hi = np.empty(n, dtype=np.int64)
         small = np.abs(a) < (1 << 31)  # a^2 < 2^62
         a_small = a[small]
-        w, rest = np.divmod(a_small * a_small, big)
-        whole[small] = w
-        hi[small], lo[small] = np.divmod(rest, d2)
+        whole[small], hi[small] = np.divmod(a_small * a_small, big)
         large = np.flatnonzero(~small)
     else:
+        whole = np.empty(n, dtype=np.int64)
+        hi = np.empty(n, dtype=np.int64)
         large = np.arange(n)
+    lo = np.zeros(n, dtype=np.int64)
     if large.size:  # exact Python integers (numpy object arrays) where int64 would overflow
         y_obj = y_abs[large].astype(object)
         a_obj = y_obj * (q * t) - p
@@ -433,7 +525,7 @@ def _dg_threshold(y_abs: IntArray, p: int, q: int, t: int) -> tuple[IntArray, In
         whole[large] = np.minimum(w_obj, _INT64_SAFE).astype(np.int64)
         hi[large] = hi_obj.astype(np.int64)
         lo[large] = lo_obj.astype(np.int64)
-    return whole, hi, lo
+    return whole, hi, lo, d1, d2
 
 
 def _floor_sqrt_fraction(s: Fraction) -> int:
@@ -475,8 +567,8 @@ def discrete_gaussian(size: int, *, sigma_sq: Rational, rng: Csprng) -> IntArray
         need = n - filled
         batch = math.ceil(need * ratio) + 32
         y = discrete_laplace(batch, scale=t, rng=rng)
-        whole, hi, lo = _dg_threshold(np.abs(y), p, q, t)
-        ok = _bernoulli_exp_neg_split(whole, hi, lo, 2 * p, q * t * t, rng)
+        whole, hi, lo, d1, d2 = _dg_threshold(np.abs(y), p, q, t)
+        ok = _bernoulli_exp_neg_split(whole, hi, lo, d1, d2, rng)
         ratio = 1.1 * batch / max(int(ok.sum()), 1)  # what this batch needed, plus margin
         got = y[ok][:need]
         out[filled : filled + got.size] = got

@@ -244,7 +244,9 @@ class AggregationConfig(_Section):
         description="Async: updates per buffer (K). Default: half of clients.per_round "
         "without DP (FedBuff: buffers well below the concurrency aggregate often); "
         "ceil(0.85 x clients.per_round) under DP, where the noise in the mean falls as 1/K "
-        "(measured in benchmarks/async_defaults.py, see docs/concepts.md).",
+        "(measured in benchmarks/async_defaults.py). A buffer's secure-aggregation exchange "
+        "lasts until its slowest member has uploaded, so stragglers in a buffer cost their "
+        "upload time (docs/concepts.md).",
     )
     timeout_s: float | None = Field(
         None,

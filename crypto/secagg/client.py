@@ -22,10 +22,11 @@ et al., CCS'20. Client ``u`` with input ``x_u`` in Z_{2^b}^d:
 
    where PRG is AES-256-CTR (:class:`~crypto.prg.Csprng`) read as little-endian words,
    and sign ``M_u``.
-3. ConsistencyCheck: sign ``(session, round, joint seed, U3)`` for the U3 announced.
+3. ConsistencyCheck: sign ``(session, round, joint seed, U3, M_u)`` for the U3
+   announced (one signature for the survivor set and the client's own mask set).
 4. Unmasking: only under a cohort quorum of signatures over *the same* U3 that also
    covers ``t`` holders of every owner concerned, and, for surviving owners, their
-   signed mask sets with ``c + 1`` survivors (:meth:`SecAggClient._on_unmask_request`),
+   signed mask sets (carried by their consistency signatures) with ``c + 1`` survivors (:meth:`SecAggClient._on_unmask_request`),
    release for every ``v in M_u ∪ {u}`` the share of ``b_v`` if ``v`` survived, of
    ``s_sk_v`` if it dropped, and never both for one ``v`` (a record of released kinds
    is kept; a conflicting request is refused).
@@ -83,6 +84,8 @@ from crypto.secagg.messages import (
     UplinkMessage,
     advertise_payload,
     consistency_payload,
+    consistency_prefix,
+    index_list,
     mask_set_payload,
 )
 from crypto.secagg.parameters import check_parameters, mask_floor
@@ -122,24 +125,41 @@ MASK_BLOCK = 1 << 16
 """Coordinates per block in :func:`apply_masks` (256 KiB of uint32: stays in L2)."""
 
 
-def apply_masks(acc: npt.NDArray[np.unsignedinteger], terms: Sequence[tuple[bytes, int]]) -> None:
-    """In place: ``acc += sum_i sign_i * PRG(seed_i)`` (mod 2^32 or 2^64, by acc's dtype).
+def apply_masks(
+    acc: npt.NDArray[np.unsignedinteger],
+    terms: Sequence[tuple[bytes, int]],
+    *,
+    base: npt.NDArray[np.unsignedinteger] | None = None,
+) -> None:
+    """In place: ``acc = (base if given, else acc) + sum_i sign_i * PRG(seed_i)``
+    (mod 2^32 or 2^64, by acc's dtype).
 
     Equal to adding :func:`expand_mask` of every seed, but computed block by block:
     each generator writes the next block of its keystream into one cache-resident
     buffer that is immediately added, so the cost stays close to the AES-CTR keystream
-    itself instead of streaming a fresh 4d-byte array through memory per mask.
+    itself instead of streaming a fresh 4d-byte array through memory per mask. With
+    ``base`` the first addition reads ``base`` and writes ``acc`` (no copy of the input).
     """
+    if base is not None and (base.shape != acc.shape or base.dtype != acc.dtype):
+        raise LocalProtocolError("apply_masks: base must have the shape and dtype of acc")
     width = acc.dtype.itemsize
+    size = int(acc.size)
+    block = max(1, min(MASK_BLOCK, size))
     gens = [(Csprng(seed), np.add if sign > 0 else np.subtract) for seed, sign in terms]
-    scratch = bytearray(width * min(MASK_BLOCK, acc.size))
-    for start in range(0, acc.size, MASK_BLOCK):
-        part = acc[start : start + MASK_BLOCK]
-        view = memoryview(scratch)[: width * part.size]
-        stream = np.frombuffer(scratch, dtype=f"<u{width}", count=part.size)
+    scratch = bytearray(width * block + 15)  # + one AES block of slack for update_into
+    full = np.frombuffer(scratch, dtype=f"<u{width}", count=block)
+    for start in range(0, size, block):
+        stop = min(start + block, size)
+        part = acc[start:stop]
+        src = part if base is None else base[start:stop]
+        stream = full[: stop - start]
+        nbytes = width * (stop - start)
         for gen, op in gens:
-            gen.random_into(view)
-            op(part, stream, out=part)
+            gen.keystream_into(scratch, nbytes)
+            op(src, stream, out=part)
+            src = part
+        if src is not part:  # no terms: acc = base
+            part[:] = src
 
 
 def self_mask_commitment(b_seed: bytes, *, session_id: bytes, round_number: int, owner: int) -> bytes:
@@ -231,6 +251,8 @@ class SecAggClient:
         self._held: dict[int, tuple[int, int]] = {}
         self._mask_set: frozenset[int] = frozenset()
         self._mask_signature = b""
+        self._advertisement: AdvertiseKeys | None = None
+        self._consistency_signature = b""
         self._survivors: tuple[int, ...] | None = None
         self._released: dict[int, str] = {}
         self._skipped: dict[int, str] = {}
@@ -328,7 +350,8 @@ class SecAggClient:
         c_pk, s_pk = public_bytes(self._c_sk), public_bytes(self._s_sk)
         payload = advertise_payload(self.config.session_id, self.config.round_number, self.index, c_pk, s_pk)
         sig = sign(self._identity, payload, context=ADVERTISE_CONTEXT)
-        return [AdvertiseKeys(**self._header(), c_pk=c_pk, s_pk=s_pk, signature=sig)]
+        self._advertisement = AdvertiseKeys(**self._header(), c_pk=c_pk, s_pk=s_pk, signature=sig)
+        return [self._advertisement]
 
     # -- round 1 ----------------------------------------------------------------------
     def _on_key_broadcast(self, msg: KeyBroadcast) -> list[UplinkMessage]:
@@ -356,16 +379,17 @@ class SecAggClient:
         valid: dict[int, AdvertiseKeys] = {}
         owners_of: dict[bytes, list[int]] = {}
         for k in msg.keys:
-            if k.sender != self.index and k.sender not in self._nbrs:
+            if k.sender == self.index:  # mine: compared byte for byte, no verification needed
+                sent = self._advertisement
+                if sent is None or (k.c_pk, k.s_pk, k.signature) != (*mine, sent.signature):
+                    raise self._abort("server forwarded an advertisement of mine that I did not send")
+                continue
+            if k.sender not in self._nbrs:
                 continue
             try:
                 verify(cfg.identity_keys[k.sender], k.signature, k.payload(), context=ADVERTISE_CONTEXT)
             except CryptoError as exc:
                 raise self._abort(f"forged key advertisement for client {k.sender}") from exc
-            if k.sender == self.index:
-                if (k.c_pk, k.s_pk) != mine:
-                    raise self._abort("server forwarded an advertisement of mine that I did not send")
-                continue
             try:  # a peer's own signed bad key: skip that peer, never fail my round over it
                 validate_x25519_public(k.c_pk)
                 validate_x25519_public(k.s_pk)
@@ -486,8 +510,8 @@ class SecAggClient:
                 peer=v,
             )
             terms.append((s_uv, +1 if v > self.index else -1))
-        y = self._x.copy()
-        apply_masks(y, terms)
+        y = np.empty_like(self._x)
+        apply_masks(y, terms, base=self._x)
         if cfg.bits not in (32, 64):
             y &= y.dtype.type((1 << cfg.bits) - 1)
         mask_set = tuple(sorted(others))
@@ -516,35 +540,50 @@ class SecAggClient:
                 f"client {self.index}: {len(local)} surviving mask partners and self < threshold {cfg.threshold}"
             )
         self._survivors = msg.survivors
-        payload = consistency_payload(cfg.session_id, cfg.round_number, self._joint_seed, msg.survivors)
-        return [ConsistencySignature(**self._header(), signature=sign(self._identity, payload, context=CONSISTENCY_CONTEXT))]
+        payload = consistency_payload(
+            cfg.session_id, cfg.round_number, self._joint_seed, msg.survivors, tuple(sorted(self._mask_set))
+        )
+        self._consistency_signature = sign(self._identity, payload, context=CONSISTENCY_CONTEXT)
+        return [ConsistencySignature(**self._header(), signature=self._consistency_signature)]
 
     # -- round 4 ----------------------------------------------------------------------
     def _on_unmask_request(self, msg: UnmaskRequest) -> list[UplinkMessage]:
         """Release shares only under a survivor set S that is globally and per owner agreed.
 
-        (a) a cohort quorum: valid signatures over (session, round, joint seed, S) by
-            ``q = floor((n + c) / 2) + 1`` clients, so no other set can have been signed
-            by a quorum (two quorums share an honest signer, who signs once);
+        (a) a cohort quorum: valid signatures over (session, round, joint seed, S, M_w) by
+            ``q = floor((n + c) / 2) + 1`` clients w, so no other set can have been signed
+            by a quorum (two quorums share ``2q - n > c`` signers, hence an honest one,
+            who signs once);
         (b) per owner ``o`` I release for: ``t`` of those signers in ``o``'s holder set;
-        (c) for each surviving owner ``o`` (I release its ``b_o`` share): ``o``'s signed
-            mask set ``M_o`` has at least ``c + 1`` members in S, so at least one honest
-            partner ``w`` of ``o`` survived; by (a) nobody releases ``s_sk_w`` or
-            ``s_sk_o``, so the pairwise mask ``s_ow`` hides ``x_o`` inside the sum.
+        (c) for each surviving owner ``o`` (I release its ``b_o`` share): ``o``'s mask set
+            ``M_o``, signed by ``o`` (inside its consistency signature, or with its masked
+            input if ``o`` did not sign), has at least ``c + 1`` members in S, so at least
+            one honest partner ``w`` of ``o`` survived; by (a) nobody releases ``s_sk_w``
+            or ``s_sk_o``, so the pairwise mask ``s_ow`` hides ``x_o`` inside the sum.
+
+        Cost: one Ed25519 verification per forwarded signature, except my own, which I
+        compare byte for byte with the one I produced (Ed25519 is deterministic).
         """
         cfg = self.config
         if msg.survivors != self._survivors:
             raise self._abort("server reported a different survivor set than the one I signed")
-        payload = consistency_payload(cfg.session_id, cfg.round_number, self._joint_seed, msg.survivors)
-        signers: set[int] = set()
-        for signer, sig in msg.signatures:
+        head = consistency_prefix(cfg.session_id, cfg.round_number, self._joint_seed, msg.survivors)
+        own_set = tuple(sorted(self._mask_set))
+        signed_sets: dict[int, tuple[int, ...]] = {}
+        for signer, members, sig in msg.signatures:
             if not 0 <= signer < cfg.n:
                 raise self._abort(f"consistency signature from non-member {signer}")
-            try:
-                verify(cfg.identity_keys[signer], sig, payload, context=CONSISTENCY_CONTEXT)
-            except CryptoError as exc:
-                raise self._abort(f"invalid consistency signature of client {signer}") from exc
-            signers.add(signer)
+            if signer == self.index:
+                if members != own_set or sig != self._consistency_signature:
+                    raise self._abort("server forwarded a consistency signature of mine that I did not produce")
+            else:
+                payload = head + index_list(members)
+                try:
+                    verify(cfg.identity_keys[signer], sig, payload, context=CONSISTENCY_CONTEXT)
+                except CryptoError as exc:
+                    raise self._abort(f"invalid consistency signature of client {signer}") from exc
+            signed_sets[signer] = members
+        signers = set(signed_sets)
         if len(signers) < cfg.quorum:
             raise RoundAbortedError(
                 f"client {self.index}: only {len(signers)} consistency signatures over this survivor set "
@@ -559,16 +598,18 @@ class SecAggClient:
                     f"client {self.index}: only {have} consistency signatures from the holders of client "
                     f"{owner} < threshold {cfg.threshold}"
                 )
-        mask_sets = {o: (members, sig) for o, members, sig in msg.mask_sets}
+        fallback = {o: (members, sig) for o, members, sig in msg.mask_sets}
         for owner in owners:
             if owner not in survivors:
                 continue
             if owner == self.index:
-                members: tuple[int, ...] = tuple(sorted(self._mask_set))
+                members = own_set
+            elif owner in signed_sets:
+                members = signed_sets[owner]
             else:
-                if owner not in mask_sets:
+                if owner not in fallback:
                     raise self._abort(f"server withheld the signed mask set of surviving client {owner}")
-                members, sig = mask_sets[owner]
+                members, sig = fallback[owner]
                 try:
                     verify(
                         cfg.identity_keys[owner],

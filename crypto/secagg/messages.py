@@ -28,6 +28,7 @@ UNMASK         UnmaskRequest (U3, sigs)     UnmaskShares (b_v or s_sk_v shares)
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ __all__ = [
     "UplinkMessage",
     "advertise_payload",
     "consistency_payload",
+    "consistency_prefix",
+    "index_list",
     "mask_set_payload",
 ]
 
@@ -83,12 +86,15 @@ def _bad(sender: int | None, what: str) -> RemoteProtocolError:
     return RemoteProtocolError(what, sender=sender)
 
 
+_INT_TYPE = {int}
+
+
 def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int  # exactly int: excludes bool (and every other subclass)
 
 
 def _check_index(v: object, name: str, who: int | None) -> None:
-    if not _is_int(v) or not 0 <= v < _U32:  # type: ignore[operator]
+    if type(v) is not int or not 0 <= v < _U32:
         raise _bad(who, f"{name} must be an integer in [0, 2**32), got {v!r}")
 
 
@@ -101,11 +107,12 @@ def _check_sorted_indices(v: object, name: str, who: int | None) -> None:
     if not isinstance(v, tuple):
         raise _bad(who, f"{name} must be a tuple of indices")
     # type(x) is int excludes bool; strictly increasing + bounds at both ends covers all
+    # (map over C functions: these lists are long and checked on every decode)
     if v and not (
-        all(type(x) is int for x in v)
+        set(map(type, v)) == _INT_TYPE
         and 0 <= v[0]
         and v[-1] < _U32
-        and all(a < b for a, b in zip(v, v[1:], strict=False))
+        and all(map(operator.lt, v, v[1:]))
     ):
         raise _bad(who, f"{name} must be strictly increasing integers in [0, 2**32)")
 
@@ -134,15 +141,33 @@ def advertise_payload(session_id: bytes, round_number: int, sender: int, c_pk: b
     return bytes([len(session_id)]) + session_id + struct.pack(">II", round_number, sender) + c_pk + s_pk
 
 
-def consistency_payload(session_id: bytes, round_number: int, joint_seed: bytes, survivors: Sequence[int]) -> bytes:
-    """Bytes a client signs in the consistency check: (session, round, joint graph seed, sorted U3)."""
+def consistency_prefix(session_id: bytes, round_number: int, joint_seed: bytes, survivors: Sequence[int]) -> bytes:
+    """The part of :func:`consistency_payload` that every signer of one view shares."""
     return (
         bytes([len(session_id)])
         + session_id
         + joint_seed
-        + struct.pack(">II", round_number, len(survivors))
-        + b"".join(struct.pack(">I", u) for u in survivors)
+        + struct.pack(f">II{len(survivors)}I", round_number, len(survivors), *survivors)
     )
+
+
+def index_list(indices: Sequence[int]) -> bytes:
+    """``len || indices`` as big-endian u32 (the length prefix makes concatenations injective)."""
+    return struct.pack(f">I{len(indices)}I", len(indices), *indices)
+
+
+def consistency_payload(
+    session_id: bytes, round_number: int, joint_seed: bytes, survivors: Sequence[int], mask_set: Sequence[int]
+) -> bytes:
+    """Bytes a client signs in the consistency check: (session, round, joint graph seed,
+    sorted U3, and its own sorted mask set ``M_u``).
+
+    One signature covers both the survivor set (the cohort quorum) and the signer's
+    mask partners (the release rule for its self-mask shares), so a verifier that
+    counts a signer towards the quorum also learns that signer's authenticated ``M_u``.
+    Both lists are length-prefixed, so the encoding is injective.
+    """
+    return consistency_prefix(session_id, round_number, joint_seed, survivors) + index_list(mask_set)
 
 
 def mask_set_payload(
@@ -153,8 +178,7 @@ def mask_set_payload(
         bytes([len(session_id)])
         + session_id
         + joint_seed
-        + struct.pack(">III", round_number, owner, len(mask_set))
-        + b"".join(struct.pack(">I", v) for v in mask_set)
+        + struct.pack(f">III{len(mask_set)}I", round_number, owner, len(mask_set), *mask_set)
     )
 
 
@@ -482,32 +506,40 @@ class ConsistencySignature(UplinkMessage):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UnmaskRequest(DownlinkMessage):
-    """Round 4 trigger: U3 again, consistency signatures over it (a cohort quorum that
-    covers ``t`` holders of every owner the recipient releases for), and the signed
-    mask sets ``(owner, M_owner, signature)`` of the surviving owners among them."""
+    """Round 4 trigger: U3 again; consistency signatures over it as ``(signer, M_signer,
+    signature)`` triples (a cohort quorum that covers ``t`` holders of every owner the
+    recipient releases for; each signature covers U3 and the signer's own mask set,
+    :func:`consistency_payload`); and, for surviving owners among the recipient's
+    partners whose consistency signature is not among them, their mask sets signed with
+    the masked input ``(owner, M_owner, signature)`` (:func:`mask_set_payload`)."""
 
     STAGE: ClassVar[Stage] = Stage.UNMASK
     survivors: tuple[int, ...]
-    signatures: tuple[tuple[int, bytes], ...]
+    signatures: tuple[tuple[int, tuple[int, ...], bytes], ...]
     mask_sets: tuple[tuple[int, tuple[int, ...], bytes], ...] = ()
 
     def __post_init__(self) -> None:
         DownlinkMessage.__post_init__(self)
         _check_sorted_indices(self.survivors, "survivors", None)
-        for _, sig in _check_pairs(self.signatures, "signatures", None):
-            _check_bytes(sig, "signature", None, size=64)
-        if not isinstance(self.mask_sets, tuple):
-            raise _bad(None, "mask_sets must be a tuple")
-        owners = []
-        for item in self.mask_sets:
-            if not isinstance(item, tuple) or len(item) != 3:
-                raise _bad(None, "mask_sets must hold (owner, members, signature) triples")
-            _check_index(item[0], "mask set owner", None)
-            _check_sorted_indices(item[1], "mask set", None)
-            _check_bytes(item[2], "mask set signature", None, size=64)
-            owners.append(item[0])
-        if any(a >= b for a, b in zip(owners, owners[1:], strict=False)):
-            raise _bad(None, "mask set owners must be strictly increasing")
+        _check_triples(self.signatures, "signatures")
+        _check_triples(self.mask_sets, "mask_sets")
+
+
+def _check_triples(v: object, name: str) -> None:
+    """``((index, sorted indices, 64-byte signature), ...)`` strictly increasing by index."""
+    if not isinstance(v, tuple):
+        raise _bad(None, f"{name} must be a tuple")
+    for item in v:
+        if type(item) is not tuple or len(item) != 3:
+            raise _bad(None, f"{name} must hold (index, members, signature) triples")
+        index, members, sig = item
+        if type(index) is not int or not 0 <= index < _U32:
+            raise _bad(None, f"{name} index must be an integer in [0, 2**32), got {index!r}")
+        _check_sorted_indices(members, f"{name} members", None)
+        if type(sig) is not bytes or len(sig) != 64:
+            raise _bad(None, f"{name} signature must be exactly 64 bytes")
+    if not all(map(operator.lt, [x[0] for x in v], [x[0] for x in v[1:]])):
+        raise _bad(None, f"{name} indices must be strictly increasing")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

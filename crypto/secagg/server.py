@@ -36,9 +36,11 @@ partners withdraw.
 
 The graph is drawn from the joint seed over every signed advertisement
 (:meth:`~crypto.secagg.messages.RoundConfig.joint_graph_seed`), which the server
-broadcasts whole. At the consistency stage it needs a cohort quorum of signatures and
-forwards to each signer a quorum covering ``t`` holders of each owner it will release
-for, with the signed mask sets of its surviving owners (see the client's release rules).
+broadcasts whole. At the consistency stage it needs a cohort quorum of signatures (each
+over the survivor set and the signer's mask set) and forwards to each signer a quorum
+covering ``t`` holders of each owner it will release for, which includes the signing
+surviving owners, so their mask sets come authenticated with no extra verification
+(see the client's release rules).
 """
 
 from __future__ import annotations
@@ -400,47 +402,67 @@ class SecAggServer:
     # -- round 3 ------------------------------------------------------------------------
     def _on_consistency_signature(self, msg: ConsistencySignature) -> None:
         cfg = self.config
-        payload = consistency_payload(cfg.session_id, cfg.round_number, self._joint_seed, self._survivors)
+        payload = consistency_payload(
+            cfg.session_id, cfg.round_number, self._joint_seed, self._survivors, self._mask_tuple(msg.sender)
+        )
         try:
             verify(cfg.identity_keys[msg.sender], msg.signature, payload, context=CONSISTENCY_CONTEXT)
         except CryptoError as exc:
             raise self._refuse(msg.sender, "invalid consistency signature") from exc
         self._signatures[msg.sender] = msg.signature
 
+    def _mask_tuple(self, u: int) -> tuple[int, ...]:
+        """``M_u`` sorted (the list ``u`` signed)."""
+        return tuple(sorted(self._mask_sets[u]))
+
     def _finish_consistency(self) -> list[DownlinkMessage]:
         """Forward to each signer a quorum of signatures covering t holders of each of its owners.
 
-        The selection is greedy (per owner, then filled up to the quorum in index
-        order): every signature forwarded costs the recipient one Ed25519 verification.
+        Every signature forwarded costs the recipient one Ed25519 verification, so the
+        selection starts from the recipient itself (free: it compares its own signature)
+        and its signing mask partners (their signatures also carry the mask sets the
+        recipient needs for its release rule), tops up ``t`` signing holders of each
+        owner it releases for (greedy, in index order), then fills up to the quorum.
+        Mask sets of surviving partners that did not sign are forwarded with the
+        signature they came with in the masked input.
         """
         cfg = self.config
-        u4 = self._live(set(self._signatures))
+        u4 = frozenset(self._live(set(self._signatures)))
         t, q = cfg.threshold, cfg.quorum
         if len(u4) < q:
             raise RoundAbortedError(
                 f"round aborted after consistency: {len(u4)} consistency signatures < cohort quorum {q}"
             )
-        survivors = set(self._survivors)
+        survivors = frozenset(self._survivors)
+        pools: dict[int, frozenset[int]] = {}
+        entry = {w: (w, self._mask_tuple(w), self._signatures[w]) for w in u4}
+        by_index = sorted(u4)
         out: list[DownlinkMessage] = []
-        for v in sorted(u4):
-            chosen: set[int] = set()
-            for owner in sorted(self._masked_with(v)):
-                pool = self._holders(owner) & u4
+        for v in by_index:
+            owners = sorted(self._masked_with(v))
+            chosen = set(self._masked_with(v) & u4)
+            for owner in owners:
+                pool = pools.get(owner)
+                if pool is None:
+                    pool = pools[owner] = self._holders(owner) & u4
                 if len(pool) < t:
                     raise RoundAbortedError(
                         f"round aborted after consistency: client {owner} has {len(pool)} signing "
                         f"holders < threshold {t}"
                     )
-                for w in sorted(pool - chosen)[: max(0, t - len(pool & chosen))]:
-                    chosen.add(w)
-            for w in sorted(u4 - chosen)[: max(0, q - len(chosen))]:
-                chosen.add(w)
-            sigs = tuple((w, self._signatures[w]) for w in sorted(chosen))
+                have = len(pool & chosen)
+                if have < t:
+                    chosen.update(sorted(pool - chosen)[: t - have])
+            if len(chosen) < q:
+                chosen.update([w for w in by_index if w not in chosen][: q - len(chosen)])
+            sigs = tuple(entry[w] for w in sorted(chosen))
             masks = tuple(
-                (o, *self._signed_mask_sets[o]) for o in sorted(self._masked_with(v) & survivors) if o != v
+                (o, *self._signed_mask_sets[o])
+                for o in owners
+                if o != v and o in survivors and o not in chosen
             )
             out.append(UnmaskRequest(**self._header(v), survivors=self._survivors, signatures=sigs, mask_sets=masks))
-        self._expected = u4
+        self._expected = set(u4)
         return out
 
     # -- round 4 ------------------------------------------------------------------------

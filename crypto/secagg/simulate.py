@@ -148,7 +148,10 @@ def simulate_round(
     input reached the server), per-client ``.upload_bytes``/``.download_bytes``,
     ``.dropped`` (stage -> indices), ``.excluded`` (index -> reason),
     ``.transcript`` (sender, stage, size, SHA-256 of every frame the server got),
-    ``.client_errors`` (clients that refused and went silent), ``.timings``, and
+    ``.client_errors`` (clients that refused and went silent), ``.timings`` (wall
+    seconds per role and client stage, and the same as this process's CPU seconds under
+    ``*_cpu_s`` keys: on a shared machine the CPU figure excludes time spent waiting for
+    a core), and
     ``.graph`` / ``.mask_sets`` (the round's SecAgg+ graph, drawn from the joint seed,
     and every included client's mask partners).
     Raises a :class:`~crypto.errors.ProtocolError` subclass if the round cannot complete.
@@ -195,8 +198,9 @@ def simulate_round(
     transcript: list[TranscriptRecord] = []
     silent: set[int] = set()
     client_errors: dict[int, str] = {}
-    timings = {"server_s": 0.0, "clients_s": 0.0, "wire_s": 0.0}
+    timings = {"server_s": 0.0, "clients_s": 0.0, "wire_s": 0.0, "server_cpu_s": 0.0, "clients_cpu_s": 0.0}
     stage_time = {f"client_{s.value}_s": 0.0 for s in PROTOCOL_STAGES}
+    stage_time |= {f"client_{s.value}_cpu_s": 0.0 for s in PROTOCOL_STAGES}
 
     def online(i: int, stage: Stage) -> bool:
         return i not in silent and (i not in drops or stage.order < drops[i].order)
@@ -215,7 +219,7 @@ def simulate_round(
             server.exclude(channel, f"malformed frame: {exc}")
         transcript.append(TranscriptRecord(channel, label, len(frame), hashlib.sha256(frame).hexdigest()))
         del frame
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         timings["wire_s"] += t1 - t0
         if msg_in is None:
             return []
@@ -230,6 +234,7 @@ def simulate_round(
             return []  # refused; the server has excluded the sender
         finally:
             timings["server_s"] += time.perf_counter() - t1
+            timings["server_cpu_s"] += time.process_time() - c1
 
     # Each client's replies reach the server as soon as they are sent (so at most one
     # masked vector is in flight: memory stays O(d) as it would on a real server).
@@ -248,16 +253,18 @@ def simulate_round(
             frame = encode(delivered)
             download[i] += len(frame)
             received = decode(frame)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             try:
                 replies = clients[i].receive(received)
             except ProtocolError as exc:  # an honest client refuses and goes silent
                 client_errors[i] = f"{type(exc).__name__}: {exc}"
                 silent.add(i)
                 replies = []
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             timings["clients_s"] += t2 - t1
+            timings["clients_cpu_s"] += c2 - c1
             stage_time[f"client_{msg.stage.value}_s"] += t2 - t1
+            stage_time[f"client_{msg.stage.value}_cpu_s"] += c2 - c1
             timings["wire_s"] += t1 - t0
             for reply in replies:
                 t3 = time.perf_counter()
@@ -269,13 +276,14 @@ def simulate_round(
             del replies
         outbox = next_outbox
         if server.stage is stage:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outbox.extend(
                 server.receive(
                     Deadline(session_id=config.session_id, round_number=config.round_number, waiting_for=stage)
                 )
             )
             timings["server_s"] += time.perf_counter() - t0
+            timings["server_cpu_s"] += time.process_time() - c0
 
     dropped: dict[str, list[int]] = {}
     for i, s in sorted(drops.items()):

@@ -2,7 +2,12 @@
 
 Frame (all integers big-endian)::
 
-    magic "SFSA" | version u8 (=1) | type u8 | stage u8 | 0x00 | body_len u32 | body
+    magic "SFSA" | version u8 (= VERSION) | type u8 | stage u8 | 0x00 | body_len u32 | body
+
+Version 3: consistency signatures in ``UnmaskRequest`` are (signer, mask set,
+signature) triples, each signature covering the survivor set and the signer's mask set
+(:func:`~crypto.secagg.messages.consistency_payload`); version 2 sent (signer,
+signature) pairs and a separately signed mask set for every surviving partner.
 
 ``body`` is a msgpack array of the message's fields (session id and round first).
 For :class:`MaskedInput` the msgpack array holds (session, round, sender, bits, d,
@@ -54,7 +59,7 @@ from crypto.shamir import share_from_bytes, share_to_bytes
 __all__ = ["MAGIC", "VERSION", "decode", "encode", "pack_bits", "packed_size", "unpack_bits"]
 
 MAGIC = b"SFSA"
-VERSION = 2
+VERSION = 3
 _HEADER = struct.Struct(">4sBBBBI")
 MAX_FRAME_BYTES = 1 << 31
 _PREFIX_MAX = 1 << 16  # bound on the msgpack prefix of a MaskedInput frame (mask set, signature)
@@ -177,7 +182,7 @@ def _body(msg: Message) -> list[Any]:
             *head,
             msg.recipient,
             list(msg.survivors),
-            _pairs_bytes(msg.signatures),
+            [[w, list(members), sig] for w, members, sig in msg.signatures],
             [[o, list(members), sig] for o, members, sig in msg.mask_sets],
         ]
     if isinstance(msg, UnmaskShares):
@@ -224,6 +229,12 @@ def _ints(obj: Any) -> tuple[int, ...]:
     if not isinstance(obj, tuple):
         raise _Malformed("expected a list of integers")
     return obj
+
+
+def _triples(obj: Any) -> tuple[tuple[int, tuple[int, ...], bytes], ...]:
+    if not isinstance(obj, tuple):
+        raise _Malformed("expected a list of (index, members, signature) triples")
+    return tuple((m[0], _ints(m[1]), m[2]) for m in (_fields(m, 3) for m in obj))
 
 
 def _share_pairs(obj: Any) -> tuple[tuple[int, int], ...]:
@@ -279,16 +290,13 @@ def _build(cls: type[Message], f: tuple[Any, ...], trailer: memoryview | None = 
     if cls is ConsistencySignature:
         return ConsistencySignature(session_id=s, round_number=r, sender=f[2], signature=f[3])
     if cls is UnmaskRequest:
-        if not isinstance(f[5], tuple):
-            raise _Malformed("expected a list of mask sets")
-        mask_sets = tuple((m[0], _ints(m[1]), m[2]) for m in (_fields(m, 3) for m in f[5]))
         return UnmaskRequest(
             session_id=s,
             round_number=r,
             recipient=f[2],
             survivors=_ints(f[3]),
-            signatures=_pairs(f[4]),
-            mask_sets=mask_sets,
+            signatures=_triples(f[4]),
+            mask_sets=_triples(f[5]),
         )
     if cls is UnmaskShares:
         return UnmaskShares(

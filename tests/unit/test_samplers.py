@@ -265,3 +265,96 @@ def test_geometric_and_integer_exp_trials_match_exact_laws() -> None:
         hits = int(_bernoulli_exp_neg_int(np.full(n, w, dtype=np.int64), _rng(25 + w)).sum())
         assert stats.binomtest(hits, n, math.exp(-w)).pvalue > P_MIN
     assert not _bernoulli_exp_neg_int(np.full(1000, 10**9, dtype=np.int64), _rng(30)).any()
+
+
+# -- one-word Bernoulli(exp(-f)) trials (the vectorised discrete Gaussian / Laplace path) --
+_DEFAULT_JOB_SIGMA_SQ = 1_072_668_083  # one client's share in the default job (d = 8,192)
+
+# (hi, lo, d1, d2) for each branch of _frac_grid: d1 d2 < 2^62 (int64); d1 d2 >= 2^62 with
+# d1 < 2^31 (exact Python integers); d1 >= 2^31 with d1 d2 >= 2^62 (the interval [hi, hi+1)/d1)
+_GRID_CASES = [
+    (2 * _DEFAULT_JOB_SIGMA_SQ, 32_752**2),
+    ((1 << 21) + 2, 1 << 45),
+    (2 * 10**12, (10**6 + 1) ** 2),
+]
+
+
+@pytest.mark.parametrize(("d1", "d2"), _GRID_CASES)
+def test_frac_grid_brackets_the_exact_fraction(d1: int, d2: int) -> None:
+    from privacy.samplers import _frac_grid
+
+    gen = np.random.default_rng(40)
+    hi = np.concatenate([[0, d1 - 1], gen.integers(0, d1, 2_000)]).astype(np.int64)
+    lo = np.concatenate([[0, d2 - 1], gen.integers(0, d2, 2_000)]).astype(np.int64)
+    f_lo, f_hi = _frac_grid(hi, lo, d1, d2, 30)
+    for i in range(hi.size):
+        f = Fraction(int(hi[i]) * d2 + int(lo[i]), d1 * d2)
+        assert Fraction(int(f_lo[i]), 1 << 30) <= f <= Fraction(int(f_hi[i]), 1 << 30), i
+        assert f_hi[i] - f_lo[i] <= 4
+    assert int(f_hi.max()) <= (1 << 30) + 1  # inside the coarse table
+
+
+def test_exp_tables_bracket_the_true_value() -> None:
+    """The certified tables behind the one-word trials, against 60-digit decimals."""
+    import decimal
+
+    from privacy.samplers import _exp_neg_frac_tables, _laplace_accept_table
+
+    ctx = decimal.Context(prec=60)
+    coarse_lo, coarse_hi, fine_lo, fine_hi = _exp_neg_frac_tables()
+    t = 32_752
+    lap_lo, lap_hi = _laplace_accept_table(t)
+    checks = [
+        (coarse_lo, coarse_hi, 1 << 15, 31),
+        (fine_lo, fine_hi, 1 << 30, 31),
+        (lap_lo, lap_hi, t, 62),
+    ]
+    for lo, hi, den, bits in checks:
+        for j in (0, 1, 2, 777, lo.size // 2, lo.size - 1):
+            ref = ctx.multiply(ctx.exp(ctx.divide(-decimal.Decimal(j), den)), ctx.power(2, bits))
+            assert int(lo[j]) <= ref <= int(hi[j]) and hi[j] - lo[j] <= 2, (den, j)
+
+
+@pytest.mark.parametrize(("d1", "d2"), _GRID_CASES)
+@pytest.mark.parametrize("coarsen", [0, 24])
+def test_one_word_exp_trial_is_exact_including_its_fallback(d1: int, d2: int, coarsen: int) -> None:
+    """Bernoulli(exp(-f)) frequencies at fixed f; with 24 bits of the grid dropped (step
+    2^-6) the exact fallback (_LazyUniform on the same uniform) decides a few percent of
+    the trials, so an error there would show."""
+    from privacy import samplers
+
+    n = 60_000
+    calls = 0
+    real = samplers._LazyUniform.below_exp_neg
+
+    def counting(self: samplers._LazyUniform, gamma: Fraction) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(self, gamma)
+
+    for k, frac in enumerate((Fraction(1, 7), Fraction(1, 2), Fraction(9, 10))):
+        hi_v = int(frac * d1)
+        lo_v = int((frac * d1 - hi_v) * d2)
+        f = Fraction(hi_v * d2 + lo_v, d1 * d2)
+        hi = np.full(n, hi_v, dtype=np.int64)
+        lo = np.full(n, lo_v, dtype=np.int64)
+        samplers._LazyUniform.below_exp_neg = counting  # type: ignore[method-assign]
+        try:
+            hits = int(samplers._bernoulli_exp_neg_unit(hi, lo, d1, d2, _rng(41 + k), _coarsen=coarsen).sum())
+        finally:
+            samplers._LazyUniform.below_exp_neg = real  # type: ignore[method-assign]
+        assert stats.binomtest(hits, n, math.exp(-float(f))).pvalue > P_MIN
+    if coarsen:
+        assert calls > 3 * n / 200  # the fallback decided more than 0.5% of the trials
+
+
+def test_discrete_gaussian_goodness_of_fit_at_the_default_jobs_share() -> None:
+    n = 40_000
+    s = _DEFAULT_JOB_SIGMA_SQ
+    x = discrete_gaussian(n, sigma_sq=s, rng=_rng(45))
+    half = int(4 * math.sqrt(s)) + 1
+
+    def pmf(k: np.ndarray) -> np.ndarray:
+        return discrete_gaussian_pmf(k, sigma_sq=float(s))
+
+    assert _chisquare_binned(x, pmf, -half, half, 2_000) > P_MIN

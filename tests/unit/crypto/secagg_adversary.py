@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from secagg_harness import Harness, graph_of
+from secagg_harness import Harness
 
 from crypto.errors import ProtocolError
 from crypto.secagg import (
@@ -19,6 +19,7 @@ from crypto.secagg import (
     MaskRequest,
     Message,
     SecAggClient,
+    ShareReceipt,
     Stage,
     UnmaskRequest,
     UnmaskShares,
@@ -29,8 +30,6 @@ from crypto.secagg import (
 from crypto.secagg.client import CONSISTENCY_CONTEXT
 from crypto.secagg.messages import consistency_payload
 from crypto.signatures import sign
-
-NEW_API = "mask_sets" in {f.name for f in dataclasses.fields(UnmaskRequest)}
 
 
 def wire(msg: Message) -> Message:
@@ -108,11 +107,21 @@ class SplitViewServer:
     include: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     view: Callable[[int, set[int]], tuple[int, ...]] | None = None
     errors: dict[int, str] = field(default_factory=dict)
+    complaints: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     def run(self) -> tuple[Knowledge, set[int]]:
+        """``complaints[c]`` (colluders only) replaces colluder c's share-check receipt:
+        false accusations, which the (honest up to here) server processes."""
         h = self.h
         cfg = h.config
-        h.run_until(Stage.MASKED_INPUT)
+
+        def accuse(msg: UplinkMessage) -> UplinkMessage:
+            if isinstance(msg, ShareReceipt) and msg.sender in self.complaints:
+                assert msg.sender in self.colluders, "only colluders lie"
+                return dataclasses.replace(msg, complaints=self.complaints[msg.sender])
+            return msg
+
+        h.run_until(Stage.MASKED_INPUT, up=accuse)
         masked: dict[int, MaskedInput] = {}
         for msg in h.outbox:
             assert isinstance(msg, MaskRequest)
@@ -123,36 +132,31 @@ class SplitViewServer:
                 masked[r.sender] = r
         alive = set(masked)
         views = {i: (self.view(i, alive) if self.view else tuple(sorted(alive))) for i in alive}
-        sigs: dict[tuple[int, ...], dict[int, bytes]] = {}
+        sigs: dict[tuple[int, ...], dict[int, tuple[tuple[int, ...], bytes]]] = {}
         for i in sorted(alive):
             req = ConsistencyRequest(session_id=cfg.session_id, round_number=cfg.round_number, recipient=i,
                                      survivors=views[i])
             for r in deliver(h.clients, req, self.errors):
                 assert isinstance(r, ConsistencySignature)
-                sigs.setdefault(views[i], {})[i] = r.signature
+                sigs.setdefault(views[i], {})[i] = (masked[i].mask_set, r.signature)
         for view in set(views.values()):  # colluders sign anything
             for c in self.colluders:
-                seed = getattr(h.clients[c], "_joint_seed", None)
-                payload = (
-                    consistency_payload(cfg.session_id, cfg.round_number, seed, view)  # type: ignore[call-arg,arg-type]
-                    if NEW_API
-                    else consistency_payload(cfg.session_id, cfg.round_number, view)  # type: ignore[call-arg]
-                )
-                sigs.setdefault(view, {})[c] = sign(h.identities[c], payload, context=CONSISTENCY_CONTEXT)
+                seed = h.clients[c]._joint_seed
+                members = masked[c].mask_set if c in masked else ()
+                payload = consistency_payload(cfg.session_id, cfg.round_number, seed, view, members)
+                sigs.setdefault(view, {})[c] = (members, sign(h.identities[c], payload, context=CONSISTENCY_CONTEXT))
         know = Knowledge(cfg.threshold, self.colluders)
         for i in sorted(alive):
             view = views[i]
-            extra = {}
-            if NEW_API:
-                extra["mask_sets"] = tuple(
-                    (o, masked[o].mask_set, masked[o].mask_signature) for o in sorted(set(view) & set(masked))
-                    if o != i
-                )
             over = sigs.get(view, {})
-            if not NEW_API:  # the old protocol accepted signatures from the holder set only
-                over = {w: sg for w, sg in over.items() if w in graph_of(h)[i] | {i}}
+            fallback = tuple(
+                (o, masked[o].mask_set, masked[o].mask_signature)
+                for o in sorted(set(view) & set(masked))
+                if o != i and o not in over
+            )
             req = UnmaskRequest(session_id=cfg.session_id, round_number=cfg.round_number, recipient=i,
-                                survivors=view, signatures=tuple(sorted(over.items())), **extra)
+                                survivors=view, signatures=tuple((w, *over[w]) for w in sorted(over)),
+                                mask_sets=fallback)
             for r in deliver(h.clients, req, self.errors):
                 assert isinstance(r, UnmaskShares)
                 know.add_release(r)

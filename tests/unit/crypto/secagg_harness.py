@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from crypto.secagg import (
     SecAggClient,
     SecAggServer,
     Stage,
+    UplinkMessage,
     decode,
     encode,
 )
@@ -31,21 +33,21 @@ class Harness:
     inputs: list[np.ndarray]
     outbox: list[DownlinkMessage]
 
-    def step(self) -> None:
-        """Deliver the outbox, feed every reply to the server, close the stage."""
+    def step(self, up: Callable[[UplinkMessage], UplinkMessage] | None = None) -> None:
+        """Deliver the outbox, feed every reply (rewritten by ``up``) to the server, close the stage."""
         stage = self.server.stage
         replies = []
         for msg in self.outbox:
             replies.extend(self.clients[msg.recipient].receive(decode(encode(msg))))
         self.outbox = []
         for r in replies:
-            self.outbox.extend(self.server.receive(decode(encode(r))))
+            self.outbox.extend(self.server.receive(decode(encode(up(r) if up else r))))
         if self.server.stage is stage:
             self.outbox.extend(self.server.receive(self.deadline(stage)))
 
-    def run_until(self, stage: Stage) -> Harness:
+    def run_until(self, stage: Stage, up: Callable[[UplinkMessage], UplinkMessage] | None = None) -> Harness:
         while self.server.stage is not stage:
-            self.step()
+            self.step(up)
         return self
 
     def deadline(self, stage: Stage) -> Deadline:

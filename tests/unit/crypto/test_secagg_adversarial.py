@@ -220,11 +220,23 @@ def test_client_refuses_forged_neighbour_keys() -> None:
     h = make().run_until(Stage.SHARE_KEYS)
     msg = h.to(0)
     assert isinstance(msg, KeyBroadcast)
-    forged = dataclasses.replace(msg.keys[0], s_pk=bytes([7]) * 32)
+    forged = dataclasses.replace(msg.keys[1], s_pk=bytes([7]) * 32)  # neighbour 1's keys
     with pytest.raises(RemoteProtocolError, match="forged"):
-        h.clients[0].receive(dataclasses.replace(msg, keys=(forged, *msg.keys[1:])))
+        h.clients[0].receive(dataclasses.replace(msg, keys=(msg.keys[0], forged, *msg.keys[2:])))
     with pytest.raises(ProtocolError):  # an aborted client refuses everything afterwards
         h.clients[0].receive(msg)
+
+
+def test_client_refuses_its_own_advertisement_altered() -> None:
+    """A client compares its own advertisement byte for byte (no verification): a server
+    that swaps its keys or its signature is caught."""
+    for field, value in (("s_pk", bytes([7]) * 32), ("signature", bytes(64))):
+        h = make().run_until(Stage.SHARE_KEYS)
+        msg = h.to(0)
+        assert isinstance(msg, KeyBroadcast)
+        altered = dataclasses.replace(msg.keys[0], **{field: value})
+        with pytest.raises(RemoteProtocolError, match="advertisement of mine"):
+            h.clients[0].receive(dataclasses.replace(msg, keys=(altered, *msg.keys[1:])))
 
 
 def test_client_refuses_replayed_server_message() -> None:
@@ -266,7 +278,8 @@ def test_split_view_attack_is_caught() -> None:
     honest_sigs = [h.clients[i].receive(h.to(i))[0] for i in range(4)]
     # (a) forward the honest signatures (over the true set) with the fake set: invalid
     req = UnmaskRequest(session_id=h.config.session_id, round_number=1, recipient=4, survivors=fake_set,
-                        signatures=tuple((s.sender, s.signature) for s in honest_sigs[:3]))
+                        signatures=tuple((s.sender, tuple(sorted(h.clients[s.sender].mask_set)), s.signature)
+                                        for s in honest_sigs[:3]))
     with pytest.raises(RemoteProtocolError, match="invalid consistency signature"):
         h.clients[4].receive(req)
     assert h.clients[4].released == {}
@@ -274,7 +287,7 @@ def test_split_view_attack_is_caught() -> None:
     h2 = make().run_until(Stage.CONSISTENCY)
     s4 = h2.clients[4].receive(dataclasses.replace(h2.to(4), survivors=fake_set))[0]
     req2 = UnmaskRequest(session_id=h2.config.session_id, round_number=1, recipient=4, survivors=fake_set,
-                         signatures=((4, s4.signature),))  # type: ignore[attr-defined]
+                         signatures=((4, tuple(sorted(h2.clients[4].mask_set)), s4.signature),))  # type: ignore[attr-defined]
     with pytest.raises(RoundAbortedError):
         h2.clients[4].receive(req2)
     assert h2.clients[4].released == {}
@@ -289,8 +302,10 @@ def test_client_never_releases_both_shares_of_one_peer() -> None:
     # a second request claiming 4 dropped (to obtain s_sk_4 as well as b_4): refused
     survivors = tuple(u for u in req.survivors if u != 4)
     seed = h.clients[1]._joint_seed
+    masks = [tuple(sorted(h.clients[i].mask_set)) for i in range(N)]
     sigs = tuple(
-        (i, sign(h.identities[i], consistency_payload(h.config.session_id, 1, seed, survivors), context=CONSISTENCY_CONTEXT))
+        (i, masks[i], sign(h.identities[i], consistency_payload(h.config.session_id, 1, seed, survivors, masks[i]),
+                           context=CONSISTENCY_CONTEXT))
         for i in range(N)
     )
     with pytest.raises(ProtocolError):
@@ -323,3 +338,21 @@ def test_downlink_messages_validate_themselves() -> None:
     msg: DownlinkMessage = h.outbox[0]
     with pytest.raises(RemoteProtocolError):
         dataclasses.replace(msg, session_id=b"short")
+
+
+def test_consistency_signatures_carry_the_mask_sets_partners_need() -> None:
+    """Honest path: every surviving, signing partner of a recipient is among the forwarded
+    signers (its signature covers its mask set), so no separate mask-set signature is
+    forwarded or verified; a partner that masked but did not sign comes with the mask-set
+    signature of its masked input, which the recipient verifies."""
+    h = make(n=8, t=3, neighbors=4).run_until(Stage.UNMASK)
+    for req in h.outbox:
+        assert isinstance(req, UnmaskRequest)
+        signers = {w for w, _, _ in req.signatures}
+        assert h.clients[req.recipient].mask_set <= signers and req.mask_sets == ()
+        for w, members, _ in req.signatures:
+            assert members == tuple(sorted(h.clients[w].mask_set))
+    res = simulate_round([np.arange(4, dtype=np.uint32)] * 8, bits=16, threshold=3, neighbors=4,
+                         drop={3: "consistency"}, seed=5)
+    assert 3 in res.survivors and not res.client_errors
+    assert np.array_equal(res.total, 8 * np.arange(4))

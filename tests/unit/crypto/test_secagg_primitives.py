@@ -24,6 +24,7 @@ from crypto.secagg import (
     MaskedInput,
     RoundConfig,
     ShareReceipt,
+    UnmaskRequest,
     UnmaskShares,
     decode,
     default_neighbors,
@@ -202,6 +203,9 @@ def _msgs() -> list[object]:
         ShareReceipt(session_id=SESSION, round_number=0, sender=1, complaints=(0, 4)),
         UnmaskShares(session_id=SESSION, round_number=0, sender=1, self_mask_shares=((1, PRIME - 1),),
                      key_shares=((2, 5),)),
+        UnmaskRequest(session_id=SESSION, round_number=0, recipient=1, survivors=(0, 1, 3),
+                      signatures=((0, (1, 3), bytes([1]) * 64), (3, (), bytes([2]) * 64)),
+                      mask_sets=((1, (0,), bytes([3]) * 64),)),
     ]
 
 
@@ -225,8 +229,11 @@ def test_wire_roundtrip_and_strict_decoding() -> None:
     frame = encode(m)
     assert len(frame) < 100 * 10 // 8 + 80 + 64  # + the mask-set signature
     assert np.array_equal(decode(frame).vector, vec)  # type: ignore[attr-defined]
-    with pytest.raises(RemoteProtocolError):
-        decode(frame[:4] + bytes([3]) + frame[5:])  # unknown version
+    from crypto.secagg.wire import VERSION
+
+    for version in (VERSION - 1, VERSION + 1):  # v2 frames (pairs of signatures) are refused
+        with pytest.raises(RemoteProtocolError, match="wire version"):
+            decode(frame[:4] + bytes([version]) + frame[5:])
 
 
 def test_masked_input_refuses_out_of_range_values() -> None:
@@ -289,3 +296,42 @@ def test_random_into_is_the_same_stream_as_random_bytes(n: int) -> None:
     gen.random_into(buf)
     assert bytes(buf) == ref[:n]
     assert gen.random_bytes(8) == ref[n:]  # the stream continues where it stopped
+
+
+@pytest.mark.parametrize("n", [0, 1, 16, 4096, 4 * 65536])
+def test_keystream_into_is_the_same_stream_and_needs_slack(n: int) -> None:
+    ref = Csprng(bytes(32)).random_bytes(n + 8)
+    gen = Csprng(bytes(32))
+    buf = bytearray(n + 15)
+    gen.keystream_into(buf, n)
+    assert bytes(buf[:n]) == ref[:n] and bytes(buf[n:]) == bytes(15)  # the slack is untouched
+    assert gen.random_bytes(8) == ref[n:]
+    with pytest.raises(CryptoError):
+        Csprng(bytes(32)).keystream_into(bytearray(n + 14), n)
+
+
+def test_apply_masks_with_base_writes_base_plus_masks_and_leaves_base() -> None:
+    from crypto.secagg.client import MASK_BLOCK, apply_masks, expand_mask
+
+    d = 2 * MASK_BLOCK + 7
+    base = np.arange(d, dtype=np.uint32)
+    terms = [(bytes([9]) * 32, 1), (bytes([8]) * 32, -1)]
+    out = np.empty_like(base)
+    apply_masks(out, terms, base=base)
+    assert np.array_equal(base, np.arange(d, dtype=np.uint32))
+    assert np.array_equal(out, base + expand_mask(terms[0][0], d, 32) - expand_mask(terms[1][0], d, 32))
+    empty = np.empty_like(base)
+    apply_masks(empty, [], base=base)
+    assert np.array_equal(empty, base)
+    with pytest.raises(LocalProtocolError):
+        apply_masks(np.empty(d, dtype=np.uint64), terms, base=base)
+
+
+def test_lagrange_coefficients_match_the_direct_formula() -> None:
+    xs = [3, 1, 9, 22, 5]
+    for j, xj in enumerate(xs):
+        num = den = 1
+        for m, xm in enumerate(xs):
+            if m != j:
+                num, den = num * xm % PRIME, den * (xm - xj) % PRIME
+        assert lagrange_coefficients_at_zero(xs)[j] == num * pow(den, -1, PRIME) % PRIME
