@@ -60,6 +60,7 @@ def _steady(stamps: list[float]) -> list[float]:
 # -- ours ------------------------------------------------------------------------------
 def run_ours(rounds: int) -> dict[str, Any]:
     import secure_fl.client_jobs as client_jobs
+
     import secure_fl.training as training
     from secure_fl import load_config, run
 
