@@ -82,6 +82,26 @@ roster's keys, a released entry missing a survivor's valid countersignature
 The ledger has one writer. Entries are written with one ``write`` each, followed by
 ``flush`` and ``fsync``, so a crash leaves at worst a torn last line, which verification
 reports as ``truncated``.
+
+Reopening after a crash, and where the signing key lives
+---------------------------------------------------------
+:meth:`LedgerWriter.resume` verifies the whole chain (optionally against the anchors
+of a checkpoint) and continues it with the *same* key, so a resumed run's ledger is one
+chain under one public key. That requires the key to outlive the server process. Two
+places are possible, with different costs:
+
+* inside the run directory: convenient, but whoever receives the run (an auditor, a
+  storage bucket) could then re-sign a rewritten ledger. :func:`save_private_key`
+  therefore refuses to write there;
+* outside it, at the server (``secure_fl.engine.checkpoint`` uses ``RUN_DIR.server/``,
+  mode 0700, ``ledger.key`` mode 0600, or a directory the operator names): the run
+  directory can be handed over without the means to re-sign it; the server's own disk
+  must be trusted as much as its memory was. A key that never touches disk (the
+  default before resumption existed) cannot be stolen from disk, but a crash then ends
+  the chain: a new key would start a second, separately anchored ledger.
+
+The countersignatures (threat model above) bind the server either way; the key only
+proves who wrote an entry.
 """
 
 from __future__ import annotations
@@ -468,15 +488,32 @@ class LedgerWriter:
         return cls(target, signing_key, 0, GENESIS_HASH)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey) -> LedgerWriter:
+    def resume(
+        cls,
+        path: str | os.PathLike[str],
+        signing_key: Ed25519PrivateKey,
+        *,
+        expected_entries: int | None = None,
+        expected_head: str | None = None,
+    ) -> LedgerWriter:
         """Continue an existing ledger after verifying it under ``signing_key``'s public key.
 
         Raises :class:`LedgerVerificationError` (first problem) if it does not verify:
-        appending to a damaged ledger would bury the damage.
+        appending to a damaged ledger would bury the damage. ``expected_entries`` and
+        ``expected_head`` (e.g. from a resumed run's checkpoint) must then match the
+        chain exactly: a removed tail or an entry appended behind the writer's back is
+        refused too. The chain continues with the same key, so the whole ledger
+        verifies under the one public key of the run.
         """
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise LedgerWriteError("the signing key is an Ed25519PrivateKey", location=str(path))
-        report = verify_ledger(path, signing_key.public_key())
+        _check_anchors(expected_entries, expected_head)
+        report = verify_ledger(
+            path,
+            signing_key.public_key(),
+            expected_entries=expected_entries,
+            expected_head=expected_head,
+        )
         _raise_if_bad(report)
         head = report.head if report.head is not None else GENESIS_HASH
         return cls(Path(path), signing_key, report.entries, head)
@@ -513,6 +550,18 @@ class LedgerWriter:
         Countersignatures are checked for format only (client id -> 64-byte signature);
         the writer does not hold client keys. Returns the entry as written.
         """
+        final = self._finalize(entry, countersignatures)
+        self._write(final)
+        self._next_index += 1
+        self._head = final.entry_hash
+        return final
+
+    def _finalize(
+        self,
+        entry: LedgerEntry,
+        countersignatures: Mapping[int, str | bytes] | Mapping[str, str | bytes] | None,
+    ) -> LedgerEntry:
+        """Check that ``entry`` is this writer's next entry; attach the countersignatures."""
         if self._broken:
             raise LedgerWriteError(
                 "an earlier write failed; the ledger must be inspected", location=str(self._path)
@@ -545,9 +594,12 @@ class LedgerWriter:
                     "a countersignature is 64 bytes or 128 hex", location=f"countersignatures.{cid}"
                 )
             sigs[str(cid)] = raw.hex()
-        final = LedgerEntry(
+        return LedgerEntry(
             entry.index, entry.prev_hash, entry.body, entry.entry_hash, entry.signature, sigs
         )
+
+    def _write(self, final: LedgerEntry) -> None:
+        """Append one finalized entry's line with one ``write``, flush and fsync."""
         line = final.to_line()
         try:
             with open(self._path, "ab") as fh:
@@ -557,11 +609,8 @@ class LedgerWriter:
         except OSError as exc:
             self._broken = True
             raise LedgerWriteError(
-                f"cannot append entry {entry.index}: {exc}", location=str(self._path)
+                f"cannot append entry {final.index}: {exc}", location=str(self._path)
             ) from exc
-        self._next_index += 1
-        self._head = final.entry_hash
-        return final
 
     def append(self, body: Mapping[str, Any]) -> LedgerEntry:
         """Sign ``body`` as the next entry, write it, flush and fsync; return the entry."""

@@ -75,6 +75,7 @@ __all__ = [
     "load_transcript",
     "top_bits_histogram",
     "transcript_digest",
+    "transcript_from_json",
     "uniformity_test",
 ]
 
@@ -336,6 +337,21 @@ class TranscriptWriter:
             raise TranscriptError("a statistic name is a non-empty string", location="name")
         self._stats[version][name] = _check_finite(value, f"statistics.{name}")
 
+    @classmethod
+    def from_transcript(cls, transcript: Transcript) -> TranscriptWriter:
+        """A writer holding exactly ``transcript`` (e.g. a resumed run's, parsed from its
+        checkpoint), to which later aggregations are added."""
+        writer = cls(transcript.protocol)
+        for record in transcript.records:
+            _check_record(record, f"records[{len(writer._records)}]")
+            writer._records.append(record)
+        for agg in transcript.aggregations:
+            writer._aggregation(agg.version)
+            writer._bits[agg.version] = agg.field_bits
+            writer._uploads[agg.version] = list(agg.uploads)
+            writer._stats[agg.version] = dict(agg.statistics)
+        return writer
+
     def transcript(self) -> Transcript:
         """A snapshot of everything recorded so far."""
         aggregations = tuple(
@@ -505,6 +521,11 @@ def _parse(doc: object) -> Transcript:
             )
         aggregations.append(agg)
     return Transcript(protocol, tuple(records), tuple(aggregations))
+
+
+def transcript_from_json(doc: object) -> Transcript:
+    """Validate a parsed transcript document (the checks of :func:`load_transcript`)."""
+    return _parse(doc)
 
 
 def load_transcript(path: str | os.PathLike[str]) -> Transcript:

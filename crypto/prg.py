@@ -19,6 +19,16 @@ stream only, so the all-zero initial counter block is safe. Conversions:
 
 Fresh seeds come from :func:`fresh_seed` (``secrets.token_bytes``); that single private
 entry point ``_entropy`` is what tests replace to obtain fixed vectors.
+
+Position and resumption: a generator is fully described by its seed and the number of
+keystream bytes it has produced (:meth:`Csprng.position`). :meth:`Csprng.at` rebuilds a
+generator at any position by starting the CTR counter at block ``offset // 16`` (OpenSSL
+increments the whole 128-bit counter block big-endian, so the initial counter block of
+block ``i`` is ``i`` as 16 big-endian bytes) and discarding ``offset % 16`` bytes; the
+stream that follows is byte-identical to the original one. A seed and a position are
+exactly as secret as the stream they produce: whoever holds them can regenerate every
+mask and noise value drawn, so they are saved only where the stream is already public
+(``simulation.reproducible_noise``) or in the holder's private state.
 """
 
 from __future__ import annotations
@@ -64,12 +74,31 @@ class Csprng:
     'dc95c078'
     """
 
-    __slots__ = ("_enc",)
+    __slots__ = ("_enc", "_offset", "_seed")
 
     def __init__(self, seed: bytes) -> None:
         if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise CryptoError(f"a PRG seed must be exactly {SEED_BYTES} bytes")
-        self._enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_NONCE)).encryptor()
+        self._seed = bytes(seed)
+        self._offset = 0
+        self._enc = Cipher(algorithms.AES(self._seed), modes.CTR(_ZERO_NONCE)).encryptor()
+
+    @classmethod
+    def at(cls, seed: bytes, offset: int) -> Csprng:
+        """The generator of ``seed`` after ``offset`` keystream bytes were drawn from it."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < (16 << 128):
+            raise CryptoError(f"a keystream offset is an int in [0, 2**132), got {offset!r}")
+        gen = cls(seed)
+        block, skip = divmod(offset, 16)
+        gen._enc = Cipher(algorithms.AES(gen._seed), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+        gen._enc.update(bytes(skip))
+        gen._offset = offset
+        return gen
+
+    def position(self) -> tuple[bytes, int]:
+        """``(seed, offset)``: :meth:`at` rebuilds this generator from them. As secret as
+        the stream itself (see the module docstring)."""
+        return self._seed, self._offset
 
     @classmethod
     def from_entropy(cls) -> Csprng:
@@ -81,6 +110,7 @@ class Csprng:
         """The next ``n`` keystream bytes."""
         if n < 0:
             raise CryptoError("cannot draw a negative number of bytes")
+        self._offset += n
         if n <= _CHUNK:
             return self._enc.update(bytes(n))
         return b"".join(self._enc.update(bytes(min(_CHUNK, n - i))) for i in range(0, n, _CHUNK))
@@ -94,6 +124,7 @@ class Csprng:
         """
         view = memoryview(out).cast("B")
         n = len(view)
+        self._offset += n
         head = max(0, n - 16)  # update_into needs block_size - 1 bytes of slack after the data
         for i in range(0, head, _CHUNK):
             step = min(_CHUNK, head - i)

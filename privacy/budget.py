@@ -18,6 +18,7 @@ import math
 import numbers
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from privacy.accountants.base import Accountant, check_delta, is_real
 from privacy.accountants.registry import create_accountant, gaussian_training_event
@@ -89,6 +90,8 @@ class ClientBudgets:
         self._accountants: dict[ClientId, Accountant] = {}
         self._joined: dict[ClientId, int] = {}
         self._refusals: list[Refusal] = []
+        #: Every event composed, per client, in order: the accountants are a function of it.
+        self._history: dict[ClientId, list[DPEvent]] = {}
 
     # -- configuration -------------------------------------------------------------
     @property
@@ -196,6 +199,81 @@ class ClientBudgets:
         acc.compose(event)  # raises before any change if unsupported
         self._accountants[client] = acc
         self._joined[client] = self._joined.get(client, 0) + 1
+        self._history.setdefault(client, []).append(event)
+
+    # -- persistence ----------------------------------------------------------------------
+    def history(self, client: ClientId) -> tuple[DPEvent, ...]:
+        """The events composed for ``client``, in order."""
+        return tuple(self._history.get(client, ()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during a run, as plain data and :class:`DPEvent` objects:
+        each client's composed events in order (the accountants are rebuilt from them,
+        bit-exactly, by :meth:`load_state_dict`) and the refusals. ``delta``, the
+        accountant name and the caps are included so a restore can check they match.
+        Client ids are kept as they are (the caller encodes them)."""
+        return {
+            "delta": self._delta,
+            "accountant": self._accountant_name,
+            "default_cap": self._default_cap,
+            "caps": [[c, cap] for c, cap in self._caps.items()],
+            "history": [[c, list(events)] for c, events in self._history.items()],
+            "refusals": [
+                {
+                    "client": r.client,
+                    "aggregation": r.aggregation,
+                    "epsilon_before": r.epsilon_before,
+                    "epsilon_after": r.epsilon_after,
+                    "cap": r.cap,
+                    "event": r.event,
+                }
+                for r in self._refusals
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace this object's history by ``state`` (from :meth:`state_dict`).
+
+        Raises :class:`PrivacyError` naming the field when ``delta``, the accountant or a
+        cap differs from this object's (a resumed run must account exactly as the
+        interrupted one did) or an event cannot be composed; the state is then unchanged.
+        """
+        if state.get("delta") != self._delta:
+            raise PrivacyError(f"budget state is at delta {state.get('delta')!r}, these budgets at {self._delta!r}")
+        if state.get("accountant") != self._accountant_name:
+            raise PrivacyError(
+                f"budget state uses accountant {state.get('accountant')!r}, these budgets {self._accountant_name!r}"
+            )
+        if state.get("default_cap") != self._default_cap:
+            raise PrivacyError(f"budget state has default cap {state.get('default_cap')!r}, not {self._default_cap!r}")
+        caps = {c: float(cap) for c, cap in state.get("caps", [])}
+        if caps != self._caps:
+            raise PrivacyError("budget state has other per-client caps than these budgets")
+        accountants: dict[ClientId, Accountant] = {}
+        history: dict[ClientId, list[DPEvent]] = {}
+        for client, events in state.get("history", []):
+            if client in history:
+                raise PrivacyError(f"budget state lists client {client!r} twice")
+            acc = create_accountant(self._accountant_name)
+            for event in events:
+                acc.compose(event)  # AccountingError (a PrivacyError) if unsupported
+            accountants[client] = acc
+            history[client] = list(events)
+        refusals = [
+            Refusal(
+                client=r["client"],
+                aggregation=r["aggregation"],
+                epsilon_before=float(r["epsilon_before"]),
+                epsilon_after=float(r["epsilon_after"]),
+                cap=float(r["cap"]),
+                event=r["event"],
+            )
+            for r in state.get("refusals", [])
+        ]
+        self._accountants = accountants
+        self._history = history
+        self._joined = {c: len(ev) for c, ev in history.items()}
+        self._refusals = refusals
 
 
 # -- calibration ----------------------------------------------------------------------

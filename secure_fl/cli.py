@@ -72,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="run one federated job")
     _add_config_args(p_run)
     p_run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<timestamp>)")
+    p_run.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted run in DIR after its last completed aggregation "
+        "(uses DIR/config.toml; no CONFIG or --set)",
+    )
+    p_run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the server's private state directory: ledger signing key and simulated "
+        "clients' key seed (default: the run directory's name + '.server', beside it)",
+    )
     p_run.add_argument("--quiet", action="store_true", help="no progress output (log level warning)")
     _add_log_level(p_run)
 
@@ -86,8 +102,21 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from secure_fl.runner import run
 
-    config = load_config(args.config, args.overrides)
-    result = run(config, out_dir=args.out, progress=not args.quiet)
+    if args.resume is not None:
+        if args.config is not None or args.overrides:
+            raise ConfigError(
+                "--resume continues a run with its own configuration (DIR/config.toml); "
+                "drop CONFIG and --set",
+                field="resume",
+            )
+        saved = args.resume / "config.toml"
+        if not saved.is_file():
+            raise ConfigError(f"{args.resume} holds no config.toml: not a run directory", field="resume")
+        config = load_config(saved, [])
+        result = run(config, resume=args.resume, state_dir=args.state_dir, progress=not args.quiet)
+    else:
+        config = load_config(args.config, args.overrides)
+        result = run(config, out_dir=args.out, progress=not args.quiet, state_dir=args.state_dir)
     from secure_fl.accounting import final_line
 
     print(final_line(result.summary, result.out_dir))

@@ -27,6 +27,8 @@ multiplier ``z`` on sensitivity ``C'``, which is what the DP event records. The 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +41,7 @@ from privacy.clipping import (
     update_noise_multiplier,
 )
 from secure_fl.config import RunConfig
-from secure_fl.errors import ConfigError, PrivacyError
+from secure_fl.errors import CheckpointError, ConfigError, PrivacyError
 
 __all__ = ["ClipController"]
 
@@ -118,3 +120,40 @@ class ClipController:
         fraction = indicator_sum / max(1, num_clients) + 0.5
         self.state = adaptive_clip_step(self.state, fraction=fraction)
         return fraction
+
+    def state_dict(self) -> dict[str, Any]:
+        """The clip in force and, when adaptive, the quantile-tracking state. The adaptive
+        clip is a function of noised counts only (post-processing of DP releases)."""
+        return {
+            "adaptive": self.adaptive,
+            "clip": self.clip,
+            "adaptive_state": asdict(self.state) if self.state is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Only the current clip moves during a run; every
+        other adaptive parameter must equal this controller's (it comes from the
+        configuration), else :class:`CheckpointError`."""
+        if state.get("adaptive") != self.adaptive:
+            raise CheckpointError("checkpoint and run disagree on adaptive clipping", field="dp.adaptive_clip")
+        if self.state is None:
+            if state.get("clip") != self._fixed:
+                raise CheckpointError(f"checkpoint clip {state.get('clip')!r} != {self._fixed!r}", field="dp.clip")
+            return
+        saved = state.get("adaptive_state")
+        if not isinstance(saved, dict):
+            raise CheckpointError("checkpoint lacks the adaptive clipping state", field="dp.adaptive_clip")
+        mine = asdict(self.state)
+        for key, value in mine.items():
+            if key != "clip" and saved.get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint adaptive clipping has {key} = {saved.get(key)!r}, this run {value!r}",
+                    field="dp.adaptive_clip",
+                )
+        clip = saved.get("clip")
+        if isinstance(clip, bool) or not isinstance(clip, int | float):
+            raise CheckpointError("checkpoint adaptive clip is not a number", field="dp.clip")
+        try:
+            self.state = replace(self.state, clip=float(clip))
+        except PrivacyError as err:
+            raise CheckpointError(f"checkpoint adaptive clip: {err}", field="dp.clip") from None

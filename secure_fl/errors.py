@@ -8,6 +8,7 @@ are re-exported here so users import from one module::
     SecureFLError
     ├── ConfigError            a configuration field is invalid (names the field)
     ├── DataError              a data file is missing or malformed (names the file)
+    ├── CheckpointError        a run directory cannot be resumed (names what disagrees)
     ├── CryptoError
     │   └── DecryptionError    opaque: one error for every decryption/authentication failure
     ├── ProtocolError
@@ -37,6 +38,7 @@ from privacy.errors import AccountingError, BudgetExhaustedError, PrivacyError
 __all__ = [
     "AccountingError",
     "BudgetExhaustedError",
+    "CheckpointError",
     "ConfigError",
     "CryptoError",
     "DataError",
@@ -61,3 +63,13 @@ class ConfigError(SecureFLError):
 
 class DataError(SecureFLError):
     """A data source is missing or malformed (missing file, label column, bad values)."""
+
+
+class CheckpointError(SecureFLError):
+    """A run cannot be resumed from its directory: the checkpoint is missing, damaged or
+    not signed by the run's key, or disagrees with the ledger, the metrics or the
+    configuration. ``field`` names the culprit when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field

@@ -35,11 +35,9 @@ import torch
 from torch import nn
 
 from audits.ledger import (
-    LEDGER_FILENAME,
     PUBLIC_KEY_FILENAME,
+    LedgerEntry,
     LedgerWriter,
-    generate_server_key,
-    save_public_key,
 )
 from audits.transcript import TranscriptWriter
 from crypto.prg import Csprng
@@ -57,11 +55,25 @@ from secure_fl.data import (
 )
 from secure_fl.devices import draw_profiles
 from secure_fl.engine import public
-from secure_fl.engine.client import ClientEngine, MemoryBudget, Site, SiteData, SiteRules
+from secure_fl.engine.checkpoint import (
+    CRASH_ENV,
+    RunStore,
+    crash_point,
+    generator_from_state,
+    generator_state,
+)
+from secure_fl.engine.client import (
+    WITNESS_KEY,
+    ClientEngine,
+    MemoryBudget,
+    Site,
+    SiteData,
+    SiteRules,
+)
 from secure_fl.engine.roles.ckks import KeyHolderEngine
 from secure_fl.engine.server import ServerEngine
 from secure_fl.engine.support import choose_memory_subset
-from secure_fl.engine.transport import drive
+from secure_fl.engine.transport import Envelope, Exchange, drive
 from secure_fl.errors import ConfigError
 from secure_fl.identities import ClientIdentities
 from secure_fl.memory_budget import subset_memory, tensor_layout
@@ -169,6 +181,8 @@ def run(
     sites: Sequence[SiteSource] | None = None,
     loss_fn: LossFn | None = None,
     drop_plan: Mapping[int, Mapping[str, str]] | None = None,
+    resume: str | Path | None = None,
+    state_dir: str | Path | None = None,
 ) -> RunResult:
     """Run one federated job described by ``config``.
 
@@ -184,6 +198,12 @@ def run(
     ``drop_plan`` (``{aggregation: {client name: stage}}``,
     :class:`secure_fl.transport.dropouts.DropPlan`) replaces the random
     ``simulation.dropout`` draws with exactly these dropouts (equivalence tests).
+
+    ``resume=DIR`` continues the interrupted run in ``DIR`` after its last completed
+    aggregation (:mod:`secure_fl.engine.checkpoint`): ``config`` must be the run's own
+    (``DIR/config.toml``), and ``model_fn``/``sites``/``loss_fn`` the same as before.
+    ``state_dir`` is the server's private state directory (ledger key, simulated
+    clients' key seed; default ``DIR.server`` beside the run directory).
     """
     threads = contextlib.nullcontext() if os.environ.get("OMP_NUM_THREADS") else single_torch_thread()
     with threads:
@@ -196,6 +216,8 @@ def run(
             sites=sites,
             loss_fn=loss_fn,
             drop_plan=drop_plan,
+            resume=resume,
+            state_dir=state_dir,
         )
 
 
@@ -260,10 +282,24 @@ def _run(
     sites: Sequence[SiteSource] | None,
     loss_fn: LossFn | None,
     drop_plan: Mapping[int, Mapping[str, str]] | None = None,
+    resume: str | Path | None = None,
+    state_dir: str | Path | None = None,
 ) -> RunResult:
     wall_start = time.perf_counter()
     config = calibrate_config(config)
     public.check_run_config(config)
+    store: RunStore | None = None
+    resume_dir = Path(resume) if resume is not None else None
+    if resume_dir is not None:
+        if not write:
+            raise ConfigError("resuming a run needs its run directory (write=True)", field="resume")
+        if out_dir is not None and Path(out_dir).resolve() != resume_dir.resolve():
+            raise ConfigError("--out and --resume name different directories", field="resume")
+        # Verify key, checkpoint and ledger and repair them to the checkpoint first:
+        # nothing is built for a run directory that cannot be resumed.
+        store = RunStore.open(
+            resume_dir, config_sha256=config_hash(config), protocol=config.protocol, resume=True, state_dir=state_dir
+        )
     torch.manual_seed(config.seed)
     data: FederatedData = (
         load_federated_data(config) if sites is None else federated_data_from_sites(sites, config)
@@ -277,10 +313,6 @@ def _run(
         if config.simulation.reproducible_noise
         else Csprng.from_entropy()
     )
-    # Each client's own identity key; derived from the seed only under reproducible noise
-    # (research: then two runs, or two transports, sign the same bytes).
-    id_rng = Csprng(public.public_seed(config, "identities")) if config.simulation.reproducible_noise else None
-    identities = ClientIdentities.generate(range(config.clients.num), rng=id_rng)
     layout = tensor_layout(model, data.feature_shape)
     full_memory = subset_memory(
         layout, frozenset(range(len(layout))), batch_size=config.train.batch_size
@@ -291,20 +323,37 @@ def _run(
         else None
     )
     path: Path | None = None
-    ledger: LedgerWriter | None = None
-    metrics_fh: Any = None
-    if write:
+    if store is None and write:
         path = Path(out_dir) if out_dir is not None else _default_out_dir()
         _prepare_out_dir(path)
         (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
-        metrics_fh = (path / "metrics.jsonl").open("w", encoding="utf-8")
-        # The server's signing key lives only in this process; the run directory holds
-        # the public key so anyone can verify the ledger.
-        server_key = generate_server_key()
-        save_public_key(server_key, path / PUBLIC_KEY_FILENAME)
-        ledger = LedgerWriter.create(path / LEDGER_FILENAME, server_key)
-        write_run_roster(path, identities)  # the clients' public keys: who countersigns
-    transcript = TranscriptWriter(config.protocol)
+        # The run directory holds the public key so anyone can verify the ledger; the
+        # signing key and the clients' key seed go to the server's private state
+        # directory beside it (never into the run directory), so a crashed run resumes
+        # with the same key and one hash chain (secure_fl.engine.checkpoint).
+        store = RunStore.open(
+            path, config_sha256=config_hash(config), protocol=config.protocol, resume=False, state_dir=state_dir
+        )
+    elif store is not None:
+        path = store.run_dir
+    server_rng = store.server_rng(server_rng) if store is not None else server_rng
+    # Each client's own identity key: derived from the public seed under reproducible
+    # noise (research: then two runs, or two transports, sign the same bytes); otherwise,
+    # for a run with a directory, from a secret seed kept in the server's private state
+    # directory (the simulation's stand-in for the sites' own disks), so resumed clients
+    # countersign with the roster's keys.
+    id_rng: Csprng | None = None
+    if config.simulation.reproducible_noise:
+        id_rng = Csprng(public.public_seed(config, "identities"))
+    elif store is not None:
+        id_rng = Csprng(store.client_seed(create=store.resumed is None))
+    identities = ClientIdentities.generate(range(config.clients.num), rng=id_rng)
+    ledger: LedgerWriter | None = None
+    if store is not None:
+        ledger = store.ledger
+        if store.resumed is None:
+            write_run_roster(store.run_dir, identities)  # the clients' public keys: who countersigns
+    transcript = store.transcript if store is not None else TranscriptWriter(config.protocol)
     bar = Progress(
         config.rounds,
         desc=f"secure-fl {config.protocol} ({config.aggregation.mode})",
@@ -312,10 +361,10 @@ def _run(
     )
 
     def sink(record: dict[str, Any]) -> None:
-        # Metrics are the server's aggregate view only: never an individual update.
-        if metrics_fh is not None:
-            metrics_fh.write(json.dumps(record) + "\n")
-            metrics_fh.flush()
+        # Metrics are the server's aggregate view only: never an individual update. The
+        # store writes the line after the checkpoint that carries it.
+        if store is not None:
+            store.metrics_sink(record)
 
     def on_progress(version: int, record: dict[str, Any]) -> None:
         bar.update(version, acc=record["test_accuracy"], loss=record["test_loss"], eps=record["epsilon"])
@@ -339,7 +388,9 @@ def _run(
         rng=server_rng,
         on_progress=on_progress,
         client_memory_bytes=memory.memory_bytes if memory is not None else full_memory,
+        resume=store.engine_resume if store is not None else None,
     )
+    saved: Mapping[str, Any] = store.saved if store is not None else {}
     privacy = engine.privacy
     unnoised_ok = unnoised_statistics_allowed(config)
     dp_on = config.dp.mechanism != "none" or config.dp.record_level
@@ -356,6 +407,10 @@ def _run(
             "= true); not covered by epsilon"
         )
     parties, _holder = build_parties(config, data, model, identities, loss_fn=loss_fn)
+    if store is not None and saved:
+        # The simulated sites' own budgets and countersigning positions, from the entries
+        # they countersigned (before the worker pool forks, so the workers hold them).
+        _replay_sites(parties, store.committed_entries(), (store.resumed.run_id if store.resumed else None) or engine.run_tag)
     # Client state that lives in the parent's model (FedBN layers are kept in each site's
     # state, so workers are fine); one process when asked for one.
     transport = InProcessTransport(
@@ -367,16 +422,28 @@ def _run(
         workers=resolved_workers(config),
     )
     _ = local_enabled
+    if saved:
+        moved = saved["transport"]
+        transport.clock = float(moved["clock"])
+        transport.rng = generator_from_state(moved["rng"])
+        transport._seq = int(moved["seq"])
+    if store is not None:
+        store.attach(
+            engine,
+            reproducible=config.simulation.reproducible_noise,
+            extra_state=lambda: {
+                "transport": {"clock": transport.clock, "rng": generator_state(transport.rng), "seq": transport._seq}
+            },
+        )
+    driven: Any = _CrashingTransport(transport, engine.version) if os.environ.get(CRASH_ENV) else transport
     try:
-        result = drive(engine.run(transport.reachable()), transport)
+        result = drive(engine.run(transport.reachable()), driven)
     except BaseException:
         transport.close(terminate=True)
         raise
     finally:
         transport.close()
         bar.close()
-        if metrics_fh is not None:
-            metrics_fh.close()
     if privacy.enabled and engine.stopped:
         bar.note("stopped early: every site's privacy budget is spent")
     metrics = result.metrics
@@ -415,3 +482,43 @@ def _run(
         torch.save(model.state_dict(), path / "model.pt")
         (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunResult(path, metrics, summary, weights, model)
+
+
+def _replay_sites(parties: Sequence[SimParty], entries: Sequence[LedgerEntry], run_id: str) -> None:
+    """Rebuild each simulated site's own state from the committed ledger: its budget
+    (a simulated site is charged, when it countersigns, the event the entry records;
+    the same rule, ``ClientEngine._charge_released``, is applied here) and the index of
+    the last entry it countersigned. Entries it did not countersign charged it nothing;
+    an interrupted aggregation has no entry and charged nothing."""
+    notice = Envelope(fields={"run": run_id})
+    for party in parties:
+        engine = party.engine
+        if not isinstance(engine, ClientEngine):
+            continue
+        last = -1
+        for entry in entries:
+            if engine.site.name in entry.countersignatures:
+                last = entry.index
+                engine._charge_released(entry.body, notice)
+        if last >= 0:
+            party.state.put(WITNESS_KEY, {"last_index": last})
+
+
+class _CrashingTransport:
+    """Fault injection for the crash tests (``SECURE_FL_TEST_CRASH=stage:NAME:VERSION``):
+    SIGKILL this process when the engine starts exchange ``NAME`` of aggregation
+    ``VERSION``, i.e. in the middle of that aggregation."""
+
+    def __init__(self, inner: InProcessTransport, version: int) -> None:
+        self._inner = inner
+        self._version = version  # the last completed aggregation
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def exchange(self, command: Exchange) -> dict[int, Any]:
+        if command.stage == "train":
+            self._version += 1
+        crash_point(f"stage:{command.stage}", self._version)
+        return self._inner.exchange(command)
+

@@ -13,11 +13,13 @@ descent step) is applied as:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from secure_fl.config import ServerConfig
+from secure_fl.errors import CheckpointError
 
 __all__ = ["ServerOptimizer"]
 
@@ -49,3 +51,36 @@ class ServerOptimizer:
         self._m = c.momentum * self._m + (1 - c.momentum) * d
         self._v = c.beta2 * self._v + (1 - c.beta2) * d * d
         return w + c.lr * self._m / (np.sqrt(self._v) + c.tau)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's moments (``m``, ``v``; ``None`` before the first step) and the
+        optimizer name they belong to. Both moments are functions of the released
+        aggregates only (post-processing of DP outputs)."""
+        return {
+            "optimizer": self.config.optimizer,
+            "m": None if self._m is None else self._m.copy(),
+            "v": None if self._v is None else self._v.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; :class:`CheckpointError` if it belongs to another
+        optimizer or its moments are not float vectors of one length."""
+        name = state.get("optimizer")
+        if name != self.config.optimizer:
+            raise CheckpointError(
+                f"checkpoint holds {name!r} optimizer state, the run uses {self.config.optimizer!r}",
+                field="server.optimizer",
+            )
+        moments: dict[str, Vec | None] = {}
+        for key in ("m", "v"):
+            value = state.get(key)
+            if value is not None:
+                arr = np.asarray(value)
+                if arr.ndim != 1 or arr.dtype.kind != "f":
+                    raise CheckpointError(f"server optimizer moment {key!r} is not a float vector")
+                value = arr.astype(np.float64, copy=True)
+            moments[key] = value
+        m, v = moments["m"], moments["v"]
+        if m is not None and v is not None and m.shape != v.shape:
+            raise CheckpointError("server optimizer moments m and v differ in length")
+        self._m, self._v = m, v

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto.prg import Csprng
-from secure_fl.errors import ConfigError
+from secure_fl.errors import CheckpointError, ConfigError
 
 __all__ = ["MagnitudePruner", "Support", "full_support", "random_k_support"]
 
@@ -155,3 +155,32 @@ class MagnitudePruner:
         return Support(
             idx, self.dim, {"kind": "prune", "density": idx.size / self.dim, "mask_sha256": digest}
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule parameters and the current mask (public: it ships with the model)."""
+        return {
+            "dim": self.dim,
+            "density": self.density,
+            "start": self.start,
+            "end": self.end,
+            "every": self.every,
+            "mask": self.mask.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the mask; :class:`CheckpointError` if the schedule differs from this
+        pruner's or the mask is not a boolean vector of length ``dim`` that keeps every
+        non-prunable position."""
+        for key in ("dim", "density", "start", "end", "every"):
+            if state.get(key) != getattr(self, key):
+                raise CheckpointError(
+                    f"checkpoint pruner has {key} = {state.get(key)!r}, this run {getattr(self, key)!r}",
+                    field=f"sparsity.{key}" if key == "density" else None,
+                )
+        mask = np.asarray(state.get("mask"))
+        if mask.dtype != np.bool_ or mask.shape != (self.dim,):
+            raise CheckpointError(f"pruner mask is not a boolean vector of length {self.dim}")
+        prunable = self.prunable if self.prunable is not None else np.ones(self.dim, dtype=bool)
+        if not mask[~prunable].all():
+            raise CheckpointError("pruner mask prunes positions that are not prunable")
+        self.mask = mask.copy()

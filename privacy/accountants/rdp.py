@@ -232,6 +232,17 @@ class RdpAccountant(BaseAccountant):
         self._orders = alphas
         self._rdp: RdpCurve = np.zeros(len(alphas), dtype=np.float64)
 
+    @classmethod
+    def from_curve(cls, orders: Sequence[float], rdp: Sequence[float] | RdpCurve) -> RdpAccountant:
+        """The accountant whose accumulated curve at ``orders`` is ``rdp`` (a saved
+        :attr:`rdp`, e.g. from a checkpoint); entries are >= 0 or ``inf``."""
+        acc = cls(orders=orders)
+        curve = np.array(rdp, dtype=np.float64)
+        if curve.shape != acc._rdp.shape or np.isnan(curve).any() or (curve < 0).any():
+            raise ValueError("an RDP curve has one value >= 0 (or inf) per order")
+        acc._rdp = curve
+        return acc
+
     @property
     def orders(self) -> tuple[float, ...]:
         return self._orders

@@ -96,8 +96,12 @@ def _size(env: Envelope) -> int:
 _PARTIES: list[SimParty] = []  # inherited by forked workers (never pickled)
 
 
-def _worker(conn: Connection) -> None:
+def _worker(conn: Connection, inherited: list[Connection]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Close the parent's pipe ends this fork inherited: once the server process dies
+    # (even by SIGKILL), recv() then sees EOF and the worker exits instead of waiting.
+    for end in inherited:
+        end.close()
     import torch
 
     torch.set_num_threads(1)
@@ -122,7 +126,7 @@ class _PinnedPool:
         self.procs: list[Any] = []
         for _ in range(workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, [*self.conns, parent]), daemon=True)
             proc.start()
             child.close()
             self.conns.append(parent)

@@ -103,3 +103,41 @@ def test_results_do_not_depend_on_the_worker_count(tmp_path: Path, extra: list[s
     assert (runs[1].weights == runs[2].weights).all()
     assert _ledger_bodies(tmp_path / "w1") == _ledger_bodies(tmp_path / "w2")
     assert mp.active_children() == []
+
+
+def test_in_process_workers_exit_when_the_server_process_is_killed() -> None:
+    # A SIGKILLed server (the crash `secure-fl run --resume` recovers from) must not leave
+    # its forked client workers blocked on their pipes forever.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time\n"
+        "from secure_fl.transport.inprocess import _PinnedPool\n"
+        "pool = _PinnedPool([], 2)\n"
+        "print(' '.join(str(p.pid) for p in pool.procs), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    alive = pids
+    for _ in range(100):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            alive.append(pid)
+        if not alive:
+            break
+        time.sleep(0.1)
+    for pid in alive:  # do not leak them from the test either
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []

@@ -314,22 +314,59 @@ def write_partition_sites(
 
 # -- privacy budget --------------------------------------------------------------------------
 class SiteBudget:
-    """The site's own epsilon ledger (``keys_dir/budget.jsonl``), persistent across runs."""
+    """The site's own epsilon ledger (``keys_dir/budget.jsonl``), persistent across runs.
+
+    Each line is ``{"run", "version", "session", "event"}``: one release of this site's
+    masked (noised) input, charged when it leaves the site with the worst case that can
+    still complete.
+
+    Charge-once rule (server crash and resume). A charge is keyed by the release it
+    pays for, ``(run id, aggregation version, session id)``. The same release is never
+    charged twice: a SuperNode that re-processes a message (its state write was lost
+    after the charge) finds the key in the ledger and does not charge again
+    (:meth:`charge` returns ``False``). A resumed server keeps the run id and continues
+    after its last completed aggregation, so completed aggregations are never re-run.
+    An aggregation that was *interrupted* keeps its charge (conservative: the masked
+    input left the site, and the server may have unmasked the sum before dying). When
+    the resumed server re-runs that aggregation version it opens a new session with
+    fresh masks and fresh noise: that is a second release of the site's data, and it
+    is charged again. Keying by ``(run, version)`` alone would let a server that fakes
+    crashes collect any number of independently noised sums of one aggregation while
+    each site pays once; averaging them strips the noise (the malicious server of
+    DESIGN section 5a replays). A charge without a session id is always recorded.
+    """
 
     def __init__(self, site: SiteConfig, *, delta: float) -> None:
         self.site = site
         self.path = _keys_dir(site) / BUDGET_FILE
         self._budgets = ClientBudgets(delta=delta, caps={site.name: site.budget_cap})
         self._events: list[DPEvent] = []
+        self._releases: set[tuple[str, int, str]] = set()
         if self.path.exists():
             for lineno, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
-                    event = decode_event(json.loads(line)["event"])
+                    record = json.loads(line)
+                    event = decode_event(record["event"])
                 except (ValueError, KeyError, TypeError, SecureFLError) as exc:
                     raise PrivacyError(f"{self.path}, line {lineno}: unreadable budget entry ({exc})") from exc
+                key = self._release_key(record.get("run"), record.get("version"), record.get("session"))
+                if key is not None:
+                    self._releases.add(key)
                 self._commit(event)
+
+    @staticmethod
+    def _release_key(run: object, version: object, session: object) -> tuple[str, int, str] | None:
+        if (
+            isinstance(run, str)
+            and isinstance(version, int)
+            and not isinstance(version, bool)
+            and isinstance(session, str)
+            and session
+        ):
+            return (run, version, session)
+        return None
 
     def _commit(self, event: DPEvent) -> None:
         if isinstance(event, NonPrivateEvent):
@@ -358,11 +395,30 @@ class SiteBudget:
             return f"privacy budget cap {self.site.budget_cap:g} would be exceeded (epsilon -> {after:.4g})"
         return None
 
-    def charge(self, event: DPEvent, *, version: int, run: str) -> None:
-        """Append ``event`` to the ledger file first, then to the accountant."""
-        line = json.dumps({"run": run, "version": version, "event": encode_event(event)})
+    def charged(self, *, run: str, version: int, session: str) -> bool:
+        """Whether the release ``(run, version, session)`` is already in the ledger."""
+        return (run, version, session) in self._releases
+
+    def charge(self, event: DPEvent, *, version: int, run: str, session: str | None = None) -> bool:
+        """Charge one release: append ``event`` to the ledger file first (fsync), then to
+        the accountant. Returns ``False`` and changes nothing when the release
+        ``(run, version, session)`` was already charged (see the class docstring)."""
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise PrivacyError(f"budget charge: version is an int, got {version!r}")
+        if not isinstance(run, str) or not run:
+            raise PrivacyError("budget charge: run is a non-empty string")
+        key = self._release_key(run, version, session)
+        if key is not None and key in self._releases:
+            return False
+        record: dict[str, Any] = {"run": run, "version": version, "event": encode_event(event)}
+        if key is not None:
+            record["session"] = session
+        line = json.dumps(record)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if key is not None:
+            self._releases.add(key)
         self._commit(event)
+        return True
