@@ -120,11 +120,25 @@ def build_site(site_cfg: SiteConfig, config: RunConfig, *, num_classes: int, rol
         identity_key=load_identity_key(site_cfg),
         data=data,
         rules=rules,
-        budget=SiteBudget(site_cfg, delta=config.dp.delta),
+        budget=SiteLedger(SiteBudget(site_cfg, delta=config.dp.delta)),
         model=_model(config, shape, num_classes),
         charge_on_release=True,
         role=role,
     )
+
+
+class SiteLedger:
+    """The engine's :class:`~secure_fl.engine.client.BudgetStore` over a site's own budget
+    ledger file (:class:`~secure_fl.transport.flower.site.SiteBudget`)."""
+
+    def __init__(self, budget: SiteBudget) -> None:
+        self.budget = budget
+
+    def refusal(self, event: DPEvent) -> str | None:
+        return self.budget.refusal(event)
+
+    def charge(self, event: DPEvent, *, version: int, run: str) -> None:
+        self.budget.charge(event, version=version, run=run)
 
 
 def _empty_data() -> tuple[Any, Any, Any, Any]:
