@@ -430,6 +430,9 @@ class ClientEngine:
             raise _Refusal("the set-up lists one identity key twice", "rules")
         if rules.require_dp and config.dp.mechanism == "none":
             raise _Refusal("this site requires differential privacy (require_dp = true)", "rules")
+        # The provisioning rule sizes clients' noise shares: it binds only when the noise
+        # is distributed (plain runs add none, or central noise at the server).
+        distributed = config.dp.mechanism != "none" and config.protocol != "plain"
         if rules.roster is not None:
             try:
                 check_setup(
@@ -438,14 +441,14 @@ class ClientEngine:
                         identity_keys=tuple(keys),
                         index=index,
                         threshold=threshold if threshold is not None else max(rules.roster.min_threshold, 2),
-                        provisioned=provisioned,
+                        provisioned=provisioned if distributed else 1,
                     ),
                     own_key=self.site.public_key,
                     max_colluders=c,
                 )
             except RemoteProtocolError as exc:
                 raise _Refusal(f"site {self.site.name} refuses the set-up: {exc}", "rules") from None
-        elif config.dp.mechanism != "none" and config.protocol != "plain" and not 1 <= provisioned <= len(keys):
+        elif distributed and not 1 <= provisioned <= len(keys):
             raise _Refusal(f"provisioned = {provisioned} noise shares is outside [1, n = {len(keys)}]", "rules")
 
     def _planned(self, env: Envelope, config: RunConfig, n: int) -> tuple[Any, DPEvent]:

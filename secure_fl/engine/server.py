@@ -506,6 +506,10 @@ class ServerEngine:
             outcome.dropped.setdefault("train", []).append(p.ident)
         budget_refused = {k: v for k, v in refused.items() if "budget" in v}
         self.privacy.refusals += len(budget_refused)
+        # Every other refusal (a site's rules, its failure) is named too: never silent.
+        for ident, why in refused.items():
+            if ident not in budget_refused:
+                outcome.excluded.setdefault(ident, f"refused: {why}")
         epsilon = self.privacy.record(outcome, version=version, planned=planned)  # type: ignore[arg-type]
         if outcome.mean is not None:
             new = self.server_opt.step(self.weights, support.scatter(outcome.mean))

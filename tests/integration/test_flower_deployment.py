@@ -250,11 +250,9 @@ def test_site_refusals_reach_the_log_metrics_and_ledger(tmp_path: Path, monkeypa
     assert all("privacy budget cap" in why for why in metrics[0]["budget_refusals"].values())
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a non-budget refusal at training (refusal = error) is "
-                   "dropped by ServerEngine._aggregate: neither metrics nor ledger name the site")
 def test_site_failures_reach_the_log_metrics_and_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site_files, deploy = _refusal_federation(tmp_path, monkeypatch)
     lines = deploy(tmp_path / "run", site_files)
-    assert "site-4 left out: RuntimeError: disk on fire" in "\n".join(lines)
+    assert "site-4 left out: refused: RuntimeError: disk on fire" in "\n".join(lines)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "RuntimeError: disk on fire" in metrics[0]["excluded"]["site-4"]

@@ -180,12 +180,7 @@ def compare(name: str, flower_out: Path, inproc: Any) -> None:
     assert not np.array_equal(fl_weights, np.load(flower_out / "weights_initial.npy"))
 
 
-ENGINE_GAPS = {
-    # secure_fl/engine/client.py _check_rules applies the roster's noise-provisioning
-    # check (provisioned <= n - c) to protocol = "plain", where the server sends
-    # provisioned = n and no client adds a noise share: every rostered site refuses.
-    "plain": "engine: a rostered site refuses plain set-ups (provisioned = n > n - c)",
-}
+ENGINE_GAPS: dict[str, str] = {}  # scenarios the engine cannot run yet (none)
 
 
 @pytest.mark.parametrize(
