@@ -256,3 +256,62 @@ def test_site_failures_reach_the_log_metrics_and_ledger(tmp_path: Path, monkeypa
     assert "site-4 left out: refused: RuntimeError: disk on fire" in "\n".join(lines)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "RuntimeError: disk on fire" in metrics[0]["excluded"]["site-4"]
+
+
+class _ServerDied(BaseException):
+    """Stands in for the ServerApp process dying (not an Exception: nothing catches it)."""
+
+
+@pytest.mark.parametrize("crash_stage", ["train", "masked_input"], ids=["between", "mid-aggregation"])
+def test_flower_server_crash_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_stage: str) -> None:
+    """The ServerApp dies after aggregation 2 (before aggregation 3 starts training, or in
+    its masking stage); `resume = true` continues from the checkpoint: versions 1..3
+    once each, one verifying hash chain, and (reproducible noise) the same model and DP
+    events as an uninterrupted run."""
+    from secure_fl.transport.flower.grid import FlowerTransport
+
+    site_files = _make_sites(tmp_path)
+    nodes = [11, 22, 33]
+    cfg = _pilot_config(tmp_path, 3)
+    overrides = ("simulation.reproducible_noise=true",)
+
+    def deploy(out: Path, *, resume: bool = False) -> None:
+        grid = FakeGrid({n: client_app.app for n in nodes}, run_config={"config": str(cfg)})
+        for n, path in zip(nodes, site_files, strict=True):
+            grid.contexts[n].node_config["site-config"] = str(path)
+        settings = server_app.DeploymentSettings(
+            config_path=str(cfg), out_dir=out, min_nodes=3, overrides=overrides, resume=resume,
+            connect_timeout=5, train_timeout=30, stage_timeout=5, poll_interval=0.01,
+        )
+        server_app.run_deployment(grid, settings, log=lambda _m: None)
+
+    deploy(tmp_path / "whole")
+    real_exchange = FlowerTransport.exchange
+    seen = {"train": 0}
+
+    def dying_exchange(self: FlowerTransport, command: Any) -> Any:
+        if command.stage == "train":
+            seen["train"] += 1
+        if seen["train"] == 3 and command.stage == crash_stage:
+            raise _ServerDied
+        return real_exchange(self, command)
+
+    monkeypatch.setattr(FlowerTransport, "exchange", dying_exchange)
+    with pytest.raises(_ServerDied):
+        deploy(tmp_path / "crashed")
+    monkeypatch.setattr(FlowerTransport, "exchange", real_exchange)
+    crashed = tmp_path / "crashed"
+    assert not (crashed / "summary.json").exists()
+    with pytest.raises(Exception, match="unfinished run"):
+        deploy(crashed)  # a restart without resume = true does not overwrite the run
+    deploy(crashed, resume=True)
+
+    metrics = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["version"] for m in metrics] == [1, 2, 3]
+    report = verify_ledger(crashed / "ledger.jsonl", load_public_key(crashed / "ledger_public_key.pem"))
+    assert report.ok, report.problems
+    whole = [json.loads(line)["body"] for line in (tmp_path / "whole" / "ledger.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line)["body"] for line in (crashed / "ledger.jsonl").read_text().splitlines()]
+    assert [b["version"] for b in resumed] == [1, 2, 3]
+    assert [b["dp_event"] for b in resumed] == [b["dp_event"] for b in whole]
+    assert np.array_equal(np.load(crashed / "weights_final.npy"), np.load(tmp_path / "whole" / "weights_final.npy"))

@@ -9,7 +9,10 @@ provisioning, budgets, sparsity, evaluation, metrics, ledger and transcript are 
 engine's -- the same code the in-process simulator runs. This module only moves files:
 it writes the run directory (DESIGN.md section 7: ``config.toml``, ``ledger.jsonl`` +
 ``ledger_public_key.pem``, ``transcript.json``, ``metrics.jsonl``, ``progress.jsonl``,
-``summary.json``, ``model.pt``, ``weights_initial.npy``/``weights_final.npy``).
+``summary.json``, ``model.pt``, ``weights_initial.npy``/``weights_final.npy``) through
+:class:`~secure_fl.engine.checkpoint.RunStore`, the same store ``secure-fl run`` uses: a
+write-ahead checkpoint after every completed aggregation, so ``resume = true`` continues
+a run whose server died from its last completed aggregation on one ledger chain.
 
 Before the engine's authenticated hello the ServerApp waits until ``min-nodes``
 SuperNodes are connected (``connect-timeout``). The model's input shape is the run
@@ -38,14 +41,12 @@ from audits.ledger import (
     LEDGER_FILENAME,
     PUBLIC_KEY_FILENAME,
     LedgerWriter,
-    generate_server_key,
-    save_public_key,
 )
-from audits.transcript import TranscriptWriter
 from crypto.prg import Csprng
 from secure_fl import __version__
 from secure_fl.accounting import calibrate_config
 from secure_fl.config import RunConfig, config_hash, load_config, to_toml
+from secure_fl.engine.checkpoint import RunStore
 from secure_fl.engine.transport import HELLO, Envelope, Exchange, drive
 from secure_fl.errors import ConfigError, ProtocolError
 from secure_fl.hello import new_challenge
@@ -104,12 +105,26 @@ def run_deployment(
     wall = time.perf_counter()
     config = calibrate_config(load_config(settings.config_file(), list(settings.overrides)))
     out = (settings.out_dir or Path("runs") / f"flower-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}").resolve()
-    if (out / "summary.json").exists():
-        raise ConfigError(f"{out} already holds a finished run; choose another out-dir", field="out-dir")
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"secure-fl: writing the run to {out}")
+    if settings.resume:
+        if settings.out_dir is None:
+            raise ConfigError("resume = true needs the out-dir of the run to continue", field="resume")
+        # Verify key, checkpoint and ledger and repair them to the checkpoint first
+        # (secure_fl.engine.checkpoint): nothing is sent for a directory that cannot resume.
+        store = RunStore.open(out, config_sha256=config_hash(config), protocol=config.protocol, resume=True,
+                              state_dir=settings.state_dir)
+        log(f"secure-fl: resuming the run in {out}")
+    else:
+        if (out / "summary.json").exists():
+            raise ConfigError(f"{out} already holds a finished run; choose another out-dir", field="out-dir")
+        if (out / LEDGER_FILENAME).exists():
+            raise ConfigError(f"{out} already holds an unfinished run; set resume = true to continue it, "
+                              "or choose another out-dir", field="out-dir")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        store = RunStore.open(out, config_sha256=config_hash(config), protocol=config.protocol, resume=False,
+                              state_dir=settings.state_dir)
+        log(f"secure-fl: writing the run to {out}")
     progress = (out / "progress.jsonl").open("a", encoding="utf-8")
-    metrics_fh = (out / "metrics.jsonl").open("w", encoding="utf-8")
 
     def note(**event: Any) -> None:
         progress.write(json.dumps({"t": round(time.time(), 3), **event}) + "\n")
@@ -127,15 +142,14 @@ def run_deployment(
         torch.manual_seed(config.seed)
         model = build_model(config.model, shape, settings.num_classes)
         initial = get_flat(model).astype(np.float32).copy()
-        (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
-        server_key = generate_server_key()
-        save_public_key(server_key, out / PUBLIC_KEY_FILENAME)
-        ledger = LedgerWriter.create(out / LEDGER_FILENAME, server_key)
-        transcript = TranscriptWriter(config.protocol)
+        if settings.resume and (out / "weights_initial.npy").exists():
+            initial = np.load(out / "weights_initial.npy")
+        np.save(out / "weights_initial.npy", initial)
+        ledger = store.ledger
+        transcript = store.transcript
 
         def sink(record: dict[str, Any]) -> None:
-            metrics_fh.write(json.dumps(record) + "\n")
-            metrics_fh.flush()
+            store.metrics_sink(record)  # written after the checkpoint that carries it
             note(event="aggregated", version=record["version"], survivors=record["survivors"],
                  excluded=record["excluded"], aborted=record["aborted"])
             line = f"secure-fl: aggregation {record['version']}: survivors {record['survivors']}"
@@ -151,18 +165,17 @@ def run_deployment(
         memory = _memory_choice(config, model, shape)
         engine = ServerEngine(
             config, model, num_classes=settings.num_classes, memory=memory, ledger=ledger,
-            transcript=transcript, metrics_sink=sink, rng=_server_rng(config), transport_name="flower",
-            min_clients=2,
+            transcript=transcript, metrics_sink=sink, rng=store.server_rng(_server_rng(config)),
+            transport_name="flower", min_clients=2, resume=store.engine_resume,
         )
+        store.attach(engine, reproducible=config.simulation.reproducible_noise)
         result = drive(engine.run(transport.reachable()), transport)
     finally:
-        metrics_fh.close()
         progress.close()
     for address, why in sorted(result.excluded_at_hello.items()):
         log(f"node {address}: excluded at hello: {why}")
     summary = _summary(config, result, engine, initial, wall, transcript.write(out / "transcript.json"), ledger)
     torch.save(model.state_dict(), out / "model.pt")
-    np.save(out / "weights_initial.npy", initial)
     np.save(out / "weights_final.npy", result.weights)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "arrivals.jsonl").write_text(

@@ -10,7 +10,10 @@ excluded at hello), ``connect-timeout``, ``train-timeout`` (set-up: local traini
 model's input shape, e.g. ``"30"`` or ``"1,8,8"``; empty: the shape most parties report),
 ``drop-plan`` (rehearsals and tests only: JSON ``{aggregation: {site name: stage}}``, the
 parties the transport silences from that stage on, as
-:class:`~secure_fl.transport.dropouts.DropPlan`).
+:class:`~secure_fl.transport.dropouts.DropPlan`), ``resume`` (``true``: continue the run
+in ``out-dir`` after the server died, from its last completed aggregation, exactly as
+``secure-fl run --resume DIR``), ``state-dir`` (the server's private state: ledger
+signing key; default ``<out-dir>.server``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class DeploymentSettings:
     num_classes: int = 2
     feature_shape: tuple[int, ...] | None = None
     drop_plan: dict[int, dict[str, str]] | None = None
+    resume: bool = False
+    state_dir: Path | None = None
 
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any], *, base_dir: Path | None = None) -> DeploymentSettings:
@@ -72,6 +77,8 @@ class DeploymentSettings:
             num_classes=_num_classes(rc.get("num-classes", 2)),
             feature_shape=_shape(rc.get("feature-shape", "")),
             drop_plan=_drop_plan(rc.get("drop-plan", "")),
+            resume=_flag(rc.get("resume", False), "resume"),
+            state_dir=_path(rc.get("state-dir", ""), "state-dir"),
         )
 
     def config_file(self) -> Path | None:
@@ -82,6 +89,20 @@ class DeploymentSettings:
         if not path.is_absolute() and self.base_dir is not None:
             path = self.base_dir / path
         return path
+
+
+def _flag(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(f"must be true or false, got {value!r}", field=key)
+
+
+def _path(value: Any, key: str) -> Path | None:
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a path string, got {value!r}", field=key)
+    return Path(value).expanduser() if value else None
 
 
 def _drop_plan(value: Any) -> dict[int, dict[str, str]] | None:
