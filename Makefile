@@ -6,9 +6,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 EXTRAS ?= dev,flower
+# `make test` leaves out the multi-minute Flower deployments (marker `heavy`); `make test-heavy` runs them.
+PYTEST_ARGS ?= -m "not heavy"
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run test lint typecheck bench venv clean
+.PHONY: run test test-heavy lint typecheck bench venv clean
 
 venv: $(STAMP)
 
@@ -32,6 +34,9 @@ typecheck: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -m heavy -s
 
 bench: $(STAMP)
 	$(BIN)/secure-fl bench $(ARGS)

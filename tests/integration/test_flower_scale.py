@@ -21,7 +21,7 @@ from test_transport_equivalence import BASE, _merge  # noqa: E402
 
 from secure_fl.config import build_config, to_toml  # noqa: E402
 
-pytestmark = [pytest.mark.flower, pytest.mark.slow]
+pytestmark = [pytest.mark.flower, pytest.mark.slow, pytest.mark.heavy]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "flower_pilot"

@@ -64,6 +64,7 @@ def _simulate(tmp_path: Path, *, supernodes: int, overrides: str) -> tuple[dict,
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_one_hundred_virtual_clients_two_aggregations(tmp_path: Path) -> None:
     summary, elapsed = _simulate(tmp_path, supernodes=100, overrides="rounds=2")
     print(f"100 virtual SuperNodes, 2 aggregations: {elapsed:.1f} s")

@@ -111,6 +111,7 @@ def test_combined_async_random_k_record_dp_on_tls_equals_in_process(tls: TlsFede
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_ckks_with_a_key_holder_supernode_and_pruning(tls: TlsFederation) -> None:
     config = build_config(_merge(BASE, {"protocol": "ckks", "dp": {"mechanism": "gaussian"},
                                         "sparsity": {"kind": "prune", "density": 0.5}}))
@@ -127,6 +128,7 @@ def test_ckks_with_a_key_holder_supernode_and_pruning(tls: TlsFederation) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_memory_budget_on_tls(tls: TlsFederation) -> None:
     config = build_config(_merge(BASE, {"sparsity": {"kind": "memory_budget", "density": 0.6}, "rounds": 1}))
     out = tls.run("memory", config)
