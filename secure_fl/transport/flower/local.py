@@ -28,7 +28,7 @@ from typing import Any
 
 from secure_fl.errors import ConfigError, ProtocolError
 
-__all__ = ["LocalFederation", "run_local_federation"]
+__all__ = ["LocalFederation", "descendants", "free_port", "run_local_federation"]
 
 BIN = Path(sys.executable).parent
 
@@ -76,13 +76,15 @@ client = make_client_app()
 '''
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every descendant pid of ``pid`` (from ``ps``), so a tree is killed by pid, not name."""
     out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
     children: dict[int, list[int]] = {}
     for line in out.splitlines():
@@ -98,7 +100,7 @@ def _descendants(pid: int) -> list[int]:
 
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL a process we started and every descendant, by pid."""
-    for target in [proc.pid, *_descendants(proc.pid)]:
+    for target in [proc.pid, *descendants(proc.pid)]:
         try:
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
@@ -133,7 +135,7 @@ class LocalFederation:
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "FLWR_HOME": str(self.root / "flwr-cli"), "OMP_NUM_THREADS": "1"}
         self.certs = create_pilot_certs(self.root / "certs")
-        self.port = _free_port()
+        self.port = free_port()
         self._runs = 0
 
     def _start(self, name: str, args: list[str]) -> None:
@@ -152,7 +154,7 @@ class LocalFederation:
         _wait_for(self.root / "superlink.log", "Uvicorn running", timeout)
         for name, node_config in self.nodes.items():
             self._start(name, [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
-                               "--root-certificates", str(c.ca_cert), "--port", str(_free_port()),
+                               "--root-certificates", str(c.ca_cert), "--port", str(free_port()),
                                "--node-config", node_config])
         for name in self.nodes:
             _wait_for(self.root / f"{name}.log", "SuperNode ID", timeout)
@@ -187,7 +189,7 @@ class LocalFederation:
     def down(self) -> None:
         """Stop every process this federation started."""
         for proc in self.procs.values():
-            if proc.poll() is None or _descendants(proc.pid):
+            if proc.poll() is None or descendants(proc.pid):
                 _kill_tree(proc)
 
     def __enter__(self) -> LocalFederation:
