@@ -43,8 +43,8 @@ from secure_fl.config import DataConfig, RunConfig
 from secure_fl.errors import ConfigError, DataError
 
 __all__ = [
-    "ClientData",
     "FederatedData",
+    "SiteData",
     "SiteSource",
     "federated_data_from_sites",
     "load_federated_data",
@@ -64,13 +64,29 @@ IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
-class ClientData:
-    """One client's local data: a training split and a personal test split."""
+class SiteData:
+    """One site's (simulated client's) examples: a local training split and a local
+    test split (personal metrics, federated evaluation, the memory-budget probe).
+
+    The one definition for every transport: simulated clients
+    (:func:`load_federated_data`), the engine's :class:`~secure_fl.engine.client.Site`
+    and a deployed site's files (:func:`secure_fl.transport.flower.site.load_site_data`).
+    """
 
     x_train: FloatArray
     y_train: IntArray
     x_test: FloatArray
     y_test: IntArray
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """Largest label seen + 1 (the server takes the maximum over the sites)."""
+        labels = np.concatenate([self.y_train, self.y_test])
+        return int(labels.max()) + 1 if labels.size else 0
 
     @property
     def num_train(self) -> int:
@@ -81,7 +97,7 @@ class ClientData:
 class FederatedData:
     """All clients' data plus the global held-out test set."""
 
-    clients: tuple[ClientData, ...]
+    clients: tuple[SiteData, ...]
     x_test: FloatArray
     y_test: IntArray
     feature_shape: tuple[int, ...]
@@ -540,7 +556,7 @@ def _finish(
     clients = []
     for px, py in parts_xy:
         xtr_c, ytr_c, xte_c, yte_c = _split(px, py, dc.client_test_fraction, rng)
-        clients.append(ClientData(xtr_c, ytr_c, xte_c, yte_c))
+        clients.append(SiteData(xtr_c, ytr_c, xte_c, yte_c))
     return FederatedData(
         clients=tuple(clients),
         x_test=x_test.astype(np.float32),

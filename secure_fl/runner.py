@@ -67,7 +67,6 @@ from secure_fl.engine.client import (
     ClientEngine,
     MemoryBudget,
     Site,
-    SiteData,
     SiteRules,
 )
 from secure_fl.engine.roles.ckks import KeyHolderEngine
@@ -253,7 +252,7 @@ def build_parties(
         site = Site(
             name=name,
             identity_key=identities.key(cid),
-            data=SiteData(client.x_train, client.y_train, client.x_test, client.y_test),
+            data=client,
             rules=rules,
             budget=MemoryBudget(cap=float(cap) if cap else math.inf, delta=dp.delta, name=name),
             model=model,

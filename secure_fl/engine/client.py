@@ -60,6 +60,7 @@ from privacy.budget import ClientBudgets
 from privacy.clipping import clip_indicator, clip_l2
 from privacy.events import DPEvent, NonPrivateEvent
 from secure_fl.config import RunConfig, build_config
+from secure_fl.data import SiteData
 from secure_fl.engine import public
 from secure_fl.engine.transport import (
     CKKS_DECRYPT,
@@ -160,29 +161,6 @@ class MemoryBudget:
 
     def epsilon(self) -> float:
         return float(self._budgets.epsilon(self.name))
-
-
-@dataclass(frozen=True)
-class SiteData:
-    """The site's examples: a local training and a local test split."""
-
-    x_train: npt.NDArray[np.float32]
-    y_train: npt.NDArray[np.int64]
-    x_test: npt.NDArray[np.float32]
-    y_test: npt.NDArray[np.int64]
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return tuple(int(v) for v in self.x_train.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        labels = np.concatenate([self.y_train, self.y_test])
-        return int(labels.max()) + 1 if labels.size else 0
-
-    @property
-    def num_train(self) -> int:
-        return int(self.y_train.shape[0])
 
 
 @dataclass(frozen=True)

@@ -100,11 +100,7 @@ def build_site(site_cfg: SiteConfig, config: RunConfig, *, num_classes: int, rol
     update leaves (it may be cut off before learning who survived).
     """
     roster = load_roster(site_cfg.roster)
-    if role == KEY_HOLDER:
-        data = SiteData(*_empty_data())
-    else:
-        d = load_site_data(site_cfg)
-        data = SiteData(d.x_train, d.y_train, d.x_test, d.y_test)
+    data = SiteData(*_empty_data()) if role == KEY_HOLDER else load_site_data(site_cfg)
     rules = SiteRules(
         roster=roster,
         budget_cap=site_cfg.budget_cap,
@@ -212,7 +208,7 @@ def simulated_site(context: Context, config: RunConfig, *, num_classes: int, sto
     return Site(
         name=name,
         identity_key=research_identity(config, name),
-        data=SiteData(client.x_train, client.y_train, client.x_test, client.y_test),
+        data=client,
         rules=SiteRules(roster=None, max_colluders=config.threat.max_colluders),
         budget=StateBudget(store, name=name, cap=math.inf, delta=config.dp.delta),
         model=_model(config, fed.feature_shape, num_classes),

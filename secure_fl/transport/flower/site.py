@@ -51,7 +51,7 @@ from audits.events_codec import decode_event, encode_event
 from audits.ledger import load_private_key, save_private_key
 from privacy.budget import ClientBudgets
 from privacy.events import DPEvent, NonPrivateEvent
-from secure_fl.data import _read_site_file
+from secure_fl.data import SiteData, _read_site_file
 from secure_fl.errors import (
     ConfigError,
     DataError,
@@ -193,26 +193,6 @@ def load_identity_key(site: SiteConfig) -> Ed25519PrivateKey:
 
 
 # -- data ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SiteData:
-    """The site's examples, split into a local training and a local test part."""
-
-    x_train: npt.NDArray[np.float32]
-    y_train: npt.NDArray[np.int64]
-    x_test: npt.NDArray[np.float32]
-    y_test: npt.NDArray[np.int64]
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return tuple(int(v) for v in self.x_train.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        """Largest label seen + 1 (the server takes the maximum over the sites)."""
-        labels = np.concatenate([self.y_train, self.y_test])
-        return int(labels.max()) + 1 if labels.size else 0
-
-
 def load_site_data(site: SiteConfig, *, seed: int = 0) -> SiteData:
     """Read the site's CSV/NPZ file; split off ``test_fraction``; standardise locally.
 
