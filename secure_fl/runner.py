@@ -43,7 +43,7 @@ from audits.transcript import TranscriptWriter
 from crypto.prg import Csprng
 from crypto.signatures import generate_identity
 from secure_fl import __version__
-from secure_fl.accounting import calibrate_config, unnoised_statistics_allowed
+from secure_fl.accounting import calibrate_config
 from secure_fl.aggregation import Aggregator, PlainAggregator
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
@@ -71,7 +71,6 @@ from secure_fl.engine.client import (
 )
 from secure_fl.engine.roles.ckks import KeyHolderEngine
 from secure_fl.engine.server import ServerEngine
-from secure_fl.engine.support import choose_memory_subset
 from secure_fl.engine.transport import Envelope, Exchange, drive
 from secure_fl.errors import ConfigError
 from secure_fl.identities import ClientIdentities
@@ -243,6 +242,7 @@ def build_parties(
         min_threshold=1,
         min_neighbors=1,
         key_holder=holder_key.public_key().public_bytes_raw() if holder_key is not None else None,
+        allow_unnoised_metrics=True,  # one party: the run configuration decides (the probe checks it)
     )
     dp = config.dp
     parties: list[SimParty] = []
@@ -316,11 +316,6 @@ def _run(
     full_memory = subset_memory(
         layout, frozenset(range(len(layout))), batch_size=config.train.batch_size
     )
-    memory = (
-        choose_memory_subset(config, model, data, layout)
-        if config.sparsity.kind == "memory_budget"
-        else None
-    )
     path: Path | None = None
     if store is None and write:
         path = Path(out_dir) if out_dir is not None else _default_out_dir()
@@ -380,31 +375,16 @@ def _run(
         model,
         num_classes=data.num_classes,
         evaluator=evaluator,
-        memory=memory,
         ledger=ledger,
         transcript=transcript,
         metrics_sink=sink,
         rng=server_rng,
         on_progress=on_progress,
-        client_memory_bytes=memory.memory_bytes if memory is not None else full_memory,
+        client_memory_bytes=full_memory,
         resume=store.engine_resume if store is not None else None,
     )
     saved: Mapping[str, Any] = store.saved if store is not None else {}
     privacy = engine.privacy
-    unnoised_ok = unnoised_statistics_allowed(config)
-    dp_on = config.dp.mechanism != "none" or config.dp.record_level
-    if memory is not None and memory.report["probe_clients"] and dp_on:
-        privacy.add_hazard(
-            "memory-budget probe: the validation accuracies of clients "
-            f"{memory.report['probe_clients']} chose the trained subset without noise or "
-            "accounting (dp.allow_unnoised_site_metrics = true); not covered by epsilon"
-        )
-    if unnoised_ok and dp_on:
-        privacy.add_hazard(
-            "personalized_accuracy in metrics.jsonl is the mean accuracy on cohort clients' own "
-            "test splits, released without noise or accounting (dp.allow_unnoised_site_metrics "
-            "= true); not covered by epsilon"
-        )
     parties, _holder = build_parties(config, data, model, identities, loss_fn=loss_fn)
     if store is not None and saved:
         # The simulated sites' own budgets and countersigning positions, from the entries
@@ -447,6 +427,7 @@ def _run(
         bar.note("stopped early: every site's privacy budget is spent")
     metrics = result.metrics
     weights = result.weights
+    memory = engine.memory
     set_flat(model, weights)
     accs = [m["test_accuracy"] for m in metrics if m["test_accuracy"] is not None]
     uploads = [m["upload_bytes_per_client"] for m in metrics if m["upload_bytes"]]

@@ -13,6 +13,14 @@ Per message kind (:mod:`secure_fl.engine.transport`):
     Name, role, identity public key, feature shape, number of classes and of training
     examples, and a proof of possession of the identity key over the server's fresh
     challenge (:mod:`secure_fl.hello`). Nothing else about the data leaves.
+``PROBE``
+    The memory-budget probe (once per run, ``sparsity.kind = "memory_budget"``): the
+    initial weights and candidate tensor subsets; the site trains each candidate alone
+    on its own data and replies one validation accuracy per candidate
+    (:func:`secure_fl.engine.support.probe_accuracies`). These scalars carry no noise:
+    the site refuses (``refusal = "rules"``) unless the run configuration allows unnoised
+    site metrics (:func:`secure_fl.accounting.unnoised_statistics_allowed`) *and* its
+    own rules do (:attr:`SiteRules.allow_unnoised_metrics`).
 ``SETUP``
     An aggregation's public set-up. With ``train``: the site trains from the global
     model (optionally record-level DP-SGD, :func:`secure_fl.training.train_local_dp`)
@@ -66,6 +74,7 @@ from secure_fl.engine.transport import (
     CKKS_DECRYPT,
     EVALUATE,
     HELLO,
+    PROBE,
     PROTOCOL,
     SETUP,
     WITNESS,
@@ -171,7 +180,10 @@ class SiteRules:
     built every identity: then only the site's own key at its index is checked);
     ``require_dp``: refuse any aggregation without client-level DP; ``max_colluders``:
     colluders the site assumes (the larger of this and the run's counts); floors on the
-    SecAgg cohort size, threshold and neighbours.
+    SecAgg cohort size, threshold and neighbours; ``allow_unnoised_metrics``: answer the
+    memory-budget probe (validation accuracies without noise, outside any epsilon) when
+    the run asks for it. A deployed site sets it in its ``site.toml`` (default ``false``);
+    a simulated site follows the run configuration (the simulation is one party).
     """
 
     roster: Roster | None = None
@@ -182,6 +194,7 @@ class SiteRules:
     min_threshold: int = 1
     min_neighbors: int = 1
     key_holder: bytes | None = None  # the CKKS key holder identity the site pins
+    allow_unnoised_metrics: bool = False
 
 
 @dataclass
@@ -270,6 +283,7 @@ class ClientEngine:
     def handle(self, kind: str, envelope: Envelope, state: StateStore) -> Envelope:
         handlers: dict[str, Callable[[Envelope, StateStore], Envelope]] = {
             HELLO: self.hello,
+            PROBE: self.probe,
             SETUP: self.setup,
             PROTOCOL: self.protocol,
             WITNESS: self.witness,
@@ -314,6 +328,44 @@ class ClientEngine:
                 "num_train": site.data.num_train,
             }
         )
+
+    # -- the memory-budget probe -------------------------------------------------------------
+    def probe(self, env: Envelope, state: StateStore) -> Envelope:
+        from secure_fl.accounting import unnoised_statistics_allowed
+        from secure_fl.engine.support import probe_accuracies
+        from secure_fl.memory_budget import tensor_layout
+        from secure_fl.models import set_flat
+
+        site = self.site
+        config = self._config(env)
+        if not unnoised_statistics_allowed(config):
+            raise _Refusal("the run does not allow unnoised site metrics (dp.allow_unnoised_site_metrics = false "
+                           "under DP): the probe's accuracies would carry no noise", "rules")
+        if not site.rules.allow_unnoised_metrics:
+            raise _Refusal(f"site {site.name} does not report unnoised metrics (allow_unnoised_metrics = false "
+                           "in its own rules)", "rules")
+        weights = env.arrays.get("weights")
+        member = env.arrays.get("candidates")
+        if weights is None or weights.ndim != 1:
+            raise RemoteProtocolError("the probe carries no model")
+        layout = tensor_layout(site.model, site.data.feature_shape)
+        names = env.get("tensor_names", list)
+        if names != [t.name for t in layout] or weights.size != sum(t.size for t in layout):
+            raise RemoteProtocolError(f"the probe's tensors {names} are not this site's model's "
+                                      f"{[t.name for t in layout]}")
+        if member is None or member.ndim != 2 or member.shape[1] != len(layout) or not np.isin(member, (0, 1)).all():
+            raise RemoteProtocolError("the probe's candidates are not a 0/1 matrix of candidates x tensors")
+        candidates = [frozenset(int(t) for t in np.flatnonzero(row)) for row in member]
+        if not candidates or not all(candidates):
+            raise RemoteProtocolError("the probe names an empty candidate subset")
+        index = env.get("index", int)
+        if index < 0:
+            raise RemoteProtocolError(f"probe index must be >= 0, got {index}")
+        set_flat(site.model, np.asarray(weights, dtype=np.float32))
+        self._load_local(state)
+        accs = probe_accuracies(site.model, layout, candidates, site.data, config.train, seed=config.seed + index,
+                                loss_fn=site.loss_fn)
+        return Envelope(fields={"site": site.name, "probe_accuracy": accs})
 
     # -- set-up: train and/or join an aggregation -------------------------------------------
     def setup(self, env: Envelope, state: StateStore) -> Envelope:

@@ -6,6 +6,13 @@ resumed with their results; it never touches a socket or a clock. One run:
 1. **hello** to every reachable party: a fresh challenge, and each party's name, role
    (``"client"`` or ``"key-holder"``), identity key and proof of possession
    (:func:`secure_fl.hello.screen_hellos`); parties without a valid proof are excluded.
+   **probe** (``sparsity.kind = "memory_budget"``, once per run; a resumed run has its
+   choice from the snapshot): the tensor subsets that fit the memory budget are scored
+   by up to 10 clients on their own data (``PROBE``: one unnoised validation accuracy per
+   candidate, only when :func:`secure_fl.accounting.unnoised_statistics_allowed` and the
+   site's own rules allow it); the best mean over the clients that answered wins, or,
+   with no probe or no answer, the subset training the most parameters
+   (:func:`secure_fl.engine.support.memory_choice`).
 2. **aggregations** (``rounds`` server model versions). Synchronous: each draws a
    cohort (:mod:`secure_fl.sampling`: fixed or Poisson), sends the training set-up
    (``SETUP`` with ``train``; members past ``aggregation.timeout_s`` are late and left
@@ -58,10 +65,18 @@ from secure_fl.engine.records import Outcome, finite, ledger_body, library_versi
 from secure_fl.engine.roles import ckks as ckks_role
 from secure_fl.engine.roles import plain as plain_role
 from secure_fl.engine.roles import secagg as secagg_role
-from secure_fl.engine.support import MemoryChoice, make_pruner, support_for
+from secure_fl.engine.support import (
+    MemoryChoice,
+    make_pruner,
+    memory_candidates,
+    memory_choice,
+    probe_positions,
+    support_for,
+)
 from secure_fl.engine.transport import (
     EVALUATE,
     HELLO,
+    PROBE,
     SETUP,
     WITNESS,
     Command,
@@ -72,8 +87,9 @@ from secure_fl.engine.transport import (
     Now,
     Post,
 )
-from secure_fl.errors import ConfigError, ProtocolError, RemoteProtocolError
+from secure_fl.errors import CheckpointError, ConfigError, ProtocolError, RemoteProtocolError
 from secure_fl.hello import HelloReply, new_challenge, screen_hellos
+from secure_fl.memory_budget import tensor_layout
 from secure_fl.models import get_flat
 from secure_fl.personalization import LocalLayers
 from secure_fl.sampling import fixed_cohort, poisson_cohort
@@ -132,10 +148,13 @@ class ServerEngine:
 
     ``model`` gives the architecture (initial weights, prunable tensors, local layers);
     ``evaluator`` evaluates a global model on a held-out set the server holds (the
-    simulation's test split; ``None``: clients evaluate, ``EVALUATE``); ``memory`` the
-    run's memory-budget subset; ``ledger``/``transcript``/``metrics_sink`` the records;
+    simulation's test split; ``None``: clients evaluate, ``EVALUATE``);
+    ``ledger``/``transcript``/``metrics_sink`` the records;
     ``rng`` the server's own CSPRNG (central noise, Poisson draws); ``resume`` a snapshot
-    given to :attr:`on_aggregation_complete` by an earlier run.
+    given to :attr:`on_aggregation_complete` by an earlier run; ``client_memory_bytes``
+    the training memory the metrics report (replaced by the chosen subset's under
+    ``sparsity.kind = "memory_budget"``, whose subset the engine chooses itself:
+    :attr:`memory`).
     """
 
     def __init__(
@@ -145,7 +164,6 @@ class ServerEngine:
         *,
         num_classes: int,
         evaluator: Evaluator | None = None,
-        memory: MemoryChoice | None = None,
         ledger: LedgerWriter | None = None,
         transcript: TranscriptWriter | None = None,
         metrics_sink: Callable[[dict[str, Any]], None] | None = None,
@@ -162,7 +180,8 @@ class ServerEngine:
         self.model = model
         self.num_classes = num_classes
         self.evaluator = evaluator
-        self.memory = memory
+        self.memory: MemoryChoice | None = None  # the memory-budget subset (probe phase)
+        self.feature_shape: tuple[int, ...] = ()  # the clients' feature shape (hello)
         self.ledger = ledger
         self.transcript = transcript or TranscriptWriter(config.protocol)
         self.metrics_sink = metrics_sink
@@ -209,6 +228,7 @@ class ServerEngine:
             "ledger_head": self.ledger.head if self.ledger is not None else None,
             "metrics_count": len(self.metrics),
             "metrics": copy.deepcopy(self.metrics),
+            "memory": self.memory.state_dict() if self.memory is not None else None,
         }
 
     def load_snapshot(self, snap: dict[str, Any]) -> None:
@@ -229,11 +249,24 @@ class ServerEngine:
         if snap.get("sample_rng") is not None:
             self.sample_rng.bit_generator.state = snap["sample_rng"]
         self.metrics = list(snap.get("metrics") or [])
+        if snap.get("memory") is not None:
+            self.memory = MemoryChoice.from_state(snap["memory"])
+            self.client_memory_bytes = self.memory.memory_bytes
+        elif self.config.sparsity.kind == "memory_budget":
+            raise CheckpointError("the snapshot of a memory-budget run lacks its chosen subset; probing again could "
+                                  "change the support in the middle of the run", field="sparsity.kind")
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, addresses: Sequence[int]) -> Generator[Command, Any, ServerResult]:
         """The whole run over the parties at ``addresses`` (``transport.reachable()``)."""
         excluded = yield from self._hello(list(addresses))
+        yield from self._choose_memory()
+        if unnoised_statistics_allowed(self.config) and _dp_on(self.config):
+            self.privacy.add_hazard(
+                "personalized_accuracy in metrics.jsonl is the mean accuracy on cohort clients' own "
+                "test splits, released without noise or accounting (dp.allow_unnoised_site_metrics "
+                "= true); not covered by epsilon"
+            )
         if self.config.aggregation.mode == "sync":
             yield from self._run_sync()
         else:
@@ -273,6 +306,7 @@ class ServerEngine:
                 excluded[address] = str(exc)
         screen = screen_hellos(answers, challenge=challenge, num_classes=max(2, self.num_classes))
         excluded.update(screen.excluded)
+        self.feature_shape = tuple(screen.feature_shape)
         self.clients = sorted(
             (Party(r.node, r.name, "client", r.identity_key, r.num_train) for r in screen.accepted),
             key=lambda p: (isinstance(p.ident, str), p.ident if isinstance(p.ident, int) else 0, p.name),
@@ -288,6 +322,55 @@ class ServerEngine:
         if len(self.clients) < self.min_clients:
             raise ProtocolError(f"only {len(self.clients)} clients passed hello; at least {self.min_clients} needed")
         return excluded
+
+    # -- the memory-budget probe ----------------------------------------------------------------------
+    def _choose_memory(self) -> Generator[Command, Any, None]:
+        """The run's memory-budget subset (``sparsity.kind = "memory_budget"``), once,
+        after hello and before the first aggregation; a resumed run has it already.
+
+        Candidates: the maximal tensor subsets that fit the budget
+        (:func:`~secure_fl.engine.support.memory_candidates`). When unnoised statistics
+        are allowed (:func:`~secure_fl.accounting.unnoised_statistics_allowed`) the
+        clients at :func:`~secure_fl.engine.support.probe_positions` of the sorted client
+        list get ``PROBE``: the initial weights, the candidates (a 0/1 matrix, candidates x
+        tensors), the tensor names and the run configuration. Each site checks its own
+        rules and replies one validation accuracy per candidate
+        (:func:`~secure_fl.engine.support.probe_accuracies`) or refuses; a refusal, a
+        failure, a malformed reply or no answer leaves that client out of the mean
+        (``probe_excluded`` in the report says why).
+        """
+        cfg = self.config
+        if cfg.sparsity.kind != "memory_budget" or self.memory is not None:
+            return
+        layout = tensor_layout(self.model, self.feature_shape)
+        candidates = memory_candidates(cfg, layout)
+        answered: list[tuple[Any, list[float]]] = []
+        excluded: dict[str, str] = {}
+        if unnoised_statistics_allowed(cfg):
+            asked = [(i, self.clients[i]) for i in probe_positions(cfg, len(self.clients))]
+            member = np.array([[t in c for t in range(len(layout))] for c in candidates], dtype=np.uint8)
+            arrays: dict[str, npt.NDArray[Any]] = {"weights": self.weights, "candidates": member}
+            base: dict[str, FieldValue] = {
+                "config_toml": self.cfg_text, "run": self.run_tag, "tensor_names": [t.name for t in layout],
+            }
+            replies: dict[int, Envelope] = yield Exchange(
+                {p.address: (PROBE, Envelope(fields={**base, "index": i}, arrays=arrays)) for i, p in asked},
+                stage="probe",
+            )
+            for _i, p in asked:
+                accs = _probe_reply(replies.get(p.address), len(candidates))
+                if isinstance(accs, str):
+                    excluded[str(p.ident)] = accs
+                else:
+                    answered.append((p.ident, accs))
+        self.memory = memory_choice(cfg, layout, candidates, probe=answered, probe_excluded=excluded)
+        self.client_memory_bytes = self.memory.memory_bytes
+        if answered and _dp_on(cfg):
+            self.privacy.add_hazard(
+                "memory-budget probe: the validation accuracies of clients "
+                f"{self.memory.report['probe_clients']} chose the trained subset without noise or "
+                "accounting (dp.allow_unnoised_site_metrics = true); not covered by epsilon"
+            )
 
     # -- public set-up -----------------------------------------------------------------------------
     def _support(self, version: int) -> Support:
@@ -849,6 +932,26 @@ class ServerEngine:
                 if isinstance(sig, bytes) and verify_countersignature(entry.entry_hash, sig, p.identity_key):
                     sigs[p.name] = sig
         ledger.commit(entry, countersignatures=sigs)
+
+
+def _dp_on(config: RunConfig) -> bool:
+    return config.dp.mechanism != "none" or config.dp.record_level
+
+
+def _probe_reply(env: Envelope | None, candidates: int) -> list[float] | str:
+    """A probe client's accuracies, or why it is left out of the mean."""
+    if env is None:
+        return "no answer to the probe"
+    if "refused" in env.fields:
+        return f"refused: {env.fields['refused']!s}"
+    accs = env.fields.get("probe_accuracy")
+    if (
+        not isinstance(accs, list)
+        or len(accs) != candidates
+        or not all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in accs)
+    ):
+        return f"malformed probe reply: expected {candidates} accuracies in [0, 1]"
+    return [float(a) for a in accs]
 
 
 def _mean_eval(envs: Any, *, weighted: bool) -> Evaluation | None:

@@ -47,6 +47,7 @@ __all__ = [
     "EVALUATE",
     "HELLO",
     "KINDS",
+    "PROBE",
     "PROTOCOL",
     "SETUP",
     "WITNESS",
@@ -64,6 +65,10 @@ __all__ = [
 # -- message kinds (a transport maps each onto its own message types) ------------------------
 HELLO = "hello"
 """Server -> party: a fresh challenge; reply: name, role, identity key, proof of possession."""
+PROBE = "probe"
+"""Server -> client, once per run before the first aggregation (``sparsity.kind =
+"memory_budget"``): the initial model and the candidate tensor subsets; the site trains
+each on its own data and replies one validation accuracy per candidate, or refuses."""
 SETUP = "setup"
 """Server -> client: an aggregation's public set-up (and the model); the client checks it
 against its own rules, trains, encodes, starts its protocol client; reply: first frames."""
@@ -75,7 +80,7 @@ EVALUATE = "evaluate"
 """Server -> client: a model to evaluate on the site's own test split (aggregates only)."""
 CKKS_DECRYPT = "ckks_decrypt"
 """Server -> CKKS key holder: the aggregate ciphertext with the clients' signed receipts."""
-KINDS = (HELLO, SETUP, PROTOCOL, WITNESS, EVALUATE, CKKS_DECRYPT)
+KINDS = (HELLO, PROBE, SETUP, PROTOCOL, WITNESS, EVALUATE, CKKS_DECRYPT)
 
 FieldValue = int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]
 """Values a public field may take (what a Flower ``ConfigRecord`` can carry)."""

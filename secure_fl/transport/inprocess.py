@@ -9,8 +9,9 @@ this process or in a pool of worker processes, and only moves envelopes and time
   compute, bandwidth, stragglers); an ``Exchange`` lasts until its slowest answer, or
   its ``timeout`` (``aggregation.timeout_s`` for training), after which the late parties
   count as not having answered. Posted messages (asynchronous training) are answered
-  at their own arrival times, one :class:`NextReply` at a time. Hello, evaluation and
-  countersigning take no virtual time (they are outside the protocol being simulated).
+  at their own arrival times, one :class:`NextReply` at a time. Hello, the memory-budget
+  probe, evaluation and countersigning take no virtual time (they are outside the
+  protocol being simulated).
 * **dropouts at every stage**: in each aggregation a client goes silent with
   probability ``simulation.dropout``, from a stage drawn uniformly among the protocol's
   stages (SecAgg ``advertise``, ``share_keys``, ``masked_input``, ``unmask``; CKKS and
@@ -55,7 +56,7 @@ from secure_fl.transport.dropouts import STAGE_ORDER, DropPlan, stage_order
 
 __all__ = ["Handler", "InProcessTransport", "SimParty"]
 
-FREE_STAGES = frozenset({"hello", "evaluate", "witness"})
+FREE_STAGES = frozenset({"hello", "probe", "evaluate", "witness"})
 
 
 class Handler(Protocol):

@@ -78,7 +78,7 @@ class Federation:
     the in-process simulator names them), a CKKS key holder site, and one roster."""
 
     def __init__(self, config: object, root: Path, *, min_cohort: int = 2, min_threshold: int = 2,
-                 budget_cap: float = float("inf")) -> None:
+                 budget_cap: float = float("inf"), allow_unnoised_metrics: bool = False) -> None:
         from secure_fl.roster import build_roster, write_roster
         from secure_fl.transport.flower.site import (
             load_identity_key,
@@ -88,7 +88,8 @@ class Federation:
 
         self.root = root
         num = config.clients.num  # type: ignore[attr-defined]
-        self.sites = write_partition_sites(config, root, names=[str(i) for i in range(num)], budget_cap=budget_cap)
+        self.sites = write_partition_sites(config, root, names=[str(i) for i in range(num)], budget_cap=budget_cap,
+                                           allow_unnoised_metrics=allow_unnoised_metrics)
         self.key_holder = root / "key-holder.toml"
         self.key_holder.write_text(
             '[site]\nname = "key-holder"\ndata = "none.npz"\nkeys_dir = "keys/key-holder"\nroster = "roster.toml"\n',

@@ -153,38 +153,156 @@ def test_the_ckks_key_holder_counts_receipts_against_its_own_roster(monkeypatch:
     assert res.metrics[0]["aborted"] and "key holder" in res.metrics[0]["aborted"]
 
 
-def test_a_server_engine_resumed_from_a_snapshot_continues_the_same_run() -> None:
-    """The resume hook: the snapshot after aggregation 2, given to a new ServerEngine (new
-    parties, new transport: the old server process is gone), continues to the same
-    weights and metrics as the uninterrupted run."""
+def _engine_run(cfg: Any, resume: dict[str, Any] | None, snaps: list[dict[str, Any]], *,
+                transport_cls: Any = None) -> tuple[Any, Any]:
+    """One run of a fresh ServerEngine over fresh simulated parties (a new server process:
+    nothing of an earlier one survives but ``resume``); (result, engine)."""
     import torch
 
+    from crypto.prg import Csprng
     from secure_fl.data import load_federated_data
+    from secure_fl.engine import public
     from secure_fl.engine.server import ServerEngine
     from secure_fl.engine.transport import drive
     from secure_fl.identities import ClientIdentities
     from secure_fl.transport.inprocess import InProcessTransport
 
+    data = load_federated_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.feature_shape, data.num_classes)
+    keys = ClientIdentities.generate(range(cfg.clients.num), rng=Csprng(public.public_seed(cfg, "identities")))
+    parties, _ = runner.build_parties(cfg, data, model, keys)  # each site keeps its key across the restart
+    engine = ServerEngine(cfg, model, num_classes=data.num_classes, resume=resume, on_aggregation_complete=snaps.append)
+    transport = (transport_cls or InProcessTransport)(parties, protocol=cfg.protocol, seed=cfg.seed)
+    return drive(engine.run(transport.reachable()), transport), engine
+
+
+def test_a_server_engine_resumed_from_a_snapshot_continues_the_same_run() -> None:
+    """The resume hook: the snapshot after aggregation 2, given to a new ServerEngine (new
+    parties, new transport: the old server process is gone), continues to the same
+    weights and metrics as the uninterrupted run."""
     cfg = load_config(None, ["rounds=4", "clients.num=6", "clients.per_round=4", "protocol=secagg",
                              "dp.mechanism=discrete_gaussian", "dp.noise_multiplier=1.0",
                              "sparsity.kind=prune", "sparsity.density=0.5", "server.optimizer=adam",
                              "simulation.reproducible_noise=true", "simulation.workers=1"])
-    data = load_federated_data(cfg)
-    keys = ClientIdentities.generate(range(cfg.clients.num))
-
-    def once(resume: dict[str, Any] | None, snaps: list[dict[str, Any]]) -> Any:
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, data.feature_shape, data.num_classes)
-        parties, _ = runner.build_parties(cfg, data, model, keys)
-        engine = ServerEngine(cfg, model, num_classes=data.num_classes, resume=resume,
-                              on_aggregation_complete=snaps.append)
-        transport = InProcessTransport(parties, protocol=cfg.protocol, seed=cfg.seed)
-        return drive(engine.run(transport.reachable()), transport)
-
     snaps: list[dict[str, Any]] = []
-    whole = once(None, snaps)
+    whole, _ = _engine_run(cfg, None, snaps)
     assert [s["version"] for s in snaps] == [1, 2, 3, 4] and snaps[1]["metrics_count"] == 2
-    resumed = once(snaps[1], [])
+    resumed, _ = _engine_run(cfg, snaps[1], [])
     np.testing.assert_array_equal(whole.weights, resumed.weights)
     assert [m["survivors"] for m in whole.metrics] == [m["survivors"] for m in resumed.metrics]
     assert [m["epsilon"] for m in whole.metrics] == [m["epsilon"] for m in resumed.metrics]
+
+
+# -- the memory-budget probe is an engine phase (issue 12) ----------------------------------------
+PROBE_RUN = ["rounds=1", "clients.num=4", "clients.per_round=4", "data.dataset=breast_cancer", "model.kind=mlp",
+             "model.hidden=[4]", "train.batch_size=16", "sparsity.kind=memory_budget", "sparsity.density=0.5",
+             "protocol=plain", "dp.mechanism=none", "simulation.workers=1"]
+
+
+class _ProbeSite:
+    """A site that fails (``"raise"``) or whose rules refuse (``"refuse"``) the probe."""
+
+    def __init__(self, site: Site, behaviour: dict[str, str]) -> None:
+        from dataclasses import replace
+
+        self.mode = behaviour.get(site.name)
+        if self.mode == "refuse":
+            site = replace(site, rules=replace(site.rules, allow_unnoised_metrics=False))
+        self.engine = ClientEngine(site)
+
+    def handle(self, kind: str, env: Envelope, state: Any) -> Envelope:
+        from secure_fl.engine.transport import PROBE
+
+        if kind == PROBE and self.mode == "raise":
+            raise RuntimeError("the probe crashed at this site")
+        return self.engine.handle(kind, env, state)
+
+
+def _probe_run(monkeypatch: pytest.MonkeyPatch, behaviour: dict[str, str]) -> Any:
+    monkeypatch.setattr(runner, "ClientEngine", lambda site: _ProbeSite(site, behaviour))
+    return run(load_config(None, PROBE_RUN), write=False, progress=False)
+
+
+def test_a_probe_client_that_fails_or_refuses_is_left_out_of_the_memory_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = _probe_run(monkeypatch, {}).summary
+    report = whole["memory_budget"]
+    assert report["probe_clients"] == [0, 1, 2, 3] and len(report["candidates"]) == 2
+    assert report["selection"].startswith("probe accuracy")
+    partial = _probe_run(monkeypatch, {"1": "raise", "2": "refuse"})
+    got = partial.summary["memory_budget"]
+    assert got["probe_clients"] == [0, 3]
+    assert set(got["probe_excluded"]) == {"1", "2"}
+    assert "crashed" in got["probe_excluded"]["1"] and "unnoised" in got["probe_excluded"]["2"]
+    assert got["selection"].startswith("probe accuracy")
+    assert all(not m["aborted"] for m in partial.metrics)
+    # nobody answers: the choice without client data (most trained parameters), said so
+    none = _probe_run(monkeypatch, dict.fromkeys("0123", "refuse")).summary["memory_budget"]
+    assert none["probe_clients"] == [] and set(none["probe_excluded"]) == set("0123")
+    assert "most trained parameters" in none["selection"] and "no probe client answered" in none["selection"]
+    assert all("trained_parameters" in c for c in none["candidates"])
+
+
+def test_a_site_answers_a_probe_only_when_the_run_and_its_own_rules_allow_unnoised_metrics() -> None:
+    from dataclasses import replace
+
+    from secure_fl.config import to_toml
+    from secure_fl.engine.transport import PROBE
+
+    site = _site("a")  # logreg on 4 features: tensors 1.weight (8) and 1.bias (2)
+    w = get_flat(site.model)
+
+    def probe(cfg: list[str], rules: SiteRules) -> Envelope:
+        env = Envelope(fields={"config_toml": to_toml(load_config(None, ["model.kind=logreg", *cfg])), "run": "t",
+                               "index": 0, "tensor_names": ["1.weight", "1.bias"]},
+                       arrays={"weights": w, "candidates": np.array([[1, 0], [0, 1]], dtype=np.uint8)})
+        return ClientEngine(replace(site, rules=rules)).handle(PROBE, env, DictState())
+
+    allowed = SiteRules(allow_unnoised_metrics=True)
+    ok = probe(["dp.mechanism=none"], allowed)
+    accs = ok.fields["probe_accuracy"]
+    assert isinstance(accs, list) and len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    assert set(ok.fields) == {"site", "probe_accuracy"}  # one scalar per candidate leaves the site
+    own = probe(["dp.mechanism=none"], SiteRules(allow_unnoised_metrics=False))
+    assert own.fields["refusal"] == "rules" and "allow_unnoised_metrics" in str(own.fields["refused"])
+    under_dp = probe([], allowed)  # distributed DP (the default) and the run did not opt in
+    assert under_dp.fields["refusal"] == "rules" and "allow_unnoised_site_metrics" in str(under_dp.fields["refused"])
+    assert "probe_accuracy" in probe(["dp.allow_unnoised_site_metrics=true"], allowed).fields
+    wrong = ClientEngine(replace(site, rules=allowed)).handle(PROBE, Envelope(
+        fields={"config_toml": to_toml(load_config(None, ["model.kind=logreg", "dp.mechanism=none"])), "run": "t",
+                "index": 0, "tensor_names": ["fc.weight", "fc.bias"]},
+        arrays={"weights": w, "candidates": np.array([[1, 0]], dtype=np.uint8)}), DictState())
+    assert wrong.fields["refusal"] == "error" and "tensor" in str(wrong.fields["refused"])
+
+
+def test_a_resumed_memory_budget_run_keeps_its_subset_and_does_not_probe_again() -> None:
+    """The chosen subset is in the snapshot (through the checkpoint's tree encoding): a
+    resumed engine sends no probe and continues to the uninterrupted run's weights."""
+    from secure_fl.engine.checkpoint import decode_tree, encode_tree, engine_state
+    from secure_fl.engine.transport import PROBE
+    from secure_fl.errors import CheckpointError
+    from secure_fl.transport.inprocess import InProcessTransport
+
+    cfg = load_config(None, [*PROBE_RUN, "rounds=3"])
+    probes: list[int] = []
+
+    class Counting(InProcessTransport):
+        def exchange(self, command: Any) -> Any:
+            probes.extend(a for a, (kind, _env) in command.messages.items() if kind == PROBE)
+            return super().exchange(command)
+
+    snaps: list[dict[str, Any]] = []
+    whole, first = _engine_run(cfg, None, snaps, transport_cls=Counting)
+    assert sorted(probes) == [0, 1, 2, 3] and first.memory is not None
+    probes.clear()
+    stored = decode_tree(encode_tree(engine_state(snaps[0])))
+    resumed, second = _engine_run(cfg, stored, [], transport_cls=Counting)
+    assert probes == []
+    assert second.memory is not None and second.memory.report == first.memory.report
+    np.testing.assert_array_equal(second.memory.frozen, first.memory.frozen)
+    np.testing.assert_array_equal(whole.weights, resumed.weights)
+    assert [m["client_memory_bytes"] for m in whole.metrics] == [m["client_memory_bytes"] for m in resumed.metrics]
+    with pytest.raises(CheckpointError, match="lacks its chosen subset"):  # never re-probed mid-run
+        _engine_run(cfg, {**stored, "memory": None}, [])

@@ -8,7 +8,7 @@ sites' NPZ files are written from the simulated partition):
 * in-process: ``secure_fl.runner`` over :class:`~secure_fl.transport.inprocess.InProcessTransport`;
 * Flower: the real ServerApp (:func:`~secure_fl.transport.flower.server_app.run_deployment`)
   and the real ClientApp on Flower's message types and ``RecordDict`` s, over an
-  in-memory Grid here (all nine scenarios), and over real SuperNodes with TLS in
+  in-memory Grid here (all ten scenarios), and over real SuperNodes with TLS in
   ``test_flower_tls.py`` (secagg and the combined scenario).
 
 Compared: the final model weights (SHA-256 of the float32 bytes) and, per ledger entry,
@@ -76,6 +76,10 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[int, dict[str, str]]]] = {
     "prune": ({"sparsity": {"kind": "prune", "density": 0.5}}, {}),
     "random_k": ({"sparsity": {"kind": "random_k", "density": 0.5}}, {1: {"0": "share_keys"}}),
     "memory_budget": ({"sparsity": {"kind": "memory_budget", "density": 0.6}}, {}),
+    # the accuracy probe: each sampled site trains the two candidate subsets on its own data
+    # and reports one validation accuracy per candidate (the sites opt in, as the run does)
+    "memory_probe": ({"sparsity": {"kind": "memory_budget", "density": 0.5}, "model": {"kind": "mlp", "hidden": [4]},
+                      "dp": {"allow_unnoised_site_metrics": True}}, {}),
     "record_dp": ({"dp": {"record_level": True, "record_noise_multiplier": 1.0}}, {}),
     "combined": (
         {"aggregation": {"mode": "async", "buffer_size": 3}, "clients": {"per_round": 4}, "rounds": 3,
@@ -130,7 +134,7 @@ def run_flower_in_memory(config: Any, root: Path, *, plan: dict[int, dict[str, s
     from secure_fl.transport.flower import client_app, server_app
     from secure_fl.transport.flower.settings import DeploymentSettings
 
-    fed = Federation(config, root / "sites")
+    fed = Federation(config, root / "sites", allow_unnoised_metrics=config.dp.allow_unnoised_site_metrics)
     data = load_federated_data(config)
     cfg_path = root / "run.toml"
     cfg_path.write_text(to_toml(config), encoding="utf-8")
@@ -196,3 +200,12 @@ def test_same_scenario_same_aggregates_on_both_transports(name: str, tmp_path: P
     inproc = run_inprocess(config, tmp_path / "inprocess", plan=plan,
                            arrivals=flower_arrivals(flower_out) if asynchronous else None)
     compare(name, flower_out, inproc)
+    if config.sparsity.kind == "memory_budget":  # the same subset, chosen the same way
+        fl_summary = json.loads((flower_out / "summary.json").read_text())
+        assert fl_summary["memory_budget"] == inproc.summary["memory_budget"]
+        assert fl_summary["hazards"] == inproc.summary["hazards"]
+        probed = bool(fl_summary["memory_budget"]["probe_clients"])
+        assert probed == config.dp.allow_unnoised_site_metrics
+        if probed:
+            assert len(fl_summary["memory_budget"]["candidates"]) == 2
+            assert any("memory-budget probe" in h for h in fl_summary["hazards"])

@@ -12,8 +12,9 @@ everything between messages is in that state.
 How a SuperNode finds its party (``--node-config``):
 
 ``site-config="/path/site.toml"`` (a deployment, :mod:`~secure_fl.transport.flower.site`)
-    The site's name, data, identity key, roster, budget cap and ``require_dp``; the
-    budget ledger is the site's own file. Add ``role="key-holder"`` to host the CKKS
+    The site's name, data, identity key, roster, budget cap, ``require_dp`` and
+    ``allow_unnoised_metrics`` (the memory-budget probe); the budget ledger is the
+    site's own file. Add ``role="key-holder"`` to host the CKKS
     key holder instead of a client: it holds the CKKS secret key and decrypts only an
     aggregate that enough clients' signed receipts vouch for. It runs as its **own
     SuperNode** because the server must never hold the secret key: a key holder in the
@@ -25,7 +26,8 @@ How a SuperNode finds its party (``--node-config``):
     the in-process simulator builds, with ``clients.num = num-partitions``). Its
     identity key is derived from the run's seed and its name, so every virtual client
     and the server can compute every key: there is no roster and no trust boundary,
-    only the same messages and the same engine (see ``docs/deployment.md``).
+    only the same messages and the same engine (see ``docs/deployment.md``); like a
+    simulated client it answers the memory-budget probe whenever the run allows it.
 
 The model architecture comes from the run configuration (Flower's ``run_config``, the
 same ``config``/``overrides``/``num-classes`` the ServerApp reads); the set-up each
@@ -109,6 +111,7 @@ def build_site(site_cfg: SiteConfig, config: RunConfig, *, num_classes: int, rol
         min_cohort=roster.min_cohort,
         min_threshold=roster.min_threshold,
         key_holder=roster.ckks_key_holder,
+        allow_unnoised_metrics=site_cfg.allow_unnoised_metrics,
     )
     shape = data.feature_shape or (1,)
     return Site(
@@ -209,7 +212,7 @@ def simulated_site(context: Context, config: RunConfig, *, num_classes: int, sto
         name=name,
         identity_key=research_identity(config, name),
         data=client,
-        rules=SiteRules(roster=None, max_colluders=config.threat.max_colluders),
+        rules=SiteRules(roster=None, max_colluders=config.threat.max_colluders, allow_unnoised_metrics=True),
         budget=StateBudget(store, name=name, cap=math.inf, delta=config.dp.delta),
         model=_model(config, fed.feature_shape, num_classes),
         global_test=(fed.x_test, fed.y_test),
@@ -357,6 +360,7 @@ def make_client_app(*, base_dir: str | os.PathLike[str] | None = None) -> Client
     client_app.query("secure_fl_witness")(handler)
     client_app.query("secure_fl_ckks_decrypt")(handler)
     client_app.train("secure_fl_setup")(handler)
+    client_app.train("secure_fl_probe")(handler)
     client_app.evaluate("secure_fl_evaluate")(handler)
     return client_app
 

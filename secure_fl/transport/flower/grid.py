@@ -17,7 +17,8 @@ orchestration decision is the engine's (:mod:`secure_fl.engine`).
 Engine message kinds map onto Flower message types (a ClientApp registers one handler
 per type, :mod:`~secure_fl.transport.flower.client_app`): ``hello``, ``witness``,
 ``protocol`` and ``ckks_decrypt`` are ``query.secure_fl_<kind>``; ``setup`` is
-``train.secure_fl_setup``; ``evaluate`` is ``evaluate.secure_fl_evaluate``.
+``train.secure_fl_setup`` and ``probe`` ``train.secure_fl_probe`` (both train, so both
+wait up to ``train-timeout``); ``evaluate`` is ``evaluate.secure_fl_evaluate``.
 
 A reply that Flower marks as an error (the party's ClientApp raised, or the SuperLink
 declared the node gone) or whose content is not an envelope becomes an envelope with
@@ -47,6 +48,7 @@ from secure_fl.engine.transport import (
     EVALUATE,
     HELLO,
     KINDS,
+    PROBE,
     PROTOCOL,
     SETUP,
     WITNESS,
@@ -67,6 +69,7 @@ MESSAGE_TYPES: Mapping[str, str] = {
     PROTOCOL: "query.secure_fl_protocol",
     CKKS_DECRYPT: "query.secure_fl_ckks_decrypt",
     SETUP: "train.secure_fl_setup",
+    PROBE: "train.secure_fl_probe",
     EVALUATE: "evaluate.secure_fl_evaluate",
 }
 """Engine message kind -> Flower message type."""
@@ -203,7 +206,7 @@ class FlowerTransport:
             if not timeout >= 0:
                 raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
             return float(timeout)
-        if any(kind == SETUP for kind, _ in messages.values()):
+        if any(kind in (SETUP, PROBE) for kind, _ in messages.values()):
             return self.settings.train_timeout
         return self.settings.stage_timeout
 

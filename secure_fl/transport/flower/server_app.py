@@ -162,9 +162,8 @@ def run_deployment(
                     log(f"secure-fl: aggregation {record['version']}: {who} left out: no answer to {stage} in time")
             log(line + (f" ABORTED {record['aborted']}" if record["aborted"] else ""))
 
-        memory = _memory_choice(config, model, shape)
         engine = ServerEngine(
-            config, model, num_classes=settings.num_classes, memory=memory, ledger=ledger,
+            config, model, num_classes=settings.num_classes, ledger=ledger,
             transcript=transcript, metrics_sink=sink, rng=store.server_rng(_server_rng(config)),
             transport_name="flower", min_clients=2, resume=store.engine_resume,
         )
@@ -197,23 +196,6 @@ def _server_rng(config: RunConfig) -> Csprng:
     return Csprng.from_entropy()
 
 
-def _memory_choice(config: RunConfig, model: Any, shape: tuple[int, ...]) -> Any:
-    if config.sparsity.kind != "memory_budget":
-        return None
-    from secure_fl.accounting import unnoised_statistics_allowed
-    from secure_fl.engine.support import choose_memory_subset
-    from secure_fl.memory_budget import tensor_layout
-
-    if unnoised_statistics_allowed(config):
-        raise ConfigError(
-            "the memory-budget probe trains on clients' data in the server process; a deployment "
-            "has none: unset dp.allow_unnoised_site_metrics (the subset training the most "
-            "parameters is then chosen without client data)",
-            field="dp.allow_unnoised_site_metrics",
-        )
-    return choose_memory_subset(config, model, None, tensor_layout(model, shape))  # type: ignore[arg-type]
-
-
 def _summary(config: RunConfig, result: Any, engine: Any, initial: Any, wall: float, transcript_sha: str,
              ledger: LedgerWriter) -> dict[str, Any]:
     metrics = result.metrics
@@ -234,6 +216,7 @@ def _summary(config: RunConfig, result: Any, engine: Any, initial: Any, wall: fl
         "key_holder": engine.key_holder.name if engine.key_holder is not None else None,
         "num_parameters": int(initial.size),
         "model_change_l2": float(np.linalg.norm(result.weights.astype(np.float64) - initial)),
+        **({"memory_budget": engine.memory.report} if engine.memory is not None else {}),
         "upload_bytes_per_client_mean": float(np.mean(uploads)) if uploads else 0.0,
         "wall_time_s": round(time.perf_counter() - wall, 3),
         "virtual_time_s": None,

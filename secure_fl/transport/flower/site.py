@@ -13,6 +13,10 @@ A site (hospital, bank branch) runs one Flower SuperNode started with
     max_colluders = 1                 # clients this site assumes collude with the server
                                       # (the larger of this and the run's threat.max_colluders)
     test_fraction = 0.2               # local held-out split for federated evaluation
+    allow_unnoised_metrics = false    # answer the memory-budget probe (validation accuracies
+                                      # without noise, outside every epsilon) when the run
+                                      # asks (sparsity.kind = "memory_budget" and
+                                      # dp.allow_unnoised_site_metrics or no DP)
     roster = "roster.toml"            # REQUIRED: the federation roster every site holds
                                       # (secure-fl roster build); cohorts are checked
                                       # against it and the site refuses to start without it
@@ -75,7 +79,7 @@ BUDGET_FILE = "budget.jsonl"
 
 _SITE_KEYS = {
     "name", "data", "label_column", "keys_dir", "budget_cap", "require_dp",
-    "test_fraction", "standardize", "roster", "max_colluders",
+    "test_fraction", "standardize", "roster", "max_colluders", "allow_unnoised_metrics",
 }
 
 
@@ -93,6 +97,7 @@ class SiteConfig:
     standardize: bool = True
     roster: Path | None = None
     max_colluders: int = 1
+    allow_unnoised_metrics: bool = False
 
 
 def _field(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -141,6 +146,7 @@ def parse_site_config(table: Mapping[str, Any], *, base: Path) -> SiteConfig:
         standardize=bool(_field(table, "standardize", bool, True)),
         roster=path("roster") if "roster" in table else None,
         max_colluders=colluders,
+        allow_unnoised_metrics=bool(_field(table, "allow_unnoised_metrics", bool, False)),
     )
 
 
@@ -257,6 +263,7 @@ def write_partition_sites(
     require_dp: bool = False,
     max_colluders: int | None = None,
     roster: str = "roster.toml",
+    allow_unnoised_metrics: bool = False,
 ) -> list[Path]:
     """One site per simulated client of ``config`` (a :class:`~secure_fl.config.RunConfig`):
     ``data/<name>.npz`` with the client's exact training and test split
@@ -285,7 +292,8 @@ def write_partition_sites(
         path.write_text(
             f'[site]\nname = "{name}"\ndata = "data/{name}.npz"\nkeys_dir = "keys/{name}"\n'
             f"budget_cap = {cap}\nrequire_dp = {'true' if require_dp else 'false'}\n"
-            f'max_colluders = {colluders}\nroster = "{roster}"\n',
+            f'max_colluders = {colluders}\nroster = "{roster}"\n'
+            f"allow_unnoised_metrics = {'true' if allow_unnoised_metrics else 'false'}\n",
             encoding="utf-8",
         )
         paths.append(path)
