@@ -204,7 +204,9 @@ class DPConfig(_Section):
         "memory-budget probe's validation accuracies (sparsity.kind = memory_budget) and "
         "personalized_accuracy in metrics.jsonl. Off: the probe is skipped (the subset "
         "training the most parameters wins) and personalized_accuracy is null. On: both are "
-        "listed as hazards in summary.json and the audit (they are not covered by epsilon).",
+        "listed as hazards in summary.json and the audit (they are not covered by epsilon). "
+        "A deployed site answers the probe only if its own site.toml also allows it "
+        "(allow_unnoised_metrics = true).",
     )
     budget_cap: float | None = Field(
         None, gt=0, description="Epsilon cap of every site; a site refuses aggregations past it."

@@ -12,10 +12,13 @@ momentum):
 ``sparsity.density`` states the tightest device's budget as a fraction of the memory of
 training the whole model, ``M(all)``. Among the subsets that fit, the server picks by an
 *accuracy-aware search* (in the spirit of FedLTN / memory-adaptive FL): each maximal
-feasible subset is scored by a short federated probe (a few aggregations on a sample of
-clients, evaluated by federated evaluation on the clients' own validation splits), and
-the best subset becomes the public support for the run. The chosen subset, the memory
-model and the probe scores are recorded in the run summary.
+feasible subset is scored by a probe at up to 10 sampled clients (each trains that subset
+alone from the initial model on its own data and reports its accuracy on its own
+validation split: the server engine's probe phase, :mod:`secure_fl.engine.support`), and
+the subset with the best mean accuracy becomes the public support for the run. Without
+the probe (unnoised site metrics not allowed, or no client answered) the subset training
+the most parameters wins. The chosen subset, the memory model and the probe scores are
+recorded in the run summary.
 """
 
 from __future__ import annotations
