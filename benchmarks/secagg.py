@@ -345,9 +345,19 @@ def hardening_costs(
 
 def run(
     n: int = 100, d: int = 1_000_000, dropout: float = 0.1, bits: int = 32, *, flower: bool = True,
-    neighbors: int | None = None, max_colluders: int = 1,
+    neighbors: int | None = None, max_colluders: int = 1, mask_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Measure one SecAgg+ round (and optionally Flower's); return every figure as a dict."""
+    """Measure one SecAgg+ round (and optionally Flower's); return every figure as a dict.
+
+    The round runs with ``mask_threads`` threads per mask expansion (default: the usable
+    cores, as a real client or server would), then once more with one thread (the
+    ``*_1thread`` keys), so the gain from threads and the single-core figures are both
+    in the same run.
+    """
+    from crypto.secagg.client import mask_threads as default_threads
+    from crypto.secagg.client import set_mask_threads
+
+    threads = default_threads() if mask_threads is None else mask_threads
     params = secagg_parameters(n, max_colluders=max_colluders, neighbors=neighbors)
     k = params.neighbors
     degree = effective_degree(n, k)
@@ -369,13 +379,24 @@ def run(
     numpy_sum_s = time.perf_counter() - t0
 
     seed = 12345
-    t0, c0 = time.perf_counter(), time.process_time()
-    with SignatureCounter() as counter:
-        res = simulate_round(
-            xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders
-        )
-    round_s = time.perf_counter() - t0
-    round_cpu_s = time.process_time() - c0
+    before = default_threads()
+    try:
+        set_mask_threads(1)
+        t0, c0 = time.perf_counter(), time.process_time()
+        one = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders)
+        one_round_s, one_round_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        set_mask_threads(threads)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with SignatureCounter() as counter:
+            res = simulate_round(
+                xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders
+            )
+        round_s = time.perf_counter() - t0
+        round_cpu_s = time.process_time() - c0
+    finally:
+        set_mask_threads(before)
+    if not np.array_equal(one.total, res.total):
+        raise RuntimeError("the one-thread round and the threaded round disagree")
     expect = np.zeros(d, dtype=np.uint64)
     for i in res.survivors:
         expect += xs[i]
@@ -388,6 +409,7 @@ def run(
     maskers = len(surv)
     client_mask_s = res.timings["client_masked_input_s"] / maskers
     client_bound_s = (degree + 1) * 4 * d / speed
+    one_client_s = one.timings["client_masked_input_s"] / maskers
     upload = statistics.mean(res.upload_bytes[i] for i in res.survivors)
     out: dict[str, Any] = {
         "n": n,
@@ -398,6 +420,7 @@ def run(
         "threshold": t,
         "survivors": len(surv),
         "correct": correct,
+        "mask_threads": threads,
         "keystream_GBps": speed / 1e9,
         "client_masking_s": client_mask_s,
         "client_bound_s": client_bound_s,
@@ -417,6 +440,12 @@ def run(
         "wire_s": res.timings["wire_s"],
         "clients_total_s": res.timings["clients_s"],
         "round_s": round_s,
+        "client_masking_s_1thread": one_client_s,
+        "client_ratio_1thread": one_client_s / client_bound_s,
+        "server_s_1thread": one.timings["server_s"],
+        "server_ratio_1thread": one.timings["server_s"] / server_bound_s,
+        "round_s_1thread": one_round_s,
+        "round_cpu_s_1thread": one_round_cpu_s,
         "upload_bytes_per_client": upload,
         "upload_floor_bytes": d * bits / 8,
         "upload_overhead_bytes": upload - d * bits / 8,
@@ -425,7 +454,7 @@ def run(
         "quorum": params.quorum,
         **hardening_costs(n, degree, params.quorum, len(surv), counter.counts),
     }
-    del xs, res
+    del xs, res, one
     if flower:
         fl = flower_secaggplus_round(n, d, dropped, num_shares=holders, threshold=t)
         out.update(
@@ -438,6 +467,7 @@ def run(
                 "speedup_vs_flower": fl["round_s"] / round_s,
                 "flower_round_cpu_s": fl["round_cpu_s"],
                 "speedup_vs_flower_cpu": fl["round_cpu_s"] / round_cpu_s,
+                "speedup_vs_flower_1thread": fl["round_s"] / one_round_s,
             }
         )
     out["machine"] = f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
@@ -454,9 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-colluders", type=int, default=1)
     p.add_argument("--quick", action="store_true", help=f"small size {QUICK}")
     p.add_argument("--no-flower", action="store_true")
+    p.add_argument("--mask-threads", type=int, default=None, help="threads per mask expansion (default: usable cores)")
     a = p.parse_args(argv)
     size = dict(QUICK) if a.quick else {"n": a.n, "d": a.d, "dropout": a.dropout, "bits": a.bits}
-    res = run(**size, flower=not a.no_flower, neighbors=a.neighbors, max_colluders=a.max_colluders)  # type: ignore[arg-type]
+    res = run(**size, flower=not a.no_flower, neighbors=a.neighbors, max_colluders=a.max_colluders,
+              mask_threads=a.mask_threads)  # type: ignore[arg-type]
     width = max(len(k) for k in res)
     for key, val in res.items():
         print(f"{key:<{width}}  {val:.4g}" if isinstance(val, float) else f"{key:<{width}}  {val}")

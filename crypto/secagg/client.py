@@ -38,8 +38,10 @@ server misbehaves and the client aborts (raises and refuses every later message)
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -100,7 +102,9 @@ __all__ = [
     "SecAggClient",
     "apply_masks",
     "expand_mask",
+    "mask_threads",
     "self_mask_commitment",
+    "set_mask_threads",
 ]
 
 ADVERTISE_CONTEXT = b"secagg-advertise"
@@ -124,12 +128,48 @@ def expand_mask(seed: bytes, length: int, bits: int) -> npt.NDArray[np.unsignedi
 MASK_BLOCK = 1 << 16
 """Coordinates per block in :func:`apply_masks` (256 KiB of uint32: stays in L2)."""
 
+_MIN_BLOCKS_PER_THREAD = 4
+"""A thread gets at least this many blocks: below it, start-up costs more than it saves."""
+
+
+def _default_mask_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not every platform has sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+_mask_threads = _default_mask_threads()
+
+
+def _check_threads(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LocalProtocolError(f"mask threads must be a positive int, got {value!r}")
+    return value
+
+
+def mask_threads() -> int:
+    """Threads :func:`apply_masks` uses by default (the usable cores, until
+    :func:`set_mask_threads` says otherwise)."""
+    return _mask_threads
+
+
+def set_mask_threads(threads: int) -> None:
+    """Set the default thread count of :func:`apply_masks` for this process.
+
+    Processes that already run one job per core (the in-process transport's workers)
+    set 1, so masking does not oversubscribe the cores.
+    """
+    global _mask_threads
+    _mask_threads = _check_threads(threads)
+
 
 def apply_masks(
     acc: npt.NDArray[np.unsignedinteger],
     terms: Sequence[tuple[bytes, int]],
     *,
     base: npt.NDArray[np.unsignedinteger] | None = None,
+    threads: int | None = None,
 ) -> None:
     """In place: ``acc = (base if given, else acc) + sum_i sign_i * PRG(seed_i)``
     (mod 2^32 or 2^64, by acc's dtype).
@@ -139,17 +179,45 @@ def apply_masks(
     buffer that is immediately added, so the cost stays close to the AES-CTR keystream
     itself instead of streaming a fresh 4d-byte array through memory per mask. With
     ``base`` the first addition reads ``base`` and writes ``acc`` (no copy of the input).
+
+    With ``threads`` > 1 (default :func:`mask_threads`) the coordinates are split into
+    contiguous ranges, one per thread; a thread starts every generator at its range's
+    keystream offset (:meth:`Csprng.at`: CTR mode is seekable), so the result is
+    identical for every thread count. OpenSSL's AES and numpy's additions release the
+    GIL, so the ranges run on separate cores.
     """
     if base is not None and (base.shape != acc.shape or base.dtype != acc.dtype):
         raise LocalProtocolError("apply_masks: base must have the shape and dtype of acc")
-    width = acc.dtype.itemsize
+    workers = _mask_threads if threads is None else _check_threads(threads)
     size = int(acc.size)
     block = max(1, min(MASK_BLOCK, size))
-    gens = [(Csprng(seed), np.add if sign > 0 else np.subtract) for seed, sign in terms]
+    blocks = -(-size // block)
+    workers = max(1, min(workers, blocks // _MIN_BLOCKS_PER_THREAD))
+    if workers == 1 or not terms:
+        _apply_range(acc, terms, base, 0, size, block)
+        return
+    per = -(-blocks // workers) * block
+    ranges = [(lo, min(lo + per, size)) for lo in range(0, size, per)]
+    with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="secagg-mask") as pool:
+        for done in [pool.submit(_apply_range, acc, terms, base, lo, hi, block) for lo, hi in ranges]:
+            done.result()
+
+
+def _apply_range(
+    acc: npt.NDArray[np.unsignedinteger],
+    terms: Sequence[tuple[bytes, int]],
+    base: npt.NDArray[np.unsignedinteger] | None,
+    lo: int,
+    hi: int,
+    block: int,
+) -> None:
+    """:func:`apply_masks` on coordinates ``[lo, hi)``, generators started at ``lo``."""
+    width = acc.dtype.itemsize
+    gens = [(Csprng.at(seed, width * lo), np.add if sign > 0 else np.subtract) for seed, sign in terms]
     scratch = bytearray(width * block + 15)  # + one AES block of slack for update_into
     full = np.frombuffer(scratch, dtype=f"<u{width}", count=block)
-    for start in range(0, size, block):
-        stop = min(start + block, size)
+    for start in range(lo, hi, block):
+        stop = min(start + block, hi)
         part = acc[start:stop]
         src = part if base is None else base[start:stop]
         stream = full[: stop - start]

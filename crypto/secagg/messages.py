@@ -383,7 +383,7 @@ class KeyBroadcast(DownlinkMessage):
 
     def __post_init__(self) -> None:
         DownlinkMessage.__post_init__(self)
-        if not isinstance(self.keys, tuple) or not all(isinstance(k, AdvertiseKeys) for k in self.keys):
+        if not isinstance(self.keys, tuple) or (self.keys and set(map(type, self.keys)) != {AdvertiseKeys}):
             raise _bad(None, "keys must be a tuple of AdvertiseKeys")
         senders = [k.sender for k in self.keys]
         if any(a >= b for a, b in zip(senders, senders[1:], strict=False)):

@@ -335,3 +335,42 @@ def test_lagrange_coefficients_match_the_direct_formula() -> None:
             if m != j:
                 num, den = num * xm % PRIME, den * (xm - xj) % PRIME
         assert lagrange_coefficients_at_zero(xs)[j] == num * pow(den, -1, PRIME) % PRIME
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_threaded_mask_application_is_identical_to_one_thread(threads: int) -> None:
+    """Each thread starts every generator at its range's keystream offset
+    (:meth:`Csprng.at`), so the result does not depend on the thread count."""
+    from crypto.secagg.client import MASK_BLOCK, apply_masks, expand_mask
+
+    d = 5 * MASK_BLOCK + 321  # ranges that do not divide evenly into blocks
+    for bits in (32, 40):
+        dtype = np.uint32 if bits <= 32 else np.uint64
+        terms = [(bytes([i + 1]) * 32, 1 if i % 2 else -1) for i in range(4)]
+        base = np.arange(d, dtype=dtype)
+        out = np.empty_like(base)
+        apply_masks(out, terms, base=base, threads=threads)
+        ref = base.copy()
+        for seed, sgn in terms:
+            m = expand_mask(seed, d, bits).astype(dtype)
+            ref = ref + m if sgn > 0 else ref - m
+        assert np.array_equal(out, ref)
+        inplace = base.copy()
+        apply_masks(inplace, terms, threads=threads)
+        assert np.array_equal(inplace, ref)
+
+
+def test_mask_thread_count_is_validated() -> None:
+    from crypto.secagg.client import apply_masks, mask_threads, set_mask_threads
+
+    before = mask_threads()
+    try:
+        set_mask_threads(1)
+        assert mask_threads() == 1
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(LocalProtocolError, match="mask threads"):
+                set_mask_threads(bad)  # type: ignore[arg-type]
+        with pytest.raises(LocalProtocolError, match="mask threads"):
+            apply_masks(np.zeros(4, dtype=np.uint32), [], threads=0)
+    finally:
+        set_mask_threads(before)
