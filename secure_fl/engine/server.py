@@ -267,6 +267,13 @@ class ServerEngine:
                 "test splits, released without noise or accounting (dp.allow_unnoised_site_metrics "
                 "= true); not covered by epsilon"
             )
+        if self.evaluator is None and _dp_on(self.config):
+            self.privacy.add_hazard(
+                "test_accuracy and test_loss in metrics.jsonl are the sample-weighted means of the "
+                "cohort sites' own evaluations of the global model: each site reports its accuracy, "
+                "loss and test-sample count to the server without noise or accounting (a site with "
+                "site.test_fraction = 0 reports nothing); not covered by epsilon"
+            )
         if self.config.aggregation.mode == "sync":
             yield from self._run_sync()
         else:

@@ -203,7 +203,11 @@ def test_same_scenario_same_aggregates_on_both_transports(name: str, tmp_path: P
     if config.sparsity.kind == "memory_budget":  # the same subset, chosen the same way
         fl_summary = json.loads((flower_out / "summary.json").read_text())
         assert fl_summary["memory_budget"] == inproc.summary["memory_budget"]
-        assert fl_summary["hazards"] == inproc.summary["hazards"]
+        # the one legitimate difference: a deployment's sites evaluate the global model on
+        # their own test splits and report it (the simulation's server holds a test split)
+        site_eval = [h for h in fl_summary["hazards"] if h.startswith("test_accuracy and test_loss")]
+        assert len(site_eval) == (1 if config.dp.mechanism != "none" or config.dp.record_level else 0)
+        assert [h for h in fl_summary["hazards"] if h not in site_eval] == inproc.summary["hazards"]
         probed = bool(fl_summary["memory_budget"]["probe_clients"])
         assert probed == config.dp.allow_unnoised_site_metrics
         if probed:
