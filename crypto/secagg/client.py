@@ -100,6 +100,7 @@ __all__ = [
     "CONSISTENCY_CONTEXT",
     "MASK_SET_CONTEXT",
     "SecAggClient",
+    "add_into",
     "apply_masks",
     "expand_mask",
     "mask_threads",
@@ -164,6 +165,53 @@ def set_mask_threads(threads: int) -> None:
     _mask_threads = _check_threads(threads)
 
 
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of at least ``workers`` threads, kept between calls (starting
+    threads per call costs up to milliseconds) and rebuilt in a forked child, where the
+    parent's threads do not exist."""
+    global _pool
+    pid = os.getpid()
+    if _pool is None or _pool[0] != pid or _pool[1] < workers:
+        _pool = (pid, workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-mask"))
+    return _pool[2]
+
+
+def _split(size: int, block: int, threads: int | None) -> list[tuple[int, int]]:
+    """``[0, size)`` as contiguous ranges of whole ``block`` s, one per thread, each of at
+    least :data:`_MIN_BLOCKS_PER_THREAD` blocks (a single range when that leaves one)."""
+    workers = _mask_threads if threads is None else _check_threads(threads)
+    if size <= 0:
+        return [(0, 0)]
+    blocks = -(-size // block)
+    workers = max(1, min(workers, blocks // _MIN_BLOCKS_PER_THREAD))
+    per = -(-blocks // workers) * block
+    return [(lo, min(lo + per, size)) for lo in range(0, size, per)]
+
+
+def _run_ranges(fn: Callable[[int, int], None], ranges: list[tuple[int, int]]) -> None:
+    if len(ranges) == 1:
+        fn(*ranges[0])
+        return
+    for done in [_thread_pool(len(ranges)).submit(fn, lo, hi) for lo, hi in ranges]:
+        done.result()
+
+
+def add_into(acc: npt.NDArray[np.unsignedinteger], v: npt.NDArray[np.unsignedinteger], *,
+             threads: int | None = None) -> None:
+    """``acc += v`` in place (wrapping), split over threads like :func:`apply_masks`
+    (numpy releases the GIL in the addition, so the ranges run on separate cores)."""
+    if v.shape != acc.shape or v.dtype != acc.dtype:
+        raise LocalProtocolError("add_into: v must have the shape and dtype of acc")
+
+    def part(lo: int, hi: int) -> None:
+        np.add(acc[lo:hi], v[lo:hi], out=acc[lo:hi])
+
+    _run_ranges(part, _split(int(acc.size), MASK_BLOCK, threads))
+
+
 def apply_masks(
     acc: npt.NDArray[np.unsignedinteger],
     terms: Sequence[tuple[bytes, int]],
@@ -188,19 +236,16 @@ def apply_masks(
     """
     if base is not None and (base.shape != acc.shape or base.dtype != acc.dtype):
         raise LocalProtocolError("apply_masks: base must have the shape and dtype of acc")
-    workers = _mask_threads if threads is None else _check_threads(threads)
     size = int(acc.size)
     block = max(1, min(MASK_BLOCK, size))
-    blocks = -(-size // block)
-    workers = max(1, min(workers, blocks // _MIN_BLOCKS_PER_THREAD))
-    if workers == 1 or not terms:
-        _apply_range(acc, terms, base, 0, size, block)
-        return
-    per = -(-blocks // workers) * block
-    ranges = [(lo, min(lo + per, size)) for lo in range(0, size, per)]
-    with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="secagg-mask") as pool:
-        for done in [pool.submit(_apply_range, acc, terms, base, lo, hi, block) for lo, hi in ranges]:
-            done.result()
+    ranges = _split(size, block, threads)
+    if not terms:  # acc = base: one copy, no threads
+        ranges = [(0, size)]
+
+    def part(lo: int, hi: int) -> None:
+        _apply_range(acc, terms, base, lo, hi, block)
+
+    _run_ranges(part, ranges)
 
 
 def _apply_range(

@@ -64,6 +64,7 @@ from crypto.secagg.client import (
     ADVERTISE_CONTEXT,
     CONSISTENCY_CONTEXT,
     MASK_SET_CONTEXT,
+    add_into,
     apply_masks,
     self_mask_commitment,
 )
@@ -389,7 +390,7 @@ class SecAggServer:
             )
         except CryptoError as exc:
             raise self._refuse(msg.sender, "invalid mask-set signature") from exc
-        np.add(self._acc, v, out=self._acc)  # streaming: the vector is not kept
+        add_into(self._acc, v)  # streaming: the vector is not kept
         self._signed_mask_sets[msg.sender] = (msg.mask_set, msg.mask_signature)
         self._survivors = tuple(sorted({*self._survivors, msg.sender}))
 

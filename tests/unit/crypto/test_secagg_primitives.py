@@ -374,3 +374,50 @@ def test_mask_thread_count_is_validated() -> None:
             apply_masks(np.zeros(4, dtype=np.uint32), [], threads=0)
     finally:
         set_mask_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_threaded_addition_wraps_and_checks_its_operands(threads: int) -> None:
+    from crypto.secagg.client import MASK_BLOCK, add_into
+
+    d = 9 * MASK_BLOCK + 5
+    acc = np.full(d, np.uint32(2**32 - 1))
+    v = np.arange(d, dtype=np.uint32)
+    add_into(acc, v, threads=threads)
+    assert np.array_equal(acc, v - np.uint32(1))  # wraps mod 2^32
+    with pytest.raises(LocalProtocolError, match="shape and dtype"):
+        add_into(acc, v.astype(np.uint64), threads=threads)
+    empty = np.zeros(0, dtype=np.uint32)
+    add_into(empty, empty, threads=threads)
+
+
+def test_mask_thread_pool_is_rebuilt_in_a_forked_child() -> None:
+    """A forked child has none of its parent's threads: it must not reuse the parent's pool."""
+    import os
+
+    from crypto.secagg.client import MASK_BLOCK, apply_masks, expand_mask
+
+    d = 8 * MASK_BLOCK
+    terms = [(bytes([5]) * 32, 1)]
+    apply_masks(np.zeros(d, dtype=np.uint32), terms, threads=2)  # the parent's pool exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: would hang on a dead pool
+        ok = False
+        try:
+            acc = np.zeros(d, dtype=np.uint32)
+            apply_masks(acc, terms, threads=2)
+            ok = bool(np.array_equal(acc, expand_mask(terms[0][0], d, 32)))
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    import select
+
+    ready, _, _ = select.select([read], [], [], 30)
+    if not ready:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert ready, "the forked child hung on its parent's thread pool"
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
