@@ -100,7 +100,6 @@ __all__ = [
     "CONSISTENCY_CONTEXT",
     "MASK_SET_CONTEXT",
     "SecAggClient",
-    "add_into",
     "apply_masks",
     "expand_mask",
     "mask_threads",
@@ -197,19 +196,6 @@ def _run_ranges(fn: Callable[[int, int], None], ranges: list[tuple[int, int]]) -
         return
     for done in [_thread_pool(len(ranges)).submit(fn, lo, hi) for lo, hi in ranges]:
         done.result()
-
-
-def add_into(acc: npt.NDArray[np.unsignedinteger], v: npt.NDArray[np.unsignedinteger], *,
-             threads: int | None = None) -> None:
-    """``acc += v`` in place (wrapping), split over threads like :func:`apply_masks`
-    (numpy releases the GIL in the addition, so the ranges run on separate cores)."""
-    if v.shape != acc.shape or v.dtype != acc.dtype:
-        raise LocalProtocolError("add_into: v must have the shape and dtype of acc")
-
-    def part(lo: int, hi: int) -> None:
-        np.add(acc[lo:hi], v[lo:hi], out=acc[lo:hi])
-
-    _run_ranges(part, _split(int(acc.size), MASK_BLOCK, threads))
 
 
 def apply_masks(

@@ -64,7 +64,6 @@ from crypto.secagg.client import (
     ADVERTISE_CONTEXT,
     CONSISTENCY_CONTEXT,
     MASK_SET_CONTEXT,
-    add_into,
     apply_masks,
     self_mask_commitment,
 )
@@ -390,7 +389,7 @@ class SecAggServer:
             )
         except CryptoError as exc:
             raise self._refuse(msg.sender, "invalid mask-set signature") from exc
-        add_into(self._acc, v)  # streaming: the vector is not kept
+        np.add(self._acc, v, out=self._acc)  # streaming: the vector is not kept
         self._signed_mask_sets[msg.sender] = (msg.mask_set, msg.mask_signature)
         self._survivors = tuple(sorted({*self._survivors, msg.sender}))
 
@@ -462,7 +461,8 @@ class SecAggServer:
                 for o in owners
                 if o != v and o in survivors and o not in chosen
             )
-            out.append(UnmaskRequest(**self._header(v), survivors=self._survivors, signatures=sigs, mask_sets=masks))
+            out.append(UnmaskRequest.from_server(**self._header(v), survivors=self._survivors, signatures=sigs,
+                                                 mask_sets=masks))
         self._expected = set(u4)
         return out
 

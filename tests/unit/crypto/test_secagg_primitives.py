@@ -376,21 +376,6 @@ def test_mask_thread_count_is_validated() -> None:
         set_mask_threads(before)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 5])
-def test_threaded_addition_wraps_and_checks_its_operands(threads: int) -> None:
-    from crypto.secagg.client import MASK_BLOCK, add_into
-
-    d = 9 * MASK_BLOCK + 5
-    acc = np.full(d, np.uint32(2**32 - 1))
-    v = np.arange(d, dtype=np.uint32)
-    add_into(acc, v, threads=threads)
-    assert np.array_equal(acc, v - np.uint32(1))  # wraps mod 2^32
-    with pytest.raises(LocalProtocolError, match="shape and dtype"):
-        add_into(acc, v.astype(np.uint64), threads=threads)
-    empty = np.zeros(0, dtype=np.uint32)
-    add_into(empty, empty, threads=threads)
-
-
 def test_mask_thread_pool_is_rebuilt_in_a_forked_child() -> None:
     """A forked child has none of its parent's threads: it must not reuse the parent's pool."""
     import os
@@ -421,3 +406,18 @@ def test_mask_thread_pool_is_rebuilt_in_a_forked_child() -> None:
     assert ready, "the forked child hung on its parent's thread pool"
     assert os.read(read, 1) == b"1"
     os.waitpid(pid, 0)
+
+
+def test_server_built_unmask_request_skips_nothing_the_recipient_checks() -> None:
+    """``UnmaskRequest.from_server`` equals the checked constructor on valid fields, and a
+    request it builds from bad fields is still refused when the client decodes it."""
+    from crypto.secagg.messages import UnmaskRequest
+    from crypto.secagg.wire import decode, encode
+
+    fields = {"session_id": bytes(32), "round_number": 0, "recipient": 2, "survivors": (0, 1, 2),
+              "signatures": ((0, (1, 2), bytes(64)), (1, (0, 2), bytes(64)))}
+    assert UnmaskRequest.from_server(**fields) == UnmaskRequest(**fields)  # type: ignore[arg-type]
+    assert decode(encode(UnmaskRequest.from_server(**fields))) == UnmaskRequest(**fields)  # type: ignore[arg-type]
+    bad = UnmaskRequest.from_server(**{**fields, "survivors": (2, 1)})  # type: ignore[arg-type]
+    with pytest.raises(RemoteProtocolError, match="survivors"):
+        decode(encode(bad))
