@@ -343,21 +343,30 @@ def hardening_costs(
     }
 
 
+def _medians(runs: list[tuple[Any, float, float]]) -> tuple[dict[str, float], float, float]:
+    """Per-key median of the rounds' timings, and of their wall and CPU seconds."""
+    keys = runs[0][0].timings
+    return ({key: statistics.median(r.timings[key] for r, _, _ in runs) for key in keys},
+            statistics.median(w for _, w, _ in runs), statistics.median(c for _, _, c in runs))
+
+
 def run(
     n: int = 100, d: int = 1_000_000, dropout: float = 0.1, bits: int = 32, *, flower: bool = True,
-    neighbors: int | None = None, max_colluders: int = 1, mask_threads: int | None = None,
+    neighbors: int | None = None, max_colluders: int = 1, mask_threads: int | None = None, repeats: int = 3,
 ) -> dict[str, Any]:
     """Measure one SecAgg+ round (and optionally Flower's); return every figure as a dict.
 
     The round runs with ``mask_threads`` threads per mask expansion (default: the usable
-    cores, as a real client or server would), then once more with one thread (the
-    ``*_1thread`` keys), so the gain from threads and the single-core figures are both
-    in the same run.
+    cores, as a real client or server would) and with one thread (the ``*_1thread``
+    keys), alternately, ``repeats`` times each; every time is the median over the
+    repeats. The gain from threads and the single-core figures are both in the same run.
     """
     from crypto.secagg.client import mask_threads as default_threads
     from crypto.secagg.client import set_mask_threads
 
     threads = default_threads() if mask_threads is None else mask_threads
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     params = secagg_parameters(n, max_colluders=max_colluders, neighbors=neighbors)
     k = params.neighbors
     degree = effective_degree(n, k)
@@ -380,23 +389,34 @@ def run(
 
     seed = 12345
     before = default_threads()
+    singles: list[tuple[Any, float, float]] = []
+    threaded: list[tuple[Any, float, float]] = []
+    counter = SignatureCounter()
+
+    def one_round(xs: list[np.ndarray], counted: bool) -> tuple[Any, float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        if counted:
+            with counter:
+                r = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed,
+                                   max_colluders=max_colluders)
+        else:
+            r = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed,
+                               max_colluders=max_colluders)
+        return r, time.perf_counter() - t0, time.process_time() - c0
+
     try:
-        set_mask_threads(1)
-        t0, c0 = time.perf_counter(), time.process_time()
-        one = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders)
-        one_round_s, one_round_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-        set_mask_threads(threads)
-        t0, c0 = time.perf_counter(), time.process_time()
-        with SignatureCounter() as counter:
-            res = simulate_round(
-                xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed, max_colluders=max_colluders
-            )
-        round_s = time.perf_counter() - t0
-        round_cpu_s = time.process_time() - c0
+        for rep in range(repeats):  # alternate, so drifting load hits both alike
+            set_mask_threads(1)
+            singles.append(one_round(xs, False))
+            set_mask_threads(threads)
+            threaded.append(one_round(xs, rep == 0))
     finally:
         set_mask_threads(before)
-    if not np.array_equal(one.total, res.total):
-        raise RuntimeError("the one-thread round and the threaded round disagree")
+    if any(not np.array_equal(r.total, threaded[0][0].total) for r, _, _ in singles + threaded):
+        raise RuntimeError("the one-thread rounds and the threaded rounds disagree")
+    res, _, _ = threaded[0]
+    times, round_s, round_cpu_s = _medians(threaded)
+    one_times, one_round_s, one_round_cpu_s = _medians(singles)
     expect = np.zeros(d, dtype=np.uint64)
     for i in res.survivors:
         expect += xs[i]
@@ -407,9 +427,9 @@ def run(
     server_masks = len(surv) + pair_masks
     server_bound_s = server_masks * 4 * d / speed
     maskers = len(surv)
-    client_mask_s = res.timings["client_masked_input_s"] / maskers
+    client_mask_s = times["client_masked_input_s"] / maskers
     client_bound_s = (degree + 1) * 4 * d / speed
-    one_client_s = one.timings["client_masked_input_s"] / maskers
+    one_client_s = one_times["client_masked_input_s"] / maskers
     upload = statistics.mean(res.upload_bytes[i] for i in res.survivors)
     out: dict[str, Any] = {
         "n": n,
@@ -421,29 +441,30 @@ def run(
         "survivors": len(surv),
         "correct": correct,
         "mask_threads": threads,
+        "repeats": repeats,
         "keystream_GBps": speed / 1e9,
         "client_masking_s": client_mask_s,
         "client_bound_s": client_bound_s,
         "client_ratio": client_mask_s / client_bound_s,
-        "server_s": res.timings["server_s"],
+        "server_s": times["server_s"],
         "server_masks": server_masks,
         "server_bound_s": server_bound_s,
-        "server_ratio": res.timings["server_s"] / server_bound_s,
+        "server_ratio": times["server_s"] / server_bound_s,
         "numpy_sum_s": numpy_sum_s,
-        "server_vs_numpy_sum": res.timings["server_s"] / numpy_sum_s,
+        "server_vs_numpy_sum": times["server_s"] / numpy_sum_s,
         "keystream_cpu_GBps": speed_cpu / 1e9,
-        "client_masking_cpu_s": res.timings["client_masked_input_cpu_s"] / maskers,
-        "client_ratio_cpu": res.timings["client_masked_input_cpu_s"] / maskers / ((degree + 1) * 4 * d / speed_cpu),
-        "server_cpu_s": res.timings["server_cpu_s"],
-        "server_ratio_cpu": res.timings["server_cpu_s"] / (server_masks * 4 * d / speed_cpu),
+        "client_masking_cpu_s": times["client_masked_input_cpu_s"] / maskers,
+        "client_ratio_cpu": times["client_masked_input_cpu_s"] / maskers / ((degree + 1) * 4 * d / speed_cpu),
+        "server_cpu_s": times["server_cpu_s"],
+        "server_ratio_cpu": times["server_cpu_s"] / (server_masks * 4 * d / speed_cpu),
         "round_cpu_s": round_cpu_s,
-        "wire_s": res.timings["wire_s"],
-        "clients_total_s": res.timings["clients_s"],
+        "wire_s": times["wire_s"],
+        "clients_total_s": times["clients_s"],
         "round_s": round_s,
         "client_masking_s_1thread": one_client_s,
         "client_ratio_1thread": one_client_s / client_bound_s,
-        "server_s_1thread": one.timings["server_s"],
-        "server_ratio_1thread": one.timings["server_s"] / server_bound_s,
+        "server_s_1thread": one_times["server_s"],
+        "server_ratio_1thread": one_times["server_s"] / server_bound_s,
         "round_s_1thread": one_round_s,
         "round_cpu_s_1thread": one_round_cpu_s,
         "upload_bytes_per_client": upload,
@@ -454,7 +475,7 @@ def run(
         "quorum": params.quorum,
         **hardening_costs(n, degree, params.quorum, len(surv), counter.counts),
     }
-    del xs, res, one
+    del xs, res, singles, threaded
     if flower:
         fl = flower_secaggplus_round(n, d, dropped, num_shares=holders, threshold=t)
         out.update(
@@ -485,10 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help=f"small size {QUICK}")
     p.add_argument("--no-flower", action="store_true")
     p.add_argument("--mask-threads", type=int, default=None, help="threads per mask expansion (default: usable cores)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds per thread setting; times are medians")
     a = p.parse_args(argv)
     size = dict(QUICK) if a.quick else {"n": a.n, "d": a.d, "dropout": a.dropout, "bits": a.bits}
     res = run(**size, flower=not a.no_flower, neighbors=a.neighbors, max_colluders=a.max_colluders,
-              mask_threads=a.mask_threads)  # type: ignore[arg-type]
+              mask_threads=a.mask_threads, repeats=a.repeat)  # type: ignore[arg-type]
     width = max(len(k) for k in res)
     for key, val in res.items():
         print(f"{key:<{width}}  {val:.4g}" if isinstance(val, float) else f"{key:<{width}}  {val}")
