@@ -20,8 +20,9 @@ What is composed (DESIGN.md section 5a; the summary states the same):
   ``epsilon_max``, ``metrics.jsonl`` ``epsilon``): for each client, the ledger's
   ``dp_event`` (noise shares assumed honest: survivors minus the colluders) of exactly
   the aggregations whose ``survivors`` include it, zero-out relation; maximum over
-  clients. ``protocol = "plain"`` has no guarantee against the server: any number
-  claimed there fails.
+  clients (0 when no aggregation released a sum: every entry aborted, no survivors).
+  ``protocol = "plain"`` has no guarantee against the server: any number claimed
+  there fails.
 * ``epsilon_against_server_replace_one``: the same with every shift doubled.
 * ``epsilon_released_model``: ``dp_event_released`` (every share; the ledger's
   ``dp_event`` for runs that predate it), per client for runs without amplification;
@@ -628,7 +629,9 @@ def check_epsilon(
         )
 
     per_client = {c: eps_of(sc) for c, sc in server_counts.items()}
-    recomputed = max(per_client.values(), default=0.0) if any_event else math.inf
+    # No aggregation released a sum (every entry aborted or without survivors): nothing
+    # about any client left the protocol, epsilon 0. No readable entry at all: unknown.
+    recomputed = max(per_client.values(), default=0.0) if any_event or bodies else math.inf
     claimed_eps = _as_float(summary.get("epsilon"))
 
     # summary.json: against the server

@@ -352,6 +352,7 @@ class SecAggServer:
         removed = {frozenset((a, v)) for a in receipts for v in self._complaints[a]}
         included = set(receipts)
         floor = mask_floor(cfg.holders_per_client, cfg.threshold, cfg.max_colluders)
+        left: dict[int, int] = {}  # withdrawn client -> mask partners it had left
         while True:
             masks = {
                 v: frozenset(w for w in self._graph[v] & included if frozenset((v, w)) not in removed)
@@ -360,8 +361,16 @@ class SecAggServer:
             short = {v for v, m in masks.items() if len(m) + 1 < floor}
             if not short:
                 break
+            left.update({v: len(masks[v]) for v in short})
             included -= short
             self._withdrawn |= short
+        if not included and left:
+            raise RoundAbortedError(
+                f"round aborted after check_shares: clients {sorted(left)} withdrew, left with at most "
+                f"{max(left.values())} mask partner(s) each, fewer than min(threshold {cfg.threshold} + "
+                f"max_colluders {cfg.max_colluders}, k + 1) - 1 = {floor - 1}: masking with fewer, a "
+                "client's input could be exposed by the colluders"
+            )
         self._check_live(included, "check_shares")
         self._mask_sets = masks
         self._included = frozenset(included)

@@ -714,6 +714,12 @@ def _rdp_from_state(state: Mapping[str, Any]) -> Any:
         raise CheckpointError(f"bad RDP accountant state: {exc}") from None
 
 
+def _ident(client: Any) -> int | str:
+    """A party's ident as a checkpoint key: the simulator's client index (an int) or,
+    on Flower, the site's name (a str); :func:`encode_tree` keeps either kind."""
+    return client if isinstance(client, str) else int(client)
+
+
 def privacy_state(privacy: Any) -> dict[str, Any]:
     """The changing part of a :class:`secure_fl.accounting.RunPrivacy`: the three
     per-client budgets (against the server, replace-one, released model), the amplified
@@ -724,7 +730,7 @@ def privacy_state(privacy: Any) -> dict[str, Any]:
         "replace_one": privacy.replace_one.state_dict(),
         "released_budgets": privacy.released_budgets.state_dict(),
         "released": _rdp_state(privacy.released),
-        "record_accountants": {int(c): _rdp_state(a) for c, a in privacy.record_accountants.items()},
+        "record_accountants": {_ident(c): _rdp_state(a) for c, a in privacy.record_accountants.items()},
         "warnings": list(privacy.warnings),
         "hazards": list(privacy.hazards),
         "refusals": int(privacy.refusals),
@@ -746,7 +752,7 @@ def load_privacy_state(privacy: Any, state: Mapping[str, Any]) -> None:
     except KeyError as exc:
         raise CheckpointError(f"privacy state lacks {exc}") from None
     privacy.released = _rdp_from_state(state["released"])
-    privacy.record_accountants = {int(c): _rdp_from_state(a) for c, a in state["record_accountants"].items()}
+    privacy.record_accountants = {_ident(c): _rdp_from_state(a) for c, a in state["record_accountants"].items()}
     privacy.warnings = list(state["warnings"])
     privacy.hazards = list(state["hazards"])
     privacy.refusals = int(state["refusals"])

@@ -226,3 +226,33 @@ def test_reference_shares_no_code_with_the_project_accountants() -> None:
         source = Path(module.__file__ or "").read_text()
         assert "privacy.analysis" not in source and "privacy.accountants" not in source
         assert "from privacy import" not in source
+
+
+def test_a_run_whose_every_aggregation_aborted_released_nothing(tmp_path: Path) -> None:
+    """Every aggregation aborted (a three-site pilot losing a site before masking): no sum
+    was released, so epsilon 0 is the truth, not an under-claim of an infinite reference
+    (the audit used to FAIL such a run with "released a sum without honest noise")."""
+    key = generate_server_key()
+    save_public_key(key, tmp_path / PUBLIC_KEY_FILENAME)
+    writer = LedgerWriter.create(tmp_path / LEDGER_FILENAME, key)
+    for version in (1, 2):
+        writer.append({
+            "version": version, "dp_event": encode_event(NonPrivateEvent()),
+            "dp_event_released": encode_event(NonPrivateEvent()), "dp_mechanism": "discrete_gaussian",
+            "survivors": [], "cohort": ["site-a", "site-b", "site-c"], "aborted": "round aborted",
+            "epsilon_per_client": {}, "epsilon_max": 0.0, "delta": DELTA,
+        })
+    summary = {"epsilon": 0.0, "epsilon_against_server": 0.0, "epsilon_released_model": 0.0,
+               "epsilon_per_client": {}, "delta": DELTA, "ledger_entries": writer.next_index,
+               "ledger_head": writer.head}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"version": v, "epsilon": 0.0, "aborted": "round aborted"}) + "\n" for v in (1, 2))
+    )
+    result = check_epsilon(tmp_path)
+    assert result.status == "agree", result.mismatches
+    assert result.recomputed_epsilon == 0.0
+    # a claim above zero for a run that released nothing is conservative, never flagged
+    summary["epsilon"] = 1.0
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert check_epsilon(tmp_path).status == "agree"

@@ -452,3 +452,22 @@ def test_a_rerun_of_an_aggregation_is_a_new_release_and_is_charged(tmp_path: Pat
     budget.charge(event, version=4, run="r1")
     budget.charge(event, version=4, run="r1")
     assert len((site.keys_dir / "budget.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("sites", [(0, 1), ("hospital-1", "hospital-2")])
+def test_record_level_accountants_resume_under_any_site_names(sites: tuple[int, int] | tuple[str, str]) -> None:
+    """DP-SGD accountants are keyed by the party's ident: the simulator's client index,
+    or on Flower the site's name; both must survive a checkpoint (a Flower run with
+    ``dp.record_level`` crashed at its first checkpoint on ``int('hospital-1')``)."""
+    from secure_fl.accounting import RunPrivacy, calibrate_config
+    from secure_fl.engine.checkpoint import load_privacy_state, privacy_state
+    from secure_fl.runner import make_aggregator
+
+    config = calibrate_config(RunConfig())
+    a = RunPrivacy(config, make_aggregator(config, dim=8))
+    for i, site in enumerate(sites):
+        a.record_training(site, PoissonSampledEvent(0.1 * (i + 1), GaussianEvent(1.1)))  # type: ignore[arg-type]
+    b = RunPrivacy(config, make_aggregator(config, dim=8))
+    load_privacy_state(b, _tree_trip(privacy_state(a)))  # type: ignore[arg-type]
+    assert b.record_epsilons() == a.record_epsilons()
+    assert set(b.record_accountants) == set(sites)

@@ -92,3 +92,15 @@ def test_same_seed_same_round_fresh_seed_differs() -> None:
     assert [r.sha256 for r in a.transcript] == [r.sha256 for r in b.transcript]
     assert [r.sha256 for r in a.transcript] != [r.sha256 for r in c.transcript]
     assert np.array_equal(a.total, c.total)
+
+
+def test_three_sites_one_colluder_abort_says_the_survivors_withdrew() -> None:
+    """n = 3, t = 2, c = 1 (the Flower pilot): a site lost before masking leaves each
+    survivor one mask partner, fewer than min(t + c, k + 1) - 1 = 2, so both withdraw and
+    the round aborts rather than leak. The reason must say so, not "no live clients"
+    (the deployment guide's dropout rehearsal showed only that)."""
+    xs = _inputs(3)
+    with pytest.raises(RoundAbortedError) as err:
+        simulate_round(xs, bits=BITS, threshold=2, drop={2: "share_keys"}, seed=3, max_colluders=1)
+    msg = str(err.value)
+    assert "withdrew" in msg and "[0, 1]" in msg and "1 mask partner" in msg and "max_colluders 1" in msg
