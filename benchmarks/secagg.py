@@ -30,6 +30,7 @@ spent waiting for a core, which otherwise lands on whichever side happens to run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -395,11 +396,7 @@ def run(
 
     def one_round(xs: list[np.ndarray], counted: bool) -> tuple[Any, float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        if counted:
-            with counter:
-                r = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed,
-                                   max_colluders=max_colluders)
-        else:
+        with counter if counted else contextlib.nullcontext():
             r = simulate_round(xs, bits=bits, threshold=t, neighbors=k, drop=drop, seed=seed,
                                max_colluders=max_colluders)
         return r, time.perf_counter() - t0, time.process_time() - c0

@@ -76,26 +76,20 @@ class Csprng:
 
     __slots__ = ("_enc", "_offset", "_seed")
 
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, *, _counter: bytes = _ZERO_NONCE) -> None:
         if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise CryptoError(f"a PRG seed must be exactly {SEED_BYTES} bytes")
         self._seed = bytes(seed)
         self._offset = 0
-        self._enc = Cipher(algorithms.AES(self._seed), modes.CTR(_ZERO_NONCE)).encryptor()
+        self._enc = Cipher(algorithms.AES(self._seed), modes.CTR(_counter)).encryptor()
 
     @classmethod
     def at(cls, seed: bytes, offset: int) -> Csprng:
         """The generator of ``seed`` after ``offset`` keystream bytes were drawn from it."""
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < (16 << 128):
             raise CryptoError(f"a keystream offset is an int in [0, 2**132), got {offset!r}")
-        if offset == 0:
-            return cls(seed)
-        if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
-            raise CryptoError(f"a PRG seed must be exactly {SEED_BYTES} bytes")
-        gen = cls.__new__(cls)
-        gen._seed = bytes(seed)
         block, skip = divmod(offset, 16)
-        gen._enc = Cipher(algorithms.AES(gen._seed), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+        gen = cls(seed, _counter=block.to_bytes(16, "big"))
         if skip:
             gen._enc.update(bytes(skip))
         gen._offset = offset

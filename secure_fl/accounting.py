@@ -100,6 +100,12 @@ def calibrate_config(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"dp": dp.model_copy(update={"noise_multiplier": float(z)})})
 
 
+def dp_enabled(config: RunConfig) -> bool:
+    """Whether the run adds any DP noise: client-level (``dp.mechanism``) or record-level
+    DP-SGD inside the sites (``dp.record_level``)."""
+    return config.dp.mechanism != "none" or config.dp.record_level
+
+
 def unnoised_statistics_allowed(config: RunConfig) -> bool:
     """Whether data-dependent statistics without noise (the memory-budget probe's
     validation accuracies, ``personalized_accuracy``) may reach the server.
@@ -107,8 +113,7 @@ def unnoised_statistics_allowed(config: RunConfig) -> bool:
     Always in a run without DP (there is no guarantee to break); under DP only when
     the user opts in with ``dp.allow_unnoised_site_metrics`` (then listed as hazards).
     """
-    private = config.dp.mechanism != "none" or config.dp.record_level
-    return not private or config.dp.allow_unnoised_site_metrics
+    return not dp_enabled(config) or config.dp.allow_unnoised_site_metrics
 
 
 def _new_budgets(config: RunConfig, *, capped: bool) -> ClientBudgets:

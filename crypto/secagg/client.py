@@ -174,6 +174,8 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
     global _pool
     pid = os.getpid()
     if _pool is None or _pool[0] != pid or _pool[1] < workers:
+        if _pool is not None and _pool[0] == pid:
+            _pool[2].shutdown(wait=False)  # a larger pool replaces it: let its idle threads exit
         _pool = (pid, workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-mask"))
     return _pool[2]
 

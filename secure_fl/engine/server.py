@@ -57,7 +57,7 @@ from crypto.prg import Csprng
 from crypto.secagg import MaskedInput, RoundConfig
 from crypto.secagg import Message as ProtocolMessage
 from privacy.events import DPEvent, NonPrivateEvent
-from secure_fl.accounting import RunPrivacy, unnoised_statistics_allowed
+from secure_fl.accounting import RunPrivacy, dp_enabled, unnoised_statistics_allowed
 from secure_fl.clip_control import ClipController
 from secure_fl.config import RunConfig, config_hash, to_toml
 from secure_fl.engine import public
@@ -261,13 +261,13 @@ class ServerEngine:
         """The whole run over the parties at ``addresses`` (``transport.reachable()``)."""
         excluded = yield from self._hello(list(addresses))
         yield from self._choose_memory()
-        if unnoised_statistics_allowed(self.config) and _dp_on(self.config):
+        if unnoised_statistics_allowed(self.config) and dp_enabled(self.config):
             self.privacy.add_hazard(
                 "personalized_accuracy in metrics.jsonl is the mean accuracy on cohort clients' own "
                 "test splits, released without noise or accounting (dp.allow_unnoised_site_metrics "
                 "= true); not covered by epsilon"
             )
-        if self.evaluator is None and _dp_on(self.config):
+        if self.evaluator is None and dp_enabled(self.config):
             self.privacy.add_hazard(
                 "test_accuracy and test_loss in metrics.jsonl are the sample-weighted means of the "
                 "cohort sites' own evaluations of the global model: each site reports its accuracy, "
@@ -372,7 +372,7 @@ class ServerEngine:
                     answered.append((p.ident, accs))
         self.memory = memory_choice(cfg, layout, candidates, probe=answered, probe_excluded=excluded)
         self.client_memory_bytes = self.memory.memory_bytes
-        if answered and _dp_on(cfg):
+        if answered and dp_enabled(cfg):
             self.privacy.add_hazard(
                 "memory-budget probe: the validation accuracies of clients "
                 f"{self.memory.report['probe_clients']} chose the trained subset without noise or "
@@ -939,10 +939,6 @@ class ServerEngine:
                 if isinstance(sig, bytes) and verify_countersignature(entry.entry_hash, sig, p.identity_key):
                     sigs[p.name] = sig
         ledger.commit(entry, countersignatures=sigs)
-
-
-def _dp_on(config: RunConfig) -> bool:
-    return config.dp.mechanism != "none" or config.dp.record_level
 
 
 def _probe_reply(env: Envelope | None, candidates: int) -> list[float] | str:
