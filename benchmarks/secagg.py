@@ -252,9 +252,10 @@ def flower_secaggplus_round(n: int, d: int, dropped: set[int], num_shares: int, 
 class SignatureCounter:
     """Counts the Ed25519 operations of one round by role and purpose (context).
 
-    Wraps ``verify``/``sign`` as imported by :mod:`crypto.secagg.client` and
-    :mod:`crypto.secagg.server` for the duration of a ``with`` block (the wrapper adds
-    a counter increment per call); the real functions do the work.
+    Wraps ``verify``/``verify_all``/``sign`` as imported by :mod:`crypto.secagg.client`
+    and :mod:`crypto.secagg.server` for the duration of a ``with`` block (the wrapper
+    adds one count per signature: per call, or per entry of a batch); the real
+    functions do the work.
     """
 
     def __init__(self) -> None:
@@ -265,16 +266,17 @@ class SignatureCounter:
         import crypto.secagg.server as server_mod
 
         self._saved = [(client_mod, "verify", client_mod.verify), (client_mod, "sign", client_mod.sign),
+                       (client_mod, "verify_all", client_mod.verify_all),
                        (server_mod, "verify", server_mod.verify)]
         for mod, name, fn in self._saved:
             role = "client" if mod is client_mod else "server"
-            setattr(mod, name, self._wrap(fn, f"{role}_{name}"))
+            setattr(mod, name, self._wrap(fn, f"{role}_{name.removesuffix('_all')}", batch=name.endswith("_all")))
         return self
 
-    def _wrap(self, fn: Any, label: str) -> Any:
+    def _wrap(self, fn: Any, label: str, *, batch: bool = False) -> Any:
         def counted(*args: Any, context: bytes, **kw: Any) -> Any:
             key = f"{label}_{context.decode().removeprefix('secagg-').replace('-', '_')}"
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self.counts[key] = self.counts.get(key, 0) + (len(args[0]) if batch else 1)
             return fn(*args, context=context, **kw)
 
         return counted
@@ -362,8 +364,8 @@ def run(
     keys), alternately, ``repeats`` times each; every time is the median over the
     repeats. The gain from threads and the single-core figures are both in the same run.
     """
-    from crypto.secagg.client import mask_threads as default_threads
-    from crypto.secagg.client import set_mask_threads
+    from crypto.parallel import set_threads
+    from crypto.parallel import threads as default_threads
 
     threads = default_threads() if mask_threads is None else mask_threads
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -403,12 +405,12 @@ def run(
 
     try:
         for rep in range(repeats):  # alternate, so drifting load hits both alike
-            set_mask_threads(1)
+            set_threads(1)
             singles.append(one_round(xs, False))
-            set_mask_threads(threads)
+            set_threads(threads)
             threaded.append(one_round(xs, rep == 0))
     finally:
-        set_mask_threads(before)
+        set_threads(before)
     if any(not np.array_equal(r.total, threaded[0][0].total) for r, _, _ in singles + threaded):
         raise RuntimeError("the one-thread rounds and the threaded rounds disagree")
     res, _, _ = threaded[0]

@@ -114,10 +114,10 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import torch
 
-    from crypto.secagg.client import set_mask_threads
+    from crypto.parallel import set_threads
 
     torch.set_num_threads(1)
-    set_mask_threads(1)  # one job per core already: masking must not oversubscribe
+    set_threads(1)  # one job per core already: masking and verification must not oversubscribe
 
 
 def _run_job(job: Any) -> Any:

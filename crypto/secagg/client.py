@@ -38,16 +38,15 @@ server misbehaves and the client aborts (raises and refuses every later message)
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from crypto import parallel
 from crypto.aead import decrypt_share, encrypt_share
 from crypto.errors import (
     CryptoError,
@@ -93,7 +92,7 @@ from crypto.secagg.messages import (
 from crypto.secagg.parameters import check_parameters, mask_floor
 from crypto.secagg.stages import Role, Stage
 from crypto.shamir import PRIME, SHARE_BYTES, split
-from crypto.signatures import sign, verify
+from crypto.signatures import sign, verify, verify_all
 
 __all__ = [
     "ADVERTISE_CONTEXT",
@@ -102,9 +101,7 @@ __all__ = [
     "SecAggClient",
     "apply_masks",
     "expand_mask",
-    "mask_threads",
     "self_mask_commitment",
-    "set_mask_threads",
 ]
 
 ADVERTISE_CONTEXT = b"secagg-advertise"
@@ -132,58 +129,10 @@ _MIN_BLOCKS_PER_THREAD = 4
 """A thread gets at least this many blocks: below it, start-up costs more than it saves."""
 
 
-def _default_mask_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not every platform has sched_getaffinity
-        return max(1, os.cpu_count() or 1)
-
-
-_mask_threads = _default_mask_threads()
-
-
-def _check_threads(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LocalProtocolError(f"mask threads must be a positive int, got {value!r}")
-    return value
-
-
-def mask_threads() -> int:
-    """Threads :func:`apply_masks` uses by default (the usable cores, until
-    :func:`set_mask_threads` says otherwise)."""
-    return _mask_threads
-
-
-def set_mask_threads(threads: int) -> None:
-    """Set the default thread count of :func:`apply_masks` for this process.
-
-    Processes that already run one job per core (the in-process transport's workers)
-    set 1, so masking does not oversubscribe the cores.
-    """
-    global _mask_threads
-    _mask_threads = _check_threads(threads)
-
-
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None
-
-
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of at least ``workers`` threads, kept between calls (starting
-    threads per call costs up to milliseconds) and rebuilt in a forked child, where the
-    parent's threads do not exist."""
-    global _pool
-    pid = os.getpid()
-    if _pool is None or _pool[0] != pid or _pool[1] < workers:
-        if _pool is not None and _pool[0] == pid:
-            _pool[2].shutdown(wait=False)  # a larger pool replaces it: let its idle threads exit
-        _pool = (pid, workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-mask"))
-    return _pool[2]
-
-
 def _split(size: int, block: int, threads: int | None) -> list[tuple[int, int]]:
     """``[0, size)`` as contiguous ranges of whole ``block`` s, one per thread, each of at
     least :data:`_MIN_BLOCKS_PER_THREAD` blocks (a single range when that leaves one)."""
-    workers = _mask_threads if threads is None else _check_threads(threads)
+    workers = parallel.threads() if threads is None else parallel.check_threads(threads)
     if size <= 0:
         return [(0, 0)]
     blocks = -(-size // block)
@@ -196,7 +145,7 @@ def _run_ranges(fn: Callable[[int, int], None], ranges: list[tuple[int, int]]) -
     if len(ranges) == 1:
         fn(*ranges[0])
         return
-    for done in [_thread_pool(len(ranges)).submit(fn, lo, hi) for lo, hi in ranges]:
+    for done in [parallel.pool(len(ranges)).submit(fn, lo, hi) for lo, hi in ranges]:
         done.result()
 
 
@@ -216,7 +165,7 @@ def apply_masks(
     itself instead of streaming a fresh 4d-byte array through memory per mask. With
     ``base`` the first addition reads ``base`` and writes ``acc`` (no copy of the input).
 
-    With ``threads`` > 1 (default :func:`mask_threads`) the coordinates are split into
+    With ``threads`` > 1 (default :func:`crypto.parallel.threads`) the coordinates are split into
     contiguous ranges, one per thread; a thread starts every generator at its range's
     keystream offset (:meth:`Csprng.at`: CTR mode is seekable), so the result is
     identical for every thread count. OpenSSL's AES and numpy's additions release the
@@ -477,9 +426,16 @@ class SecAggClient:
         self._joint_seed = cfg.joint_graph_seed(msg.keys)
         self._graph = cfg.graph(self._joint_seed)
         self._nbrs = self._graph[self.index]
+        checked = [(pos, k) for pos, k in enumerate(msg.keys) if k.sender != self.index and k.sender in self._nbrs]
+        genuine = dict(zip(
+            (pos for pos, _ in checked),
+            verify_all([(cfg.identity_keys[k.sender], k.signature, k.payload()) for _, k in checked],
+                       context=ADVERTISE_CONTEXT),
+            strict=True,
+        ))
         valid: dict[int, AdvertiseKeys] = {}
         owners_of: dict[bytes, list[int]] = {}
-        for k in msg.keys:
+        for pos, k in enumerate(msg.keys):
             if k.sender == self.index:  # mine: compared byte for byte, no verification needed
                 sent = self._advertisement
                 if sent is None or (k.c_pk, k.s_pk, k.signature) != (*mine, sent.signature):
@@ -487,10 +443,8 @@ class SecAggClient:
                 continue
             if k.sender not in self._nbrs:
                 continue
-            try:
-                verify(cfg.identity_keys[k.sender], k.signature, k.payload(), context=ADVERTISE_CONTEXT)
-            except CryptoError as exc:
-                raise self._abort(f"forged key advertisement for client {k.sender}") from exc
+            if not genuine[pos]:
+                raise self._abort(f"forged key advertisement for client {k.sender}")
             try:  # a peer's own signed bad key: skip that peer, never fail my round over it
                 validate_x25519_public(k.c_pk)
                 validate_x25519_public(k.s_pk)
@@ -663,26 +617,31 @@ class SecAggClient:
             or ``s_sk_o``, so the pairwise mask ``s_ow`` hides ``x_o`` inside the sum.
 
         Cost: one Ed25519 verification per forwarded signature, except my own, which I
-        compare byte for byte with the one I produced (Ed25519 is deterministic).
+        compare byte for byte with the one I produced (Ed25519 is deterministic); they
+        run as one batch on every core (:func:`~crypto.signatures.verify_all`).
         """
         cfg = self.config
         if msg.survivors != self._survivors:
             raise self._abort("server reported a different survivor set than the one I signed")
         head = consistency_prefix(cfg.session_id, cfg.round_number, self._joint_seed, msg.survivors)
         own_set = tuple(sorted(self._mask_set))
+        others = [(pos, entry) for pos, entry in enumerate(msg.signatures)
+                  if entry[0] != self.index and 0 <= entry[0] < cfg.n]
+        genuine = dict(zip(
+            (pos for pos, _ in others),
+            verify_all([(cfg.identity_keys[signer], sig, head + index_list(members))
+                        for _, (signer, members, sig) in others], context=CONSISTENCY_CONTEXT),
+            strict=True,
+        ))
         signed_sets: dict[int, tuple[int, ...]] = {}
-        for signer, members, sig in msg.signatures:
+        for pos, (signer, members, sig) in enumerate(msg.signatures):
             if not 0 <= signer < cfg.n:
                 raise self._abort(f"consistency signature from non-member {signer}")
             if signer == self.index:
                 if members != own_set or sig != self._consistency_signature:
                     raise self._abort("server forwarded a consistency signature of mine that I did not produce")
-            else:
-                payload = head + index_list(members)
-                try:
-                    verify(cfg.identity_keys[signer], sig, payload, context=CONSISTENCY_CONTEXT)
-                except CryptoError as exc:
-                    raise self._abort(f"invalid consistency signature of client {signer}") from exc
+            elif not genuine[pos]:
+                raise self._abort(f"invalid consistency signature of client {signer}")
             signed_sets[signer] = members
         signers = set(signed_sets)
         if len(signers) < cfg.quorum:

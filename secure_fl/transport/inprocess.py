@@ -105,10 +105,10 @@ def _worker(conn: Connection, inherited: list[Connection]) -> None:
         end.close()
     import torch
 
-    from crypto.secagg.client import set_mask_threads
+    from crypto.parallel import set_threads
 
     torch.set_num_threads(1)
-    set_mask_threads(1)  # one job per core already: masking must not oversubscribe
+    set_threads(1)  # one job per core already: masking and verification must not oversubscribe
     while True:
         try:
             batch = conn.recv()

@@ -106,6 +106,49 @@ def test_signatures_are_domain_separated() -> None:
             verify(args[0], args[1], args[2], context=args[3])
 
 
+def test_batch_verification_decides_each_entry_as_verify_does_for_every_thread_count() -> None:
+    """verify_all answers entry by entry exactly as verify would (forged, wrong key, wrong
+    message, truncated and non-bytes entries placed among valid ones), in order, for 1,
+    2 and 3 threads and for batches below and above the per-thread minimum."""
+    from crypto.signatures import verify_all
+
+    keys = [generate_identity(rng(20 + i)) for i in range(5)]
+    entries: list[tuple[bytes, bytes, bytes]] = []
+    for i in range(41):
+        key = keys[i % 5]
+        msg = b"msg-%d" % i
+        sig = sign(key, msg, context=b"secagg-consistency")
+        pk = identity_public_bytes(key)
+        kind = i % 6
+        if kind == 1:
+            sig = sig[:-1] + bytes([sig[-1] ^ 1])
+        elif kind == 2:
+            pk = identity_public_bytes(keys[(i + 1) % 5])
+        elif kind == 3:
+            msg += b"!"
+        elif kind == 4 and i % 4 == 0:
+            sig = sig[:63]
+        entries.append((pk, sig, msg))
+    entries.append(("not bytes", bytes(64), b"m"))  # type: ignore[arg-type]
+
+    def one(pk: bytes, sig: bytes, msg: bytes) -> bool:
+        try:
+            verify(pk, sig, msg, context=b"secagg-consistency")
+        except CryptoError:
+            return False
+        return True
+
+    expected = [one(*e) for e in entries]
+    assert True in expected and False in expected
+    for size in (3, 16, len(entries)):
+        for threads in (1, 2, 3):
+            assert verify_all(entries[:size], context=b"secagg-consistency", threads=threads) == expected[:size]
+    assert verify_all([], context=b"secagg-consistency") == []
+    assert verify_all(entries, context=b"secagg-advertise", threads=2) == [False] * len(entries)
+    with pytest.raises(LocalProtocolError, match="crypto threads"):
+        verify_all(entries, context=b"secagg-consistency", threads=0)
+
+
 # -- Shamir ----------------------------------------------------------------------------
 def test_prime_is_the_documented_prime() -> None:
     assert PRIME == 2**256 + 297
@@ -361,19 +404,20 @@ def test_threaded_mask_application_is_identical_to_one_thread(threads: int) -> N
 
 
 def test_mask_thread_count_is_validated() -> None:
-    from crypto.secagg.client import apply_masks, mask_threads, set_mask_threads
+    from crypto.parallel import set_threads, threads
+    from crypto.secagg.client import apply_masks
 
-    before = mask_threads()
+    before = threads()
     try:
-        set_mask_threads(1)
-        assert mask_threads() == 1
+        set_threads(1)
+        assert threads() == 1
         for bad in (0, -1, 1.5, True):
-            with pytest.raises(LocalProtocolError, match="mask threads"):
-                set_mask_threads(bad)  # type: ignore[arg-type]
-        with pytest.raises(LocalProtocolError, match="mask threads"):
+            with pytest.raises(LocalProtocolError, match="crypto threads"):
+                set_threads(bad)  # type: ignore[arg-type]
+        with pytest.raises(LocalProtocolError, match="crypto threads"):
             apply_masks(np.zeros(4, dtype=np.uint32), [], threads=0)
     finally:
-        set_mask_threads(before)
+        set_threads(before)
 
 
 def test_mask_thread_pool_is_rebuilt_in_a_forked_child() -> None:
