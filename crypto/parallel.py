@@ -3,7 +3,8 @@
 Two kinds of work release the GIL and so run on several cores from threads of one
 process: OpenSSL's AES-CTR keystream with numpy's additions (SecAgg+ mask expansion,
 :func:`crypto.secagg.client.apply_masks`) and OpenSSL's Ed25519 verification
-(:func:`crypto.signatures.verify_all`). Both take their default thread count from
+(:func:`crypto.signatures.verify_all`), and SHA-256 over large buffers (the transcript
+digests of masked uploads, :func:`background`). All take their default thread count from
 :func:`threads` (the usable cores) and run on the pool :func:`pool` returns.
 
 Processes that already run one job per core (the in-process transport's workers) call
@@ -15,11 +16,15 @@ are combined in a fixed order.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from crypto.errors import LocalProtocolError
 
-__all__ = ["check_threads", "pool", "set_threads", "threads"]
+__all__ = ["background", "check_threads", "pool", "set_threads", "threads"]
+
+T = TypeVar("T")
 
 
 def _usable_cores() -> int:
@@ -63,3 +68,16 @@ def pool(workers: int) -> ThreadPoolExecutor:
             _pool[2].shutdown(wait=False)  # a larger pool replaces it: let its idle threads exit
         _pool = (pid, workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crypto"))
     return _pool[2]
+
+
+def background(fn: Callable[..., T], *args: object) -> Callable[[], T]:
+    """Start ``fn(*args)`` on the pool and return a function that waits for its result
+    (re-raising its exception). With one thread it runs now, in this thread.
+
+    For work that releases the GIL (hashlib over more than 2 KiB, OpenSSL) and whose
+    result is needed a little later: the caller goes on meanwhile.
+    """
+    if _threads == 1:
+        value = fn(*args)
+        return lambda: value
+    return pool(_threads).submit(fn, *args).result

@@ -145,8 +145,12 @@ def _run_ranges(fn: Callable[[int, int], None], ranges: list[tuple[int, int]]) -
     if len(ranges) == 1:
         fn(*ranges[0])
         return
-    for done in [parallel.pool(len(ranges)).submit(fn, lo, hi) for lo, hi in ranges]:
-        done.result()
+    rest = [parallel.pool(len(ranges) - 1).submit(fn, lo, hi) for lo, hi in ranges[1:]]
+    try:
+        fn(*ranges[0])  # this thread takes the first range itself
+    finally:
+        for done in rest:
+            done.result()
 
 
 def apply_masks(

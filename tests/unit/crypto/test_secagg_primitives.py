@@ -420,6 +420,40 @@ def test_mask_thread_count_is_validated() -> None:
         set_threads(before)
 
 
+def test_background_work_returns_its_result_or_its_error_for_every_thread_count() -> None:
+    import hashlib
+    import threading
+
+    from crypto.parallel import background, set_threads, threads
+
+    data = bytes(range(256)) * 1024
+    before = threads()
+    try:
+        for count in (1, 2):
+            set_threads(count)
+            ran_in: list[str] = []
+
+            def digest(b: bytes, ran_in: list[str] = ran_in) -> str:
+                ran_in.append(threading.current_thread().name)
+                return hashlib.sha256(b).hexdigest()
+
+            assert background(digest, data)() == hashlib.sha256(data).hexdigest()
+            assert (ran_in == [threading.current_thread().name]) == (count == 1)
+
+            def fails() -> None:
+                raise ValueError("boom")
+
+            if count == 1:
+                with pytest.raises(ValueError, match="boom"):
+                    background(fails)
+            else:
+                wait = background(fails)
+                with pytest.raises(ValueError, match="boom"):
+                    wait()
+    finally:
+        set_threads(before)
+
+
 def test_mask_thread_pool_is_rebuilt_in_a_forked_child() -> None:
     """A forked child has none of its parent's threads: it must not reuse the parent's pool."""
     import os
