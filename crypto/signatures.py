@@ -16,8 +16,10 @@ releases the GIL) and says which entries fail.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -31,6 +33,7 @@ __all__ = [
     "SIGNATURE_BYTES",
     "generate_identity",
     "identity_public_bytes",
+    "remembering_valid_signatures",
     "sign",
     "verify",
     "verify_all",
@@ -81,15 +84,61 @@ _MIN_PER_THREAD = 8
 to a thread costs more than it saves."""
 
 
+_MEMO_CAPACITY = 1 << 16
+_memo: set[bytes] | None = None
+"""Digests of (key, signature, framed message) triples this process found valid, while
+:func:`remembering_valid_signatures` is on; ``None`` (off) by default."""
+
+
+@contextlib.contextmanager
+def remembering_valid_signatures() -> Iterator[None]:
+    """Within the block, this process verifies each valid signature once.
+
+    Ed25519 verification is a deterministic function of (public key, signature,
+    message), so a triple found valid is valid again: inside the block a repeated valid
+    triple is accepted from a memo of SHA-256 digests of the length-prefixed triple
+    (a forged or altered signature is never in it: that would take a SHA-256 collision
+    with a valid triple). Every decision is the one :func:`verify` makes; only the
+    repeated work goes.
+
+    For simulations that run many parties in one process (the in-process transport's
+    workers), where each party verifies the same cohort signatures: each real site, one
+    per process, still verifies every signature it receives. The memo holds at most
+    65,536 digests (2 MiB) and is emptied when full. Nesting is allowed.
+    """
+    global _memo
+    outer = _memo
+    if outer is None:
+        _memo = set()
+    try:
+        yield
+    finally:
+        _memo = outer
+
+
+def _triple_digest(public_key: bytes, signature: bytes, framed: bytes) -> bytes:
+    return hashlib.sha256(
+        len(public_key).to_bytes(2, "big") + public_key + len(signature).to_bytes(2, "big") + signature + framed
+    ).digest()
+
+
 def _valid(public_key: bytes, signature: bytes, framed: bytes) -> bool:
     if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
         return False
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         return False
+    memo = _memo
+    key = _triple_digest(public_key, signature, framed) if memo is not None else b""
+    if memo is not None and key in memo:
+        return True
     try:
         _public_key(public_key).verify(signature, framed)
     except (InvalidSignature, ValueError):
         return False
+    if memo is not None:
+        if len(memo) >= _MEMO_CAPACITY:
+            memo.clear()
+        memo.add(key)
     return True
 
 

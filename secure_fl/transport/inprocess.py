@@ -25,6 +25,12 @@ this process or in a pool of worker processes, and only moves envelopes and time
   crosses once. Every client-side random choice depends on the client's name and the
   aggregation (:mod:`secure_fl.engine.public`), never on the worker, so the results are
   the same for any number of workers.
+* **shared verification**: the parties of one batch run in one process and verify the
+  same cohort signatures (every neighbour's signed keys, the consistency quorum), so
+  each valid signature is verified once per batch
+  (:func:`crypto.signatures.remembering_valid_signatures`; a forged one still fails for
+  every party). Every decision is the one each party would make alone; a deployed
+  site, one per process, verifies everything it receives.
 
 A party whose handler raises answers with ``refused`` and ``refusal = "error"`` (the
 transport builds that envelope), so the engine always learns why.
@@ -43,6 +49,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from crypto.signatures import remembering_valid_signatures
 from secure_fl.devices import DeviceProfile
 from secure_fl.engine.client import DictState, StateStore
 from secure_fl.engine.transport import (
@@ -116,7 +123,8 @@ def _worker(conn: Connection, inherited: list[Connection]) -> None:
             return
         if batch is None:
             return
-        conn.send([(a, _serve(_PARTIES[a], kind, env)) for a, kind, env in batch])
+        with remembering_valid_signatures():  # the parties of one batch share the cohort's signatures
+            conn.send([(a, _serve(_PARTIES[a], kind, env)) for a, kind, env in batch])
 
 
 class _PinnedPool:
@@ -256,7 +264,8 @@ class InProcessTransport:
         batch = [(a, kind, env) for a, (kind, env) in sorted(live.items())]
         if self._pool is not None and len(batch) > 1:
             return self._pool.run(batch)
-        return {a: _serve(self.parties[a], kind, env) for a, kind, env in batch}
+        with remembering_valid_signatures():
+            return {a: _serve(self.parties[a], kind, env) for a, kind, env in batch}
 
     def _seconds(self, address: int, sent: Envelope, reply: Envelope) -> float:
         prof = self.parties[address].profile

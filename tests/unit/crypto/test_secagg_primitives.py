@@ -149,6 +149,56 @@ def test_batch_verification_decides_each_entry_as_verify_does_for_every_thread_c
         verify_all(entries, context=b"secagg-consistency", threads=0)
 
 
+def test_remembered_signatures_skip_repeated_work_and_never_accept_a_forgery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside remembering_valid_signatures a repeated valid triple costs no second OpenSSL
+    verification, while every altered triple (flipped signature bit, other message, other
+    key, other context) is still rejected, also after its valid original was remembered;
+    outside the block nothing is remembered."""
+    import crypto.signatures as signatures
+
+    calls: list[bytes] = []
+    real = signatures._public_key
+
+    class Counting:
+        def __init__(self, raw: bytes) -> None:
+            self.key = real(raw)
+
+        def verify(self, sig: bytes, data: bytes) -> None:
+            calls.append(sig)
+            self.key.verify(sig, data)
+
+    monkeypatch.setattr(signatures, "_public_key", Counting)
+    key, other = generate_identity(rng(30)), generate_identity(rng(31))
+    pk, pk_other = identity_public_bytes(key), identity_public_bytes(other)
+    sig = sign(key, b"survivors", context=b"secagg-consistency")
+    forged = [(pk, sig[:-1] + bytes([sig[-1] ^ 1]), b"survivors"), (pk, sig, b"survivorz"), (pk_other, sig, b"survivors")]
+
+    def decisions() -> list[bool]:
+        return signatures.verify_all([(pk, sig, b"survivors"), *forged, (pk, sig, b"survivors")],
+                                     context=b"secagg-consistency", threads=1)
+
+    assert decisions() == [True, False, False, False, True] and len(calls) == 5  # off: every entry verified
+    assert signatures._memo is None
+    calls.clear()
+    with signatures.remembering_valid_signatures():
+        assert decisions() == [True, False, False, False, True]
+        assert len(calls) == 4  # the repeated valid triple was not verified again; forgeries were
+        calls.clear()
+        with signatures.remembering_valid_signatures():  # nested: the same memo
+            verify(pk, sig, b"survivors", context=b"secagg-consistency")
+            for bad_pk, bad_sig, msg in forged:
+                with pytest.raises(CryptoError):
+                    verify(bad_pk, bad_sig, msg, context=b"secagg-consistency")
+            with pytest.raises(CryptoError):  # the same triple under another purpose
+                verify(pk, sig, b"survivors", context=b"secagg-advertise")
+        assert len(calls) == 4
+        assert signatures._memo is not None
+    assert signatures._memo is None
+    calls.clear()
+    verify(pk, sig, b"survivors", context=b"secagg-consistency")
+    assert len(calls) == 1
+
+
 # -- Shamir ----------------------------------------------------------------------------
 def test_prime_is_the_documented_prime() -> None:
     assert PRIME == 2**256 + 297
