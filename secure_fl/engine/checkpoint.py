@@ -430,9 +430,12 @@ def write_checkpoint(
     payload = canonical_json(_doc(snapshot))
     digest = hashlib.sha256(payload).digest()
     signature = signing_key.sign(CHECKPOINT_LABEL + digest)
-    outer = {"checkpoint": json.loads(payload), "sha256": digest.hex(), "signature": signature.hex()}
+    # canonical_json({"checkpoint": doc, "sha256": ..., "signature": ...}), assembled from
+    # the canonical payload instead of encoding the (large) document a second time
+    outer = (b'{"checkpoint":' + payload + b',"sha256":"' + digest.hex().encode()
+             + b'","signature":"' + signature.hex().encode() + b'"}')
     target = Path(run_dir) / CHECKPOINT_FILENAME
-    _atomic_write(target, canonical_json(outer) + b"\n")
+    _atomic_write(target, outer + b"\n")
     return target
 
 

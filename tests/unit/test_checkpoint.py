@@ -298,6 +298,8 @@ def test_checkpoint_is_signed_and_refuses_edits(tmp_path: Path) -> None:
     assert again is not None and (again.version, again.ledger_head) == (loaded.version, loaded.ledger_head)
     assert loaded.state["w"].tobytes() == np.ones(3, dtype=np.float32).tobytes()
     assert not list(tmp_path.glob(".checkpoint*"))  # no temp file left behind
+    raw = (tmp_path / CHECKPOINT_FILENAME).read_bytes()  # the file is itself canonical JSON
+    assert raw == canonical_json(json.loads(raw)) + b"\n"
     # someone without the key resets the budgets: refused
     doc = json.loads((tmp_path / CHECKPOINT_FILENAME).read_text())
     doc["checkpoint"]["state"]["budgets"] = {"$intmap": []}
