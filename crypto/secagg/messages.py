@@ -27,6 +27,7 @@ UNMASK         UnmaskRequest (U3, sigs)     UnmaskShares (b_v or s_sk_v shares)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import operator
 import struct
@@ -539,9 +540,13 @@ class UnmaskRequest(DownlinkMessage):
         field checks of ``__init__`` (90 requests of ~50 signatures each cost ~20 ms at
         n = 100). Nothing is trusted on the strength of this: the recipient decodes the
         request from the wire (:func:`crypto.secagg.wire.decode`), which runs every check."""
+        given = {"session_id": session_id, "round_number": round_number, "recipient": recipient,
+                 "survivors": survivors, "signatures": signatures, "mask_sets": mask_sets}
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(given) != names:  # a field added to the message must be added here too
+            raise LocalProtocolError(f"UnmaskRequest.from_server misses fields {sorted(names - set(given))}")
         obj = object.__new__(cls)
-        for name, value in (("session_id", session_id), ("round_number", round_number), ("recipient", recipient),
-                            ("survivors", survivors), ("signatures", signatures), ("mask_sets", mask_sets)):
+        for name, value in given.items():
             object.__setattr__(obj, name, value)
         return obj
 
