@@ -187,6 +187,8 @@ class ClientBudgets:
         :class:`BudgetExhaustedError` *after* recording, so the overrun is never hidden.
         """
         self._commit(client, event)
+        if self.cap(client) == math.inf:  # nothing to exceed: skip the epsilon conversion
+            return
         eps = self.epsilon(client)
         if eps > self.cap(client):
             raise BudgetExhaustedError(
