@@ -65,6 +65,8 @@ stage-timeout = 60.0
 poll-interval = 0.25
 feature-shape = ""
 drop-plan = ""
+resume = false
+state-dir = ""
 """
 
 _APP_PY = '''"""secure-fl's ServerApp and ClientApp (config paths are absolute)."""
