@@ -171,25 +171,29 @@ class Transcript:
                 }
                 for r in self.records
             ],
-            "aggregations": [
-                {
-                    "version": a.version,
-                    "field_bits": a.field_bits,
-                    "coordinates": a.coordinates,
-                    "top4_histogram": list(a.top4_histogram),
-                    "uploads": [
-                        {
-                            "sender": u.sender,
-                            "coordinates": u.coordinates,
-                            "top4_histogram": list(u.top4_histogram),
-                        }
-                        for u in a.uploads
-                    ],
-                    "statistics": dict(a.statistics),
-                }
-                for a in self.aggregations
-            ],
+            "aggregations": _aggregations_json(self.aggregations),
         }
+
+
+def _aggregations_json(aggregations: Iterable[AggregationStats]) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": a.version,
+            "field_bits": a.field_bits,
+            "coordinates": a.coordinates,
+            "top4_histogram": list(a.top4_histogram),
+            "uploads": [
+                {
+                    "sender": u.sender,
+                    "coordinates": u.coordinates,
+                    "top4_histogram": list(u.top4_histogram),
+                }
+                for u in a.uploads
+            ],
+            "statistics": dict(a.statistics),
+        }
+        for a in aggregations
+    ]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -352,13 +356,69 @@ class TranscriptWriter:
             writer._stats[agg.version] = dict(agg.statistics)
         return writer
 
-    def transcript(self) -> Transcript:
-        """A snapshot of everything recorded so far."""
-        aggregations = tuple(
+    def _aggregation_stats(self) -> tuple[AggregationStats, ...]:
+        return tuple(
             AggregationStats(v, self._bits[v], tuple(self._uploads[v]), dict(self._stats[v]))
             for v in sorted(self._uploads)
         )
-        return Transcript(self._protocol, tuple(self._records), aggregations)
+
+    def transcript(self) -> Transcript:
+        """A snapshot of everything recorded so far."""
+        return Transcript(self._protocol, tuple(self._records), self._aggregation_stats())
+
+    # -- checkpoint state ---------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything recorded so far, compact, for a checkpoint (rewritten after every
+        aggregation, so its encoding cost matters): the records as columns (numpy
+        arrays; the raw 32-byte digests concatenated into one ``bytes``) and the
+        aggregations as in ``transcript.json``. :meth:`from_state` restores this writer."""
+        records = self._records
+        n = len(records)
+        stages = sorted({r.stage for r in records})
+        code = {stage: i for i, stage in enumerate(stages)}
+        return {
+            "protocol": self._protocol,
+            "versions": np.fromiter((r.version for r in records), dtype=np.int64, count=n),
+            "senders": np.fromiter((r.sender for r in records), dtype=np.int64, count=n),
+            "sizes": np.fromiter((r.size for r in records), dtype=np.int64, count=n),
+            "stages": stages,
+            "stage_codes": np.fromiter((code[r.stage] for r in records), dtype=np.int64, count=n),
+            "digests": bytes.fromhex("".join(r.sha256 for r in records)),
+            "aggregations": _aggregations_json(self._aggregation_stats()),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> TranscriptWriter:
+        """The writer :meth:`state` describes; :class:`TranscriptError` naming the field
+        if it is malformed (every record and aggregation is checked as on loading)."""
+        if not isinstance(state, Mapping):
+            raise TranscriptError("transcript state is not a mapping", location="state")
+        columns = {}
+        for name in ("versions", "senders", "sizes", "stage_codes"):
+            col = state.get(name)
+            if not isinstance(col, np.ndarray) or col.ndim != 1 or col.dtype.kind not in "iu":
+                raise TranscriptError(f"transcript state: {name} is not a 1-D integer array", location=name)
+            columns[name] = col.tolist()
+        stages, digests = state.get("stages"), state.get("digests")
+        n = len(columns["versions"])
+        if any(len(col) != n for col in columns.values()):
+            raise TranscriptError("transcript state: columns of different lengths", location="state")
+        if not isinstance(stages, list) or not all(isinstance(x, str) for x in stages):
+            raise TranscriptError("transcript state: stages is not a list of names", location="stages")
+        if not isinstance(digests, bytes) or len(digests) != 32 * n:
+            raise TranscriptError(f"transcript state: digests are not {n} SHA-256 values", location="digests")
+        if any(not 0 <= c < len(stages) for c in columns["stage_codes"]):
+            raise TranscriptError("transcript state: a stage code is out of range", location="stage_codes")
+        parsed = transcript_from_json({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "protocol": state.get("protocol"),
+            "records": [], "aggregations": state.get("aggregations"),
+        })
+        writer = cls.from_transcript(parsed)
+        for i, (version, sender, size, c) in enumerate(zip(
+                columns["versions"], columns["senders"], columns["sizes"], columns["stage_codes"], strict=True)):
+            writer.add_message(version=version, sender=sender, stage=stages[c], size=size,
+                               sha256=digests[32 * i:32 * i + 32].hex())
+        return writer
 
     def write(self, path: str | os.PathLike[str]) -> str:
         """Atomically write ``transcript.json`` (temp file, fsync, rename); return its digest."""

@@ -133,7 +133,7 @@ METRICS_FILENAME = "metrics.jsonl"
 SERVER_KEY_FILENAME = "ledger.key"
 CHECKPOINT_LABEL = b"secure-fl/checkpoint/v1"
 FORMAT = "secure-fl/checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -729,9 +729,9 @@ def privacy_state(privacy: Any) -> dict[str, Any]:
     released-model accountant, the record-level accountants, warnings, hazards and
     counters. DP events and epsilons only: nothing about any individual update."""
     return {
-        "budgets": privacy.budgets.state_dict(),
-        "replace_one": privacy.replace_one.state_dict(),
-        "released_budgets": privacy.released_budgets.state_dict(),
+        "budgets": _compact_history(privacy.budgets.state_dict()),
+        "replace_one": _compact_history(privacy.replace_one.state_dict()),
+        "released_budgets": _compact_history(privacy.released_budgets.state_dict()),
         "released": _rdp_state(privacy.released),
         "record_accountants": {_ident(c): _rdp_state(a) for c, a in privacy.record_accountants.items()},
         "warnings": list(privacy.warnings),
@@ -741,15 +741,50 @@ def privacy_state(privacy: Any) -> dict[str, Any]:
     }
 
 
+def _compact_history(budget_state: Mapping[str, Any]) -> dict[str, Any]:
+    """A budgets ``state_dict`` with each distinct DP event stored once: ``events`` lists
+    them, and each client's history becomes an index array into it (every client of an
+    aggregation is charged the same event, so this keeps the checkpoint small)."""
+    events: list[Any] = []
+    index: dict[Any, int] = {}
+    history = []
+    for client, evs in budget_state["history"]:
+        idx = []
+        for event in evs:
+            at = index.get(event)
+            if at is None:
+                at = index[event] = len(events)
+                events.append(event)
+            idx.append(at)
+        history.append([client, np.asarray(idx, dtype=np.int64)])
+    return {**budget_state, "history": history, "events": events}
+
+
+def _expand_history(compact: Mapping[str, Any]) -> dict[str, Any]:
+    """The budgets ``state_dict`` that :func:`_compact_history` compacted."""
+    events = compact.get("events")
+    if not isinstance(events, list):
+        raise CheckpointError("budget state lacks its event table", field="dp")
+    history = []
+    for client, idx in compact.get("history", []):
+        if not isinstance(idx, np.ndarray) or idx.ndim != 1 or idx.dtype.kind not in "iu" or (
+                idx.size and not (0 <= int(idx.min()) and int(idx.max()) < len(events))):
+            raise CheckpointError(f"budget state: client {client!r} refers to events that do not exist", field="dp")
+        history.append([client, [events[i] for i in idx.tolist()]])
+    out = {k: v for k, v in compact.items() if k != "events"}
+    out["history"] = history
+    return out
+
+
 def load_privacy_state(privacy: Any, state: Mapping[str, Any]) -> None:
     """Restore :func:`privacy_state` into a freshly built ``RunPrivacy`` of the same
     configuration (:class:`CheckpointError` if delta, accountant or caps differ)."""
     from privacy.errors import PrivacyError
 
     try:
-        privacy.budgets.load_state_dict(state["budgets"])
-        privacy.replace_one.load_state_dict(state["replace_one"])
-        privacy.released_budgets.load_state_dict(state["released_budgets"])
+        privacy.budgets.load_state_dict(_expand_history(state["budgets"]))
+        privacy.replace_one.load_state_dict(_expand_history(state["replace_one"]))
+        privacy.released_budgets.load_state_dict(_expand_history(state["released_budgets"]))
     except PrivacyError as exc:
         raise CheckpointError(f"budget state: {exc}", field="dp") from None
     except KeyError as exc:
@@ -950,13 +985,14 @@ class RunStore:
         #: The checkpoint's state tree (empty for a fresh run or one that died before
         #: its first aggregation).
         self.saved: Mapping[str, Any] = snap.state if snap is not None else {}
-        from audits.transcript import TranscriptWriter, transcript_from_json
+        from audits.errors import TranscriptError
+        from audits.transcript import TranscriptWriter
 
         self._transcript_cls = TranscriptWriter
-        self.transcript: Any = (
-            TranscriptWriter.from_transcript(transcript_from_json(self.saved["transcript"]))
-            if self.saved else None
-        )
+        try:
+            self.transcript: Any = TranscriptWriter.from_state(self.saved["transcript"]) if self.saved else None
+        except TranscriptError as exc:
+            raise CheckpointError(f"transcript state: {exc}", field="transcript") from None
 
     @classmethod
     def open(
@@ -1042,7 +1078,7 @@ class RunStore:
 
         def state() -> dict[str, Any]:
             out: dict[str, Any] = {
-                "transcript": transcript.transcript().to_json(),
+                "transcript": transcript.state(),
                 "server_rng": csprng_state(engine.rng, public=reproducible),
                 "stopped": bool(engine.stopped),
             }

@@ -210,6 +210,46 @@ def test_transcript_writer_resumes_from_its_json() -> None:
     assert again.transcript() == tw.transcript()
 
 
+def test_transcript_writer_resumes_from_its_compact_state() -> None:
+    """The checkpoint's columnar transcript state restores the writer exactly, and a
+    damaged state is refused with the field named."""
+    from audits.errors import TranscriptError
+
+    tw = TranscriptWriter("secagg")
+    for v in (1, 2):
+        for sender, stage in ((0, "advertise"), (3, "masked_input"), (1, "unmask")):
+            tw.add_message(version=v, sender=sender, stage=stage, size=100 * v + sender,
+                           sha256=hashlib.sha256(bytes([v, sender])).hexdigest())
+        tw.observe_masked_upload(version=v, sender=3, masked=np.arange(64, dtype=np.uint32), bits=16)
+        tw.add_statistic(version=v, name="corr", value=0.25 * v)
+    again = TranscriptWriter.from_state(_tree_trip(tw.state()))
+    assert again.transcript() == tw.transcript()
+    assert TranscriptWriter.from_state(_tree_trip(TranscriptWriter("plain").state())).transcript() == (
+        TranscriptWriter("plain").transcript())
+    good = _tree_trip(tw.state())
+    for field, bad in (("digests", good["digests"][:-1]), ("senders", good["senders"][:-1]),
+                       ("stage_codes", good["stage_codes"] + 7), ("sizes", [1, 2]), ("stages", "advertise")):
+        with pytest.raises(TranscriptError):
+            TranscriptWriter.from_state({**good, field: bad})
+
+
+def test_budget_history_compaction_round_trips_and_refuses_dangling_indices() -> None:
+    from secure_fl.engine.checkpoint import _compact_history, _expand_history
+
+    a = ClientBudgets(delta=1e-5, default_cap=math.inf)
+    for v in range(4):
+        for c in range(5):
+            a.charge(c, GaussianEvent(2.0 + (v % 2)))
+    compact = _tree_trip(_compact_history(a.state_dict()))
+    assert len(compact["events"]) == 2  # one entry per distinct event, not per charge
+    b = ClientBudgets(delta=1e-5, default_cap=math.inf)
+    b.load_state_dict(_expand_history(compact))
+    assert all(b.history(c) == a.history(c) and b.epsilon(c) == a.epsilon(c) for c in range(5))
+    compact["history"][0][1] = np.array([0, 5])
+    with pytest.raises(CheckpointError, match="do not exist"):
+        _expand_history(compact)
+
+
 # -- tree encoding -------------------------------------------------------------------------------
 def test_tree_encoding_round_trips_exactly() -> None:
     tree = {
