@@ -1,6 +1,6 @@
 """The audit pipeline behind ``secure-fl audit RUN_DIR``: :func:`audit_run`.
 
-Steps (DESIGN.md section 6), each recorded in ``audit.json`` and ``report.html``:
+Steps (docs/audit-guide.md), each recorded in ``audit.json`` and ``report.html``:
 
 1. **Ledger**: :func:`audits.ledger.verify_ledger` under ``ledger_public_key.pem``,
    anchored by ``summary.json``'s ``ledger_entries`` / ``ledger_head``; every entry's

@@ -14,7 +14,7 @@ Two code paths live here.
   without :mod:`privacy`): an *upper* bound used by the empirical audit to bound its
   own re-run.
 
-What is composed (DESIGN.md section 5a; the summary states the same):
+What is composed (docs/threat-model.md; the summary states the same):
 
 * **against the server** (``epsilon_against_server``, ledger ``epsilon_per_client`` /
   ``epsilon_max``, ``metrics.jsonl`` ``epsilon``): for each client, the ledger's

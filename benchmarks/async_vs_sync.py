@@ -1,6 +1,6 @@
 """Semi-asynchronous buffered aggregation versus synchronous rounds with stragglers.
 
-DESIGN.md section 8: with 30% stragglers (10x slower), ``async`` reaches the target
+The async target: with 30% stragglers (10x slower), ``async`` reaches the target
 accuracy in at most 1/4 of the virtual time ``sync`` needs, and final accuracy is within
 1 point. Both modes run in one process on the same data, seed and device profiles.
 

@@ -1,6 +1,6 @@
 """SecAgg / SecAgg+ benchmark against the AES-CTR keystream bound and Flower's SecAgg+.
 
-One run measures, side by side on the same machine (DESIGN.md section 8):
+One run measures, side by side on the same machine (the SecAgg+ targets in benchmarks/RESULTS.md):
 
 * ``keystream_GBps``: AES-256-CTR keystream speed of :class:`crypto.prg.Csprng`
   (the PRG every mask is expanded with), on 4*d-byte draws;

@@ -1,6 +1,6 @@
 """Sparse updates over a public support: accuracy and upload bytes under SecAgg.
 
-DESIGN.md section 8 / issue 6: ``prune`` at 90% sparsity stays within 2 points of the
+The sparsity target (issue 6): ``prune`` at 90% sparsity stays within 2 points of the
 dense model's accuracy on digits, and SecAgg upload bytes shrink at least 10x;
 ``memory_budget`` reports the client memory and payload reduction and its accuracy cost.
 

@@ -610,7 +610,7 @@ class CkksClient:
 class KeyHolder:
     """Owner of the CKKS secret key; decrypts only aggregates, and counts them itself.
 
-    Accountability (DESIGN.md section 5a: the server never decides alone what the key
+    Accountability (docs/threat-model.md: the server never decides alone what the key
     holder decrypts):
 
     * The public context is published signed with the key holder's Ed25519 identity

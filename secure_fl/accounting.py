@@ -1,6 +1,6 @@
 """Privacy accounting of a run: per-client budgets, every reported epsilon, the last line.
 
-What each reported figure means (DESIGN.md section 5a; docs/choosing-epsilon.md):
+What each reported figure means (docs/threat-model.md; docs/choosing-epsilon.md):
 
 * **Unit**: client level, one client's whole (clipped) update to one aggregation; with
   ``dp.record_level`` also record level, one training example of a site (Opacus

@@ -1,7 +1,7 @@
 """The secure-fl side of ``secure-fl audit``: a :class:`audits.replay.JobReplay` for a
 run directory written by :func:`secure_fl.run`.
 
-``audits`` checks run directories without importing ``secure_fl`` (DESIGN.md section 1:
+``audits`` checks run directories without importing ``secure_fl`` (docs/architecture.md:
 ``secure_fl -> audits``, never the reverse). Its empirical tests need to re-run a small
 version of the job, evaluate the released model and take one SGD step on one record;
 :class:`RunReplay` does that with the runner's own building blocks (the run's

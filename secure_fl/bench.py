@@ -67,7 +67,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 #: Per-neighbour allowance for the O(n) part of a SecAgg+ upload (encrypted Shamir
-#: shares, keys, signature); DESIGN.md states the bound as d * b / 8 + O(n).
+#: shares, keys, signature); the target states the bound as d * b / 8 + O(n).
 OVERHEAD_PER_NEIGHBOUR_B = 256
 
 
@@ -77,7 +77,7 @@ class BenchmarksNotFoundError(SecureFLError):
 
 @dataclass(frozen=True)
 class TargetRow:
-    """One line of the table: a measured figure against its DESIGN.md target."""
+    """One line of the table: a measured figure against its target (benchmarks/RESULTS.md)."""
 
     benchmark: str
     measure: str
@@ -170,7 +170,7 @@ def _run_ckks(root: Path, size: dict[str, Any]) -> dict[str, Any]:
 
 def _run_async(root: Path, size: dict[str, Any]) -> dict[str, Any]:
     mod = load_benchmark("async_vs_sync", root)
-    # The DESIGN.md comparison is about scheduling: plaintext aggregation without DP.
+    # The async target's comparison is about scheduling: plaintext aggregation without DP.
     res: dict[str, Any] = mod.run_benchmark(
         protocol="plain", rounds=size["rounds"], extra=["dp.mechanism=none"]
     )

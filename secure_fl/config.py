@@ -1,7 +1,7 @@
 """The run configuration: one frozen, validated object per run.
 
 A configuration is a TOML file (or the embedded default, :data:`DEFAULT_CONFIG_PATH`)
-plus ``--set key=value`` overrides with the dotted keys of DESIGN.md section 7
+plus ``--set key=value`` overrides with the dotted keys of docs/configuration.md
 (``clients.num=20``, ``dp.mechanism=discrete_gaussian``). Unknown keys, wrong types and
 impossible values raise :class:`secure_fl.errors.ConfigError` naming the field.
 

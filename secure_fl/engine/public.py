@@ -7,7 +7,7 @@ checks the planned event against its own budget, so the server never decides alo
 much noise a client adds. The functions here are pure: one copy, used by
 :mod:`secure_fl.engine.server` and :mod:`secure_fl.engine.client`.
 
-Randomness (DESIGN.md section 2): every privacy-relevant client-side random choice
+Randomness (docs/architecture.md): every privacy-relevant client-side random choice
 (DP-SGD noise and batches, noise share, rounding, SecAgg client seed) comes from
 :func:`client_rng`, and public set-up randomness (session id, round seed, graph seed)
 from :func:`public_seed`. Both are fresh OS entropy unless

@@ -1,6 +1,6 @@
 """Each aggregation's public support, the pruner, and the memory-budget choice.
 
-The support is public and shared (DESIGN.md section 2): per-client top-k index sets
+The support is public and shared (docs/architecture.md): per-client top-k index sets
 are never sent. It comes from
 
 * ``sparsity.kind = "random_k"``: ``k = density * d`` indices drawn from a public

@@ -40,7 +40,7 @@ from crypto.prg import Csprng
 
 SLOTS = DEFAULT_PARAMS.slots
 DIM = 2 * SLOTS + 37  # three chunks, the last one partial
-TOL = 1e-6  # DESIGN.md section 8: aggregate error relative to the update's scale
+TOL = 1e-6  # the CKKS target (benchmarks/RESULTS.md): aggregate error relative to the update's scale
 
 
 CLIENT_KEYS = [Ed25519PrivateKey.generate() for _ in range(100)]
@@ -133,7 +133,7 @@ def test_error_is_relative_to_the_public_bound(key_holder: KeyHolder, bound: flo
 def test_bytes_per_parameter(pub: PublicContext) -> None:
     d = 8 * SLOTS
     blob = encrypt_vector(pub, _inputs(1, d)[0]).to_bytes()
-    assert len(blob) / d <= 33  # DESIGN.md section 8 (measured ~28.8)
+    assert len(blob) / d <= 33  # the bytes-per-parameter target (benchmarks/RESULTS.md; measured ~28.8)
 
 
 def test_no_tenseal_long_vector_warning(

@@ -61,7 +61,7 @@ def test_every_key_is_documented_with_type_default_and_description() -> None:
         assert f"| `{key}` |" in text
         assert doc.type and doc.default, key
         assert doc.description, f"{key} has no description: add Field(description=...) in config.py"
-    # The DESIGN.md section 7 keys are all there.
+    # The public configuration keys are all there.
     for key in (
         "seed", "rounds", "protocol", "clients.num", "clients.per_round", "data.dataset",
         "data.partition", "data.alpha", "data.dominant_fraction", "model.kind",

@@ -7,7 +7,7 @@ and runs it with :func:`~secure_fl.engine.transport.drive` over a
 async buffers, the protocols (SecAgg+, CKKS with its key-holder party, plain), noise
 provisioning, budgets, sparsity, evaluation, metrics, ledger and transcript are the
 engine's -- the same code the in-process simulator runs. This module only moves files:
-it writes the run directory (DESIGN.md section 7: ``config.toml``, ``ledger.jsonl`` +
+it writes the run directory (docs/architecture.md: ``config.toml``, ``ledger.jsonl`` +
 ``ledger_public_key.pem``, ``transcript.json``, ``metrics.jsonl``, ``progress.jsonl``,
 ``summary.json``, ``model.pt``, ``weights_initial.npy``/``weights_final.npy``) through
 :class:`~secure_fl.engine.checkpoint.RunStore`, the same store ``secure-fl run`` uses: a

@@ -321,7 +321,7 @@ class SiteBudget:
     is charged again. Keying by ``(run, version)`` alone would let a server that fakes
     crashes collect any number of independently noised sums of one aggregation while
     each site pays once; averaging them strips the noise (the malicious server of
-    DESIGN section 5a replays). A charge without a session id is always recorded.
+    docs/threat-model.md replays). A charge without a session id is always recorded.
     """
 
     def __init__(self, site: SiteConfig, *, delta: float) -> None:
