@@ -16,13 +16,13 @@ are combined in a fixed order.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from crypto.errors import LocalProtocolError
 
-__all__ = ["background", "check_threads", "pool", "set_threads", "threads"]
+__all__ = ["background", "check_threads", "pool", "run_all", "set_threads", "threads"]
 
 T = TypeVar("T")
 
@@ -81,3 +81,16 @@ def background(fn: Callable[..., T], *args: object) -> Callable[[], T]:
         value = fn(*args)
         return lambda: value
     return pool(_threads).submit(fn, *args).result
+
+
+def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run every call, the first in this thread and the others on the pool, and return
+    their results in order (all are finished before an exception propagates)."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    rest = [pool(len(calls) - 1).submit(call) for call in calls[1:]]
+    try:
+        first = calls[0]()
+    finally:
+        done = [f.result() for f in rest]
+    return [first, *done]

@@ -128,17 +128,24 @@ def _valid(public_key: bytes, signature: bytes, framed: bytes) -> bool:
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         return False
     memo = _memo
-    key = _triple_digest(public_key, signature, framed) if memo is not None else b""
-    if memo is not None and key in memo:
+    if memo is None:
+        return _openssl_valid(public_key, signature, framed)
+    key = _triple_digest(public_key, signature, framed)
+    if key in memo:
         return True
+    if not _openssl_valid(public_key, signature, framed):
+        return False
+    if len(memo) >= _MEMO_CAPACITY:
+        memo.clear()
+    memo.add(key)
+    return True
+
+
+def _openssl_valid(public_key: bytes, signature: bytes, framed: bytes) -> bool:
     try:
         _public_key(public_key).verify(signature, framed)
     except (InvalidSignature, ValueError):
         return False
-    if memo is not None:
-        if len(memo) >= _MEMO_CAPACITY:
-            memo.clear()
-        memo.add(key)
     return True
 
 
@@ -164,6 +171,4 @@ def verify_all(
     def check(chunk: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
         return [_valid(*e) for e in chunk]
 
-    rest = [parallel.pool(len(chunks) - 1).submit(check, c) for c in chunks[1:]]
-    first = check(chunks[0])  # this thread verifies one chunk itself
-    return first + [ok for f in rest for ok in f.result()]
+    return [ok for part in parallel.run_all([functools.partial(check, c) for c in chunks]) for ok in part]

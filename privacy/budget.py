@@ -187,12 +187,13 @@ class ClientBudgets:
         :class:`BudgetExhaustedError` *after* recording, so the overrun is never hidden.
         """
         self._commit(client, event)
-        if self.cap(client) == math.inf:  # nothing to exceed: skip the epsilon conversion
+        cap = self.cap(client)
+        if cap == math.inf:  # nothing to exceed: skip the epsilon conversion
             return
         eps = self.epsilon(client)
-        if eps > self.cap(client):
+        if eps > cap:
             raise BudgetExhaustedError(
-                f"client {client!r} is at epsilon {eps:.4g} > its cap {self.cap(client):.4g} "
+                f"client {client!r} is at epsilon {eps:.4g} > its cap {cap:.4g} "
                 f"(delta={self._delta:g}, accountant={self._accountant_name})"
             )
 

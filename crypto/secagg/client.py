@@ -37,6 +37,7 @@ server misbehaves and the client aborts (raises and refuses every later message)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Callable, Sequence
@@ -142,15 +143,7 @@ def _split(size: int, block: int, threads: int | None) -> list[tuple[int, int]]:
 
 
 def _run_ranges(fn: Callable[[int, int], None], ranges: list[tuple[int, int]]) -> None:
-    if len(ranges) == 1:
-        fn(*ranges[0])
-        return
-    rest = [parallel.pool(len(ranges) - 1).submit(fn, lo, hi) for lo, hi in ranges[1:]]
-    try:
-        fn(*ranges[0])  # this thread takes the first range itself
-    finally:
-        for done in rest:
-            done.result()
+    parallel.run_all([functools.partial(fn, lo, hi) for lo, hi in ranges])
 
 
 def apply_masks(

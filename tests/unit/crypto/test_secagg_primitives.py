@@ -536,6 +536,17 @@ def test_mask_thread_pool_is_rebuilt_in_a_forked_child() -> None:
     os.waitpid(pid, 0)
 
 
+def test_server_built_unmask_request_sets_every_field() -> None:
+    """from_server lists the fields by hand: a field added to UnmaskRequest must be added there too."""
+    import dataclasses
+    import inspect
+
+    from crypto.secagg.messages import UnmaskRequest
+
+    params = set(inspect.signature(UnmaskRequest.from_server).parameters)
+    assert params == {f.name for f in dataclasses.fields(UnmaskRequest)}
+
+
 def test_server_built_unmask_request_skips_nothing_the_recipient_checks() -> None:
     """``UnmaskRequest.from_server`` equals the checked constructor on valid fields, and a
     request it builds from bad fields is still refused when the client decodes it."""
