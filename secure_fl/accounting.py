@@ -86,7 +86,8 @@ ASYNC_REASON = (
 def calibrate_config(config: RunConfig) -> RunConfig:
     """Resolve ``dp.target_epsilon`` into ``dp.noise_multiplier`` for the planned rounds.
 
-    Worst case against the server: a client joins all ``rounds`` aggregations with the
+    Worst case against the server: a client joins all :attr:`RunConfig.aggregations`
+    aggregations (in async mode a fast client can be in every buffer) with the
     noise provisioned for the honest shares (``threat.max_colluders`` taken out by the
     aggregators, which size each share for the honest ones). Gaussian-family mechanisms
     calibrate on the continuous Gaussian.
@@ -95,7 +96,7 @@ def calibrate_config(config: RunConfig) -> RunConfig:
     if dp.target_epsilon is None or dp.mechanism == "none":
         return config
     z = calibrate_noise_multiplier(
-        target_epsilon=dp.target_epsilon, delta=dp.delta, steps=config.rounds, mechanism="gaussian"
+        target_epsilon=dp.target_epsilon, delta=dp.delta, steps=config.aggregations, mechanism="gaussian"
     )
     return config.model_copy(update={"dp": dp.model_copy(update={"noise_multiplier": float(z)})})
 

@@ -67,7 +67,7 @@ class RunReplay:
             bits=int(config.secagg.bits),
             num_clients=config.clients.num,
             cohort_size=config.cohort_size,
-            rounds=config.rounds,
+            rounds=config.aggregations,
             lr=float(config.train.lr),
             reproducible_noise=bool(config.simulation.reproducible_noise),
             dimension=num_parameters(model),

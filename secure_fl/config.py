@@ -245,10 +245,9 @@ class AggregationConfig(_Section):
         ge=1,
         description="Async: updates per buffer (K). Default: half of clients.per_round "
         "without DP (FedBuff: buffers well below the concurrency aggregate often); "
-        "ceil(0.85 x clients.per_round) under DP, where the noise in the mean falls as 1/K "
-        "(measured in benchmarks/async_defaults.py). A buffer's secure-aggregation exchange "
-        "lasts until its slowest member has uploaded, so stragglers in a buffer cost their "
-        "upload time (docs/concepts.md).",
+        "ceil(2/3 x clients.per_round) under DP, where the noise in the mean falls as 1/K, "
+        "so a buffer never waits for the slowest third of the devices (measured in "
+        "benchmarks/async_defaults.py; docs/concepts.md).",
     )
     timeout_s: float | None = Field(
         None,
@@ -265,7 +264,13 @@ class StalenessConfig(_Section):
     fn: Literal["constant", "polynomial", "hinge"] = "polynomial"
     a: float = Field(0.5, ge=0, description="Exponent (polynomial) or slope (hinge).")
     b: float = Field(4.0, ge=0, description="Hinge: staleness up to which the weight is 1.")
-    max_staleness: int = Field(20, ge=0, description="Updates staler than this are rejected.")
+    max_staleness: int | None = Field(
+        None,
+        ge=0,
+        description="Updates staler than this are rejected when they report, and the client is "
+        "sent the current model. Default: max(1, floor(concurrency / buffer size)), about "
+        "the staleness of an update from a device of average speed (FedBuff).",
+    )
 
 
 class SparsityConfig(_Section):
@@ -304,11 +309,23 @@ class ThreatConfig(_Section):
     )
 
 
+#: Rounds' worth of client updates in a run when ``rounds`` is not set (see
+#: :attr:`RunConfig.aggregations`).
+DEFAULT_ROUNDS = 30
+
+
 class RunConfig(_Section):
     """The whole run configuration. Every field is documented in docs/configuration.md."""
 
     seed: int = Field(0, ge=0, lt=2**32)
-    rounds: int = Field(30, ge=1, le=100_000, description="Aggregations (server model versions).")
+    rounds: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Aggregations (server model versions). Default: 30 rounds' worth of client "
+        "updates: 30 aggregations in sync mode; in async mode ceil(30 x concurrency / buffer size) "
+        "buffers, so both modes aggregate the same number of updates (FedBuff's comparison).",
+    )
     protocol: Literal["plain", "secagg", "ckks"] = "plain"
     clients: ClientsConfig = ClientsConfig()
     data: DataConfig = DataConfig()
@@ -482,8 +499,43 @@ class RunConfig(_Section):
         if self.aggregation.buffer_size is not None:
             return self.aggregation.buffer_size
         if self.dp.mechanism != "none":
-            return max(1, math.ceil(0.85 * self.cohort_size))
+            return max(1, math.ceil(2 * self.cohort_size / 3))
         return max(1, self.cohort_size // 2)
+
+    @property
+    def aggregations(self) -> int:
+        """Aggregations (server model versions) in this run: ``rounds``, or its default.
+
+        The default is ``DEFAULT_ROUNDS`` rounds' worth of client updates: that many
+        aggregations of the cohort in sync mode; in async mode, where each aggregation
+        takes K = :attr:`buffer_size` of the C concurrent clients' updates,
+        ``ceil(DEFAULT_ROUNDS * C / K)`` buffers, so both modes train on the same number
+        of updates (Nguyen et al., FedBuff, AISTATS 2022, compare the modes this way).
+        An explicit ``rounds`` is the number of aggregations in either mode.
+        """
+        if self.rounds is not None:
+            return self.rounds
+        if self.aggregation.mode == "async":
+            concurrency = min(self.cohort_size, self.clients.num)
+            return math.ceil(DEFAULT_ROUNDS * concurrency / self.buffer_size)
+        return DEFAULT_ROUNDS
+
+    @property
+    def max_staleness(self) -> int:
+        """Async: the staleness bound (``staleness.max_staleness`` or its default).
+
+        With C clients training concurrently and a buffer of K, the server aggregates
+        once per K arrivals, so an update from a device of average speed is about C / K
+        versions old when it lands (Nguyen et al., FedBuff, AISTATS 2022). The default
+        ``max(1, floor(C / K))`` admits devices about as fast as average or faster and
+        turns away those much slower, whose updates would otherwise hold up every
+        secure-aggregation exchange they join (each buffer is one exchange, which lasts
+        until its slowest member has uploaded); a turned-away client trains again on
+        the current model.
+        """
+        if self.staleness.max_staleness is not None:
+            return self.staleness.max_staleness
+        return max(1, min(self.cohort_size, self.clients.num) // self.buffer_size)
 
     def with_overrides(
         self, overrides: Sequence[str] | Mapping[str, Any] = (), /, **fields: Any
@@ -710,8 +762,10 @@ def load_config(
 
 
 def to_toml(config: RunConfig) -> str:
-    """The fully resolved configuration as TOML (``None`` values are omitted)."""
-    data = config.model_dump(mode="json", exclude_none=True)
+    """The fully resolved configuration as TOML (``None`` values are omitted; ``rounds``
+    is written as :attr:`RunConfig.aggregations`)."""
+    resolved = config.model_copy(update={"rounds": config.aggregations})
+    data = resolved.model_dump(mode="json", exclude_none=True)
     return tomli_w.dumps(data)
 
 

@@ -349,7 +349,7 @@ def _run(
             write_run_roster(store.run_dir, identities)  # the clients' public keys: who countersigns
     transcript = store.transcript if store is not None else TranscriptWriter(config.protocol)
     bar = Progress(
-        config.rounds,
+        config.aggregations,
         desc=f"secure-fl {config.protocol} ({config.aggregation.mode})",
         enabled=progress,
     )
@@ -439,7 +439,7 @@ def _run(
         "noise_multiplier": config.dp.noise_multiplier if privacy.enabled else None,
         "protocol": config.protocol,
         "transport": "inprocess",
-        "rounds": config.rounds,
+        "rounds": config.aggregations,
         "aggregations_completed": sum(1 for m in metrics if not m["aborted"]),
         "num_clients": config.clients.num,
         **({"data_source": f"python ({len(sites)} sites)"} if sites is not None else {}),

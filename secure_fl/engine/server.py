@@ -21,8 +21,10 @@ resumed with their results; it never touches a socket or a clock. One run:
    K = ``aggregation.buffer_size`` ready clients or ``timeout_s`` after the first
    (``NextReply``); each buffer is one secure-aggregation cohort whose members weight
    their updates by ``s(tau)``, ``tau`` = versions since they downloaded (announced in
-   the set-up and checked by the client); updates staler than
-   ``staleness.max_staleness`` are rejected with the reason recorded.
+   the set-up and checked by the client); an update staler than the bound
+   (:attr:`secure_fl.config.RunConfig.max_staleness`) is rejected when it reports, before
+   it takes a buffer slot, with the reason recorded, and its client is sent the current
+   model.
 3. each aggregation's **protocol** (:mod:`secure_fl.engine.roles`): SecAgg+ stage by
    stage with deadlines, CKKS with the key-holder party, or plain.
 4. **accounting** (:class:`secure_fl.accounting.RunPrivacy`): every survivor is charged
@@ -443,7 +445,7 @@ class ServerEngine:
 
     def _run_sync(self) -> Generator[Command, Any, None]:
         cfg = self.config
-        while self.version < cfg.rounds and not self.stopped:
+        while self.version < cfg.aggregations and not self.stopped:
             version = self.version + 1
             cohort = self._draw()
             support = self._support(version)
@@ -488,7 +490,7 @@ class ServerEngine:
         cfg = self.config
         k = cfg.buffer_size
         timeout = cfg.aggregation.timeout_s
-        st = cfg.staleness
+        bound = cfg.max_staleness
         busy: dict[int, int] = {}  # address -> base version it trains from
         by_address = {p.address: p for p in self.clients}
 
@@ -508,7 +510,11 @@ class ServerEngine:
         yield from fill()
         buffer: list[Party] = []
         opened: float | None = None
-        while self.version < cfg.rounds and not self.stopped and busy:
+        # Updates staler than the bound are turned away when they report, before they
+        # take a buffer slot, and the client is handed the current model at once
+        # (FedBuff); the rejections are reported with the next aggregation.
+        rejected: dict[Any, str] = {}
+        while self.version < cfg.aggregations and not self.stopped and busy:
             now = float((yield Now()))
             wait = None if opened is None or timeout is None else max(0.0, opened + timeout - now)
             got = yield NextReply(timeout=wait)
@@ -522,6 +528,12 @@ class ServerEngine:
                     busy.pop(address)
                     self.privacy.refusals += 1
                     continue
+                tau = self.version - busy[address]
+                if tau > bound:
+                    rejected[p.ident] = f"staleness {tau} exceeds the bound {bound}"
+                    busy.pop(address)
+                    yield from fill()
+                    continue
                 buffer.append(p)
                 if opened is None:
                     opened = float((yield Now()))
@@ -533,14 +545,10 @@ class ServerEngine:
             version = self.version + 1
             taus = {p.address: self.version - busy[p.address] for p in members}
             staleness = {p.ident: taus[p.address] for p in members}
-            rejected = {
-                p.ident: f"staleness {taus[p.address]} exceeds the bound {st.max_staleness}"
-                for p in members if taus[p.address] > st.max_staleness
-            }
-            ready = [p for p in members if p.ident not in rejected]
             start = yield Now()
-            yield from self._aggregate(version, members, ready, self._support(version), refused={}, late=[],
+            yield from self._aggregate(version, members, members, self._support(version), refused={}, late=[],
                                        staleness=staleness, rejected=rejected, taus=taus, started=float(start))
+            rejected = {}
             for p in members:
                 busy.pop(p.address, None)
             yield from fill()
@@ -571,7 +579,7 @@ class ServerEngine:
                 "every cohort member refused: privacy budget spent" if refused and len(refused) == len(cohort)
                 else "empty cohort: the Poisson draw selected no client" if not cohort
                 else "no cohort member finished training in time" if late
-                else "every buffered update was rejected as stale"
+                else "no update to aggregate"
             )
             outcome = Outcome(None, tuple(p.ident for p in cohort), (), {}, {}, {}, {}, aborted=reason)
         else:

@@ -215,7 +215,7 @@ def make_pruner(config: RunConfig, model: nn.Module, dim: int) -> MagnitudePrune
     prunable = np.concatenate(
         [np.full(p.numel(), p.dim() > 1) for p in model.parameters() if p.requires_grad]
     )
-    end = max(1, int(0.6 * config.rounds))
+    end = max(1, int(0.6 * config.aggregations))
     return MagnitudePruner(dim=dim, density=config.sparsity.density, start=0, end=end, prunable=prunable)
 
 

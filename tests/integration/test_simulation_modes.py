@@ -34,6 +34,33 @@ def test_stale_updates_beyond_the_bound_are_rejected_with_a_reason() -> None:
     assert rejected and all("exceeds the bound 1" in v for v in rejected.values())
 
 
+def test_a_stale_update_is_rejected_on_arrival_and_never_takes_a_buffer_slot() -> None:
+    # Every buffer aggregates K fresh updates: a straggler past the bound is turned away
+    # when it reports, and it is sent the current model at once (it trains again).
+    res = _run("aggregation.mode=async", "clients.num=10", "clients.per_round=10",
+               "aggregation.buffer_size=4", "simulation.stragglers=0.3",
+               "simulation.straggler_slowdown=10", "staleness.max_staleness=1", "rounds=40")
+    assert sum(len(m["rejected_stale"]) for m in res.metrics) > 0
+    for m in res.metrics:
+        assert len(m["survivors"]) == 4, m
+        assert not set(m["rejected_stale"]) & set(m["survivors"])
+        assert all(int(t) <= 1 for t in m["staleness_histogram"])
+    # each straggler is turned away more than once: it was handed the current model again
+    rejections: dict[str, int] = {}
+    for m in res.metrics:
+        for k in m["rejected_stale"]:
+            rejections[k] = rejections.get(k, 0) + 1
+    assert max(rejections.values()) >= 2
+
+
+def test_the_default_staleness_bound_follows_concurrency_over_buffer_size() -> None:
+    cfg = load_config(PLAIN, ["aggregation.mode=async", "clients.num=100", "aggregation.buffer_size=50"])
+    assert cfg.staleness.max_staleness is None and cfg.max_staleness == 2
+    assert load_config(PLAIN, ["aggregation.mode=async", "clients.num=15", "aggregation.buffer_size=5"]).max_staleness == 3
+    assert load_config(PLAIN, ["aggregation.mode=async", "clients.num=100", "aggregation.buffer_size=67"]).max_staleness == 1
+    assert load_config(PLAIN, ["staleness.max_staleness=7"]).max_staleness == 7
+
+
 def test_sync_deadline_drops_late_clients() -> None:
     res = _run("clients.num=10", "simulation.stragglers=0.3", "aggregation.timeout_s=0.2", "rounds=3")
     for m in res.metrics:

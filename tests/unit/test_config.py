@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ def test_default_config_loads_and_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(to_toml(config))
     again = load_config(path)
-    assert again == config
+    # the resolved TOML states the default `rounds` as the number it resolves to
+    assert again == config.model_copy(update={"rounds": config.aggregations})
     assert config_hash(again) == config_hash(config)
 
 
@@ -81,12 +83,36 @@ def test_default_path_is_packaged() -> None:
 
 
 def test_async_buffer_default_depends_on_dp() -> None:
-    """FedBuff-style half-concurrency buffers without DP; 85% of the concurrency under DP,
-    where the noise in the mean falls as 1/K (docs/concepts.md)."""
+    """FedBuff-style half-concurrency buffers without DP; two thirds of the concurrency
+    under DP, where the noise in the mean falls as 1/K (docs/concepts.md); the staleness
+    bound follows concurrency / K."""
     from secure_fl.config import load_config
 
     plain = load_config(None, ["aggregation.mode=async", "dp.mechanism=none"])
     private = load_config(None, ["aggregation.mode=async"])
     assert plain.buffer_size == plain.cohort_size // 2 == 50
-    assert private.dp.mechanism != "none" and private.buffer_size == 85
+    assert private.dp.mechanism != "none" and private.buffer_size == 67
+    assert (plain.max_staleness, private.max_staleness) == (2, 1)
+
+
+def test_default_rounds_give_both_modes_the_same_number_of_client_updates() -> None:
+    """30 rounds of work by default: 30 aggregations of the 100-client cohort in sync mode,
+    ceil(30 x 100 / K) buffers of K in async mode; an explicit ``rounds`` is the number of
+    aggregations in either mode, and the resolved TOML and the DP calibration use it."""
+    import tomllib
+
+    from secure_fl.accounting import calibrate_config
+    from secure_fl.config import load_config, to_toml
+
+    sync = load_config(None)
+    plain = load_config(None, ["aggregation.mode=async", "dp.mechanism=none"])
+    private = load_config(None, ["aggregation.mode=async"])
+    assert sync.rounds is None and sync.aggregations == 30
+    assert plain.aggregations == 60 and private.aggregations == math.ceil(3000 / 67) == 45
+    assert load_config(None, ["aggregation.mode=async", "rounds=7"]).aggregations == 7
+    assert tomllib.loads(to_toml(private))["rounds"] == 45
+    # the noise is calibrated for the worst case: a client in every one of the 45 buffers
+    as_sync = load_config(None, ["rounds=45"])
+    assert calibrate_config(private).dp.noise_multiplier == calibrate_config(as_sync).dp.noise_multiplier
+    assert calibrate_config(private).dp.noise_multiplier > calibrate_config(sync).dp.noise_multiplier
     assert load_config(None, ["aggregation.buffer_size=7"]).buffer_size == 7

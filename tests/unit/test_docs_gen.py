@@ -77,7 +77,8 @@ def test_every_key_is_documented_with_type_default_and_description() -> None:
 def test_documented_defaults_allowed_values_and_bounds_match_the_schema() -> None:
     docs = {f.key: f for f in iter_fields()}
     default = RunConfig()
-    assert docs["rounds"].default == f"`{default.rounds}`"
+    assert docs["seed"].default == f"`{default.seed}`"
+    assert default.rounds is None and docs["rounds"].default == "unset"
     assert docs["dp.delta"].default == f"`{default.dp.delta!r}`"
     assert docs["protocol"].allowed == "`plain`, `secagg`, `ckks`"
     assert docs["dp.delta"].constraints == "> 0, < 1"

@@ -181,10 +181,10 @@ def run_deployment(
         "".join(json.dumps(a.__dict__) + "\n" for a in transport.arrivals), encoding="utf-8"
     )
     done = summary["aggregations_completed"]
-    if done < config.rounds:
-        log(f"secure-fl: WARNING: only {done} of {config.rounds} aggregations completed; "
+    if done < config.aggregations:
+        log(f"secure-fl: WARNING: only {done} of {config.aggregations} aggregations completed; "
             "the reasons are in the log above and under 'excluded' in metrics.jsonl and the ledger")
-    log(f"secure-fl: done: {done} of {config.rounds} aggregations completed: {out}")
+    log(f"secure-fl: done: {done} of {config.aggregations} aggregations completed: {out}")
     return summary
 
 
@@ -209,7 +209,7 @@ def _summary(config: RunConfig, result: Any, engine: Any, initial: Any, wall: fl
         "noise_multiplier": config.dp.noise_multiplier if result.privacy.enabled else None,
         "protocol": config.protocol,
         "transport": "flower",
-        "rounds": config.rounds,
+        "rounds": config.aggregations,
         "aggregations_completed": sum(1 for m in metrics if not m["aborted"]),
         "num_clients": len(result.clients),
         "sites": [p.name for p in result.clients],
