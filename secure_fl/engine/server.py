@@ -97,7 +97,7 @@ from secure_fl.personalization import LocalLayers
 from secure_fl.sampling import fixed_cohort, poisson_cohort
 from secure_fl.server_opt import ServerOptimizer
 from secure_fl.sparsity import Support
-from secure_fl.staleness import staleness_weight
+from secure_fl.staleness import StaleUpdateError, check_staleness, staleness_weight
 from secure_fl.training import Evaluation
 
 __all__ = ["Party", "ServerEngine", "ServerResult"]
@@ -528,9 +528,10 @@ class ServerEngine:
                     busy.pop(address)
                     self.privacy.refusals += 1
                     continue
-                tau = self.version - busy[address]
-                if tau > bound:
-                    rejected[p.ident] = f"staleness {tau} exceeds the bound {bound}"
+                try:
+                    check_staleness(self.version - busy[address], max_staleness=bound)
+                except StaleUpdateError as exc:
+                    rejected[p.ident] = str(exc)
                     busy.pop(address)
                     yield from fill()
                     continue
